@@ -1,0 +1,219 @@
+"""The request client: typed requests with deadlines, retries, circuit breakers, streams.
+
+``await client.request("cache.get.request", CacheGetRequest(...), ctx, CacheGetResponse)``
+returns the typed response or raises the typed :class:`~bus.errors.MeshError` the worker
+answered with. The timeout of every attempt comes from the context's deadline; only
+``unavailable``/``timeout`` are retried, only for idempotent operations, with full-jitter
+backoff, and never past the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar, overload
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from pydantic import BaseModel, ValidationError
+
+from bus.breaker import BreakerConfig, CircuitBreaker, State
+from bus.codec import Codec
+from bus.context import DEFAULT_TIMEOUT_S, child, now_ms
+from bus.errors import (
+    Internal,
+    InvalidRequest,
+    MeshError,
+    RetryableError,
+    Timeout,
+    Unavailable,
+    from_body,
+)
+from bus.types import ERROR_CODE_HEADER
+from schemas.context import Context
+
+M = TypeVar("M", bound=BaseModel)
+
+_NO_RESPONDERS = "503"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 3
+    base_delay: float = 0.05
+    max_delay: float = 1.0
+
+    def delay(self, attempt: int) -> float:
+        """Full jitter (https://aws.amazon.com/blogs/architecture/exponential-backoff-and-jitter/)."""
+        return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+
+
+class Client:
+    def __init__(
+        self,
+        nc: NATS,
+        *,
+        codec: Codec | None = None,
+        retry: RetryPolicy | None = None,
+        breaker: BreakerConfig | None = None,
+        on_breaker_change: Callable[[str, State, State], None] | None = None,
+    ) -> None:
+        self.nc = nc
+        self.codec = codec or Codec()
+        self.retry = retry or RetryPolicy()
+        self._breaker_config = breaker or BreakerConfig()
+        self._on_breaker_change = on_breaker_change
+        self._breakers: dict[str, CircuitBreaker] = {}
+
+    def breaker(self, subject: str) -> CircuitBreaker:
+        b = self._breakers.get(subject)
+        if b is None:
+            b = self._breakers[subject] = CircuitBreaker(
+                subject, self._breaker_config, self._on_breaker_change
+            )
+        return b
+
+    @overload
+    async def request(
+        self, subject: str, payload: BaseModel | dict[str, Any], ctx: Context,
+        response: type[M], *, idempotent: bool = ...,
+    ) -> M: ...
+
+    @overload
+    async def request(
+        self, subject: str, payload: BaseModel | dict[str, Any], ctx: Context,
+        response: None = ..., *, idempotent: bool = ...,
+    ) -> Any: ...
+
+    async def request(
+        self,
+        subject: str,
+        payload: BaseModel | dict[str, Any],
+        ctx: Context,
+        response: type[M] | None = None,
+        *,
+        idempotent: bool = False,
+    ) -> M | Any:
+        """Send one request and return its (validated) answer, or raise its typed error."""
+        ctx = _outgoing(ctx)
+        assert ctx.deadline is not None
+        body = self.codec.encode(ctx.headers(), _dump(payload))
+        breaker = self.breaker(subject)
+        attempt = 0
+        while True:
+            left = (ctx.deadline - now_ms()) / 1000.0
+            if left <= 0:
+                raise Timeout(f"deadline passed before {subject} could be sent")
+            breaker.before_call()
+            try:
+                data = self._unwrap(await self._send(subject, body, left))
+            except RetryableError:
+                breaker.record_failure()
+                if not idempotent or attempt + 1 >= self.retry.max_attempts:
+                    raise
+                pause = self.retry.delay(attempt)
+                if (ctx.deadline - now_ms()) / 1000.0 <= pause:
+                    raise
+                await asyncio.sleep(pause)
+                attempt += 1
+                continue
+            except MeshError:
+                breaker.record_success()  # the service answered: it is alive
+                raise
+            except BaseException:
+                breaker.release_probe()  # cancelled: the probe slot must not stay taken
+                raise
+            breaker.record_success()
+            return _validate(response, data)
+
+    async def stream(
+        self,
+        subject: str,
+        payload: BaseModel | dict[str, Any],
+        ctx: Context,
+        response: type[M] | None = None,
+    ) -> AsyncIterator[M | Any]:
+        """Send a streaming request; yield each chunk until the worker's ``end``."""
+        ctx = _outgoing(ctx)
+        assert ctx.deadline is not None
+        breaker = self.breaker(subject)
+        breaker.before_call()
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox)
+        try:
+            await self.nc.publish(
+                subject, self.codec.encode(ctx.headers(), _dump(payload)), reply=inbox
+            )
+            first = True
+            while True:
+                left = (ctx.deadline - now_ms()) / 1000.0
+                if left <= 0:
+                    raise Timeout(f"{subject} stream passed its deadline")
+                try:
+                    msg = await sub.next_msg(timeout=left)
+                except nats.errors.TimeoutError:
+                    raise Timeout(f"{subject} stream passed its deadline") from None
+                if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
+                    raise Unavailable(f"no responders for {subject}")
+                headers, data = self._decode(msg)
+                if first:
+                    breaker.record_success()
+                    first = False
+                if headers.get("stream") == "end":
+                    return
+                yield _validate(response, data)
+        except RetryableError:
+            breaker.record_failure()
+            raise
+        finally:
+            breaker.release_probe()
+            if not self.nc.is_closed:
+                await sub.unsubscribe()
+
+    async def _send(self, subject: str, body: bytes, timeout: float) -> Msg:
+        try:
+            return await self.nc.request(subject, body, timeout=timeout)
+        except nats.errors.NoRespondersError:
+            raise Unavailable(f"no responders for {subject}") from None
+        except nats.errors.TimeoutError:
+            raise Timeout(f"{subject} did not answer before the deadline") from None
+        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
+                nats.errors.OutboundBufferLimitError) as exc:
+            raise Unavailable(f"NATS connection unavailable: {type(exc).__name__}") from None
+        except nats.errors.MaxPayloadError:
+            raise InvalidRequest("request exceeds the NATS max payload") from None
+
+    def _unwrap(self, msg: Msg) -> Any:
+        return self._decode(msg)[1]
+
+    def _decode(self, msg: Msg) -> tuple[dict[str, Any], Any]:
+        try:
+            headers, data = self.codec.decode(msg.data)
+        except MeshError:
+            raise Internal("malformed reply") from None
+        if msg.headers and ERROR_CODE_HEADER in msg.headers:
+            raise from_body(data.get("error") if isinstance(data, dict) else None)
+        return headers, data
+
+
+def _outgoing(ctx: Context) -> Context:
+    out = child(ctx)
+    if out.deadline is None:
+        out = out.model_copy(update={"deadline": now_ms() + int(DEFAULT_TIMEOUT_S * 1000)})
+    return out
+
+
+def _dump(payload: BaseModel | dict[str, Any]) -> Any:
+    return payload.model_dump(exclude_unset=True) if isinstance(payload, BaseModel) else payload
+
+
+def _validate(response: type[M] | None, data: Any) -> M | Any:
+    if response is None:
+        return data
+    try:
+        return response.model_validate(data)
+    except ValidationError:
+        raise Internal("reply does not match the response schema") from None

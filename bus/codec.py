@@ -1,0 +1,134 @@
+"""Envelope codecs (DESIGN §3): msgpack (default) and JSON, recognised from the first byte.
+
+An envelope is ``{"h": {context headers}, "d": payload}``. Decoding is bounded (size,
+nesting, container lengths) and anything that is not a valid envelope raises
+:class:`~bus.errors.InvalidRequest` — never another exception.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import enum
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgpack
+
+from bus.errors import InvalidRequest, PayloadTooLarge
+
+CodecName = Literal["msgpack", "json"]
+
+#: Default decoding limits; NATS's own max_payload (nats.conf) is the outer bound.
+DEFAULT_MAX_BYTES = 8 * 1024 * 1024
+DEFAULT_MAX_DEPTH = 32
+DEFAULT_MAX_CONTAINER = 100_000
+
+_MSGPACK_FIRST = frozenset([*range(0x80, 0x90), 0xDE, 0xDF])
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_depth: int = DEFAULT_MAX_DEPTH
+    max_container: int = DEFAULT_MAX_CONTAINER
+
+
+def _plain(value: Any) -> Any:
+    """msgpack ``default`` hook: the few non-native types models dump to."""
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    return _plain(value)
+
+
+class Codec:
+    """Encodes with one codec, decodes either (so mixed processes interoperate)."""
+
+    def __init__(self, name: CodecName = "msgpack", limits: Limits | None = None) -> None:
+        if name not in ("msgpack", "json"):
+            raise ValueError(f"CODEC_TYPE must be 'msgpack' or 'json', not {name!r}")
+        self.name = name
+        self.limits = limits or Limits()
+        n = self.limits.max_container
+        self._unpack_opts = dict(
+            raw=False,
+            strict_map_key=True,
+            max_str_len=self.limits.max_bytes,
+            max_bin_len=self.limits.max_bytes,
+            max_array_len=n,
+            max_map_len=n,
+            max_ext_len=0,
+        )
+
+    def encode(self, headers: dict[str, Any], data: Any) -> bytes:
+        envelope = {"h": headers, "d": data}
+        if self.name == "json":
+            return json.dumps(envelope, default=_json_default, separators=(",", ":")).encode()
+        return msgpack.packb(envelope, default=_plain, use_bin_type=True)
+
+    def decode(self, body: bytes) -> tuple[dict[str, Any], Any]:
+        """Return ``(headers, data)`` of an envelope or raise ``InvalidRequest``."""
+        if len(body) > self.limits.max_bytes:
+            raise PayloadTooLarge(f"body of {len(body)} bytes exceeds {self.limits.max_bytes}")
+        if not body:
+            raise InvalidRequest("empty body: expected an envelope")
+        first = body[0]
+        try:
+            if first == 0x7B:  # "{"
+                envelope = json.loads(body)
+            elif first in _MSGPACK_FIRST:
+                envelope = msgpack.unpackb(body, **self._unpack_opts)
+            else:
+                raise InvalidRequest("body is neither a msgpack nor a JSON envelope")
+        except InvalidRequest:
+            raise
+        except (ValueError, TypeError, RecursionError, msgpack.UnpackException) as exc:
+            # json.JSONDecodeError and UnicodeDecodeError are ValueErrors; msgpack raises
+            # ExtraData/FormatError/StackError/ValueError for truncated or hostile input.
+            raise InvalidRequest(f"undecodable body: {type(exc).__name__}") from None
+        if not isinstance(envelope, dict) or "d" not in envelope:
+            raise InvalidRequest("body is not an envelope: expected a map with 'h' and 'd'")
+        headers = envelope.get("h")
+        if headers is None:
+            headers = {}
+        elif not isinstance(headers, dict):
+            raise InvalidRequest("envelope 'h' must be a map")
+        data = envelope["d"]
+        _check_shape(data, self.limits.max_depth, self.limits.max_container)
+        return headers, data
+
+
+def _check_shape(value: Any, max_depth: int, max_items: int) -> None:
+    """Reject payloads nested deeper than ``max_depth`` or holding too many items overall."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    seen = 0
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > max_depth:
+            raise InvalidRequest(f"payload nested deeper than {max_depth} levels")
+        seen += len(item)
+        if seen > max_items:
+            raise InvalidRequest(f"payload holds more than {max_items} items")
+        for child in children:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))

@@ -1,0 +1,243 @@
+"""JetStream streams (DESIGN §5), deduplicated publishing, and durable job consumers.
+
+Stream and consumer definitions live here, in one place, and are created idempotently
+at start. A job that exhausts its deliveries is reported to ``on_failed`` with its last
+error before it is removed — never silently dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from pydantic import BaseModel, ValidationError
+
+from bus.codec import Codec
+from bus.errors import InvalidRequest, MeshError, RetryableError, Unavailable, translate
+from bus.worker import validation_details
+from schemas.context import Context
+
+_log = structlog.get_logger("bus.jetstream")
+
+DAY_S = 24 * 3600.0
+DUPLICATE_WINDOW_S = 120.0
+UPLOADS_BUCKET = "uploads"
+
+STREAMS: tuple[api.StreamConfig, ...] = (
+    api.StreamConfig(
+        name="INGEST",
+        subjects=["ingest.jobs.>"],
+        retention=api.RetentionPolicy.WORK_QUEUE,
+        storage=api.StorageType.FILE,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        description="document ingestion jobs",
+    ),
+    api.StreamConfig(
+        name="LLMOPS",
+        subjects=["events.llmops.>"],
+        retention=api.RetentionPolicy.LIMITS,
+        storage=api.StorageType.FILE,
+        max_age=30 * DAY_S,
+        max_bytes=1024**3,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        description="one event per LLM call",
+    ),
+    api.StreamConfig(
+        name="EVENTS",
+        subjects=["events.domain.>"],
+        retention=api.RetentionPolicy.LIMITS,
+        storage=api.StorageType.FILE,
+        max_age=7 * DAY_S,
+        max_bytes=1024**3,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        description="domain events",
+    ),
+)
+
+
+async def ensure_streams(js: JetStreamContext) -> None:
+    """Create every stream, or bring an existing one to this definition."""
+    for config in STREAMS:
+        try:
+            await js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            await js.update_stream(config)  # exists with other settings
+    try:
+        await js.object_store(UPLOADS_BUCKET)
+    except nats.js.errors.BucketNotFoundError:
+        await js.create_object_store(UPLOADS_BUCKET, storage=api.StorageType.FILE)
+
+
+async def publish(
+    js: JetStreamContext,
+    subject: str,
+    payload: BaseModel | dict[str, Any],
+    ctx: Context,
+    *,
+    msg_id: str,
+    codec: Codec | None = None,
+    timeout: float = 5.0,
+) -> api.PubAck:
+    """Publish once: a retry with the same ``msg_id`` inside the window is deduplicated."""
+    data = payload.model_dump() if isinstance(payload, BaseModel) else payload
+    body = (codec or Codec()).encode(ctx.headers(), data)
+    try:
+        return await js.publish(subject, body, timeout=timeout, headers={"Nats-Msg-Id": msg_id})
+    except (nats.errors.TimeoutError, nats.errors.NoRespondersError,
+            nats.errors.ConnectionClosedError, nats.js.errors.ServiceUnavailableError) as exc:
+        raise Unavailable(f"JetStream publish failed: {type(exc).__name__}") from None
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """A durable pull consumer; retries are naks delayed by ``backoff`` (seconds)."""
+
+    stream: str
+    durable: str
+    filter_subject: str
+    max_deliver: int = 5
+    backoff: tuple[float, ...] = (1.0, 5.0, 15.0, 30.0)
+    ack_wait: float = 30.0
+    batch: int = 8
+
+    def delay(self, delivered: int) -> float:
+        return self.backoff[min(delivered - 1, len(self.backoff) - 1)]
+
+
+#: Called when a job will not be retried: (payload or None, context or None, reason).
+FailedHandler = Callable[[Any, Context | None, str], Awaitable[None]]
+
+
+class JobConsumer:
+    """Pulls jobs, runs ``handler(model, ctx)`` per message, acks on success.
+
+    Non-retryable errors (bad input, not found, ...) terminate the message at once;
+    other failures are nak'ed with backoff until ``max_deliver``; either way the job
+    is handed to ``on_failed`` with its reason first. While a job runs the consumer
+    reports progress so a long job is not redelivered under it.
+    """
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        spec: ConsumerSpec,
+        model: type[BaseModel],
+        handler: Callable[[Any, Context], Awaitable[None]],
+        *,
+        on_failed: FailedHandler,
+        codec: Codec | None = None,
+    ) -> None:
+        self.js = js
+        self.spec = spec
+        self.model = model
+        self.handler = handler
+        self.on_failed = on_failed
+        self.codec = codec or Codec()
+
+    async def ensure(self) -> None:
+        s = self.spec
+        await self.js.add_consumer(
+            s.stream,
+            api.ConsumerConfig(
+                durable_name=s.durable,
+                filter_subject=s.filter_subject,
+                ack_policy=api.AckPolicy.EXPLICIT,
+                deliver_policy=api.DeliverPolicy.ALL,
+                max_deliver=s.max_deliver,
+                ack_wait=s.ack_wait,
+                max_ack_pending=max(s.batch * 4, 64),
+            ),
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Process jobs until ``stop`` is set; in-flight jobs finish first."""
+        await self.ensure()
+        sub = await self.js.pull_subscribe_bind(durable=self.spec.durable, stream=self.spec.stream)
+        try:
+            while not stop.is_set():
+                try:
+                    msgs = await sub.fetch(self.spec.batch, timeout=1.0)
+                except nats.errors.TimeoutError:
+                    continue
+                except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
+                        nats.js.errors.ServiceUnavailableError) as exc:
+                    _log.warning("consumer_fetch_failed", error=type(exc).__name__)
+                    await asyncio.sleep(1.0)
+                    continue
+                async with asyncio.TaskGroup() as tg:
+                    for msg in msgs:
+                        tg.create_task(self._guarded(msg))
+        finally:
+            if not self.js._nc.is_closed:
+                await sub.unsubscribe()
+
+    async def _guarded(self, msg: Msg) -> None:
+        try:
+            await self._process(msg)
+        except Exception:  # ack/nak/term failed: JetStream redelivers after ack_wait
+            _log.exception("job_ack_failed", subject=msg.subject)
+
+    async def _process(self, msg: Msg) -> None:
+        delivered = msg.metadata.num_delivered
+        payload: Any = None
+        ctx: Context | None = None
+        try:
+            headers, data = self.codec.decode(msg.data)
+            ctx = Context.model_validate(headers)
+            try:
+                payload = self.model.model_validate(data)
+            except ValidationError as exc:
+                raise InvalidRequest("invalid job", validation_details(exc)) from None
+            with structlog.contextvars.bound_contextvars(
+                tenant=ctx.tenant, correlation_id=ctx.correlation_id
+            ):
+                await self._with_progress(msg, self.handler(payload, ctx))
+            await msg.ack()
+        except Exception as exc:
+            error = translate(exc) if not isinstance(exc, ValidationError) else InvalidRequest(
+                "invalid job context"
+            )
+            if isinstance(error, RetryableError) or not isinstance(exc, MeshError):
+                if delivered < self.spec.max_deliver:
+                    _log.warning("job_retry", subject=msg.subject, delivered=delivered,
+                                 error=error.message)
+                    await msg.nak(delay=self.spec.delay(delivered))
+                    return
+            reason = f"{error.code}: {error.message}"
+            if error.code == "internal" and not isinstance(exc, MeshError):
+                _log.error("job_failed_internal", subject=msg.subject, exc_info=exc)
+            _log.warning("job_failed", subject=msg.subject, delivered=delivered, reason=reason)
+            try:
+                await self.on_failed(payload, ctx, reason)
+            except Exception:
+                # Could not record the failure: leave the job to be redelivered later.
+                _log.exception("job_failed_report_failed", subject=msg.subject)
+                await msg.nak(delay=self.spec.delay(delivered))
+                return
+            await msg.term()
+
+    async def _with_progress(self, msg: Msg, work: Awaitable[None]) -> None:
+        async def heartbeat() -> None:
+            while True:
+                await asyncio.sleep(self.spec.ack_wait / 3)
+                try:
+                    await msg.in_progress()
+                except Exception as exc:  # connection trouble: redelivery is the fallback
+                    _log.warning("job_progress_failed", error=type(exc).__name__)
+
+        # Not a TaskGroup: it would wrap the job's own error in an ExceptionGroup.
+        beat = asyncio.create_task(heartbeat())
+        try:
+            await work
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat

@@ -1,0 +1,104 @@
+"""asyncpg pools with timeouts, and the migration runner every worker uses at start."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+from importlib.resources.abc import Traversable
+
+import asyncpg
+import structlog
+
+from bus.errors import Unavailable
+
+_log = structlog.get_logger("bus.postgres")
+
+COMMAND_TIMEOUT_S = 10.0
+ACQUIRE_TIMEOUT_S = 5.0
+CONNECT_TIMEOUT_S = 3.0
+
+
+class Database:
+    """An asyncpg pool whose acquire and commands are bounded in time."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        try:
+            conn = await self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S)
+        except (TimeoutError, asyncio.TimeoutError):
+            raise Unavailable("no database connection available in time") from None
+        try:
+            yield conn
+        finally:
+            await self.pool.release(conn)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self.connection() as conn, conn.transaction():
+            yield conn
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+async def create_database(dsn: str, *, min_size: int = 1, max_size: int = 10) -> Database:
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        command_timeout=COMMAND_TIMEOUT_S,
+        timeout=CONNECT_TIMEOUT_S,
+    )
+    return Database(pool)
+
+
+def _lock_key(schema: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"migrate:{schema}".encode()).digest()[:8], "big", signed=True)
+
+
+async def migrate(db: Database, schema: str, migrations: Traversable) -> list[str]:
+    """Apply the ordered ``*.sql`` files in ``migrations`` once each, under an advisory lock.
+
+    Each file runs in its own transaction and is recorded in ``<schema>.schema_migrations``;
+    replicas starting together wait on the lock instead of racing.
+    """
+    files = sorted(
+        (f for f in migrations.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name
+    )
+    applied: list[str] = []
+    async with db.connection() as conn:
+        await conn.execute("SELECT pg_advisory_lock($1)", _lock_key(schema))
+        try:
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            await conn.execute(
+                f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations ('
+                " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {
+                r["version"]
+                for r in await conn.fetch(f'SELECT version FROM "{schema}".schema_migrations')
+            }
+            for f in files:
+                if f.name in done:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(f.read_text())
+                    await conn.execute(
+                        f'INSERT INTO "{schema}".schema_migrations (version) VALUES ($1)', f.name
+                    )
+                applied.append(f.name)
+                _log.info("migration_applied", schema=schema, version=f.name)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _lock_key(schema))
+    return applied
+
+
+def migrations_of(package: str) -> Traversable:
+    """The ``migrations`` folder shipped inside a worker package."""
+    return resources.files(package) / "migrations"

@@ -1,0 +1,23 @@
+"""Type aliases and protocols shared across the bus."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeAlias
+
+from pydantic import BaseModel
+
+from schemas.context import Context
+
+#: A request/reply handler: validated request model and context in, response model out.
+Handler: TypeAlias = Callable[[Any, Context], Awaitable[BaseModel]]
+
+#: A streaming handler: yields one response model per chunk.
+StreamHandler: TypeAlias = Callable[[Any, Context], AsyncIterator[BaseModel]]
+
+#: What a JetStream consumer calls for each message: payload model and context in.
+JobHandler: TypeAlias = Callable[[Any, Context], Awaitable[None]]
+
+#: nats.micro error headers (https://github.com/nats-io/nats.py nats/micro/request.py).
+ERROR_HEADER = "Nats-Service-Error"
+ERROR_CODE_HEADER = "Nats-Service-Error-Code"

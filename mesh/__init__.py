@@ -1,0 +1,1 @@
+"""The composition root: embedded development infrastructure, the worker registry, the CLI."""

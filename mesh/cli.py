@@ -1,0 +1,133 @@
+"""The ``mesh`` command: run the mesh, single workers, and talk to it.
+
+    mesh up                       embedded infrastructure + every worker (+ bridge)
+    mesh worker NAME...           workers against configured NATS/Postgres/Redis
+    mesh services                 live services with endpoints and counts
+    mesh request SUBJECT JSON --tenant T
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from bus.settings import Settings
+from bus.telemetry import setup_logging, setup_tracing
+
+#: Where ``mesh up`` keeps embedded data and the URLs it chose.
+DATA_DIR = Path(".mesh")
+ENV_FILE = "env"
+
+
+def _load_env_file(data_dir: Path) -> None:
+    """Adopt the URLs a running ``mesh up`` wrote, for any not set in the environment."""
+    path = data_dir / ENV_FILE
+    if not path.exists():
+        return
+    for line in path.read_text().splitlines():
+        name, _, value = line.partition("=")
+        if name and value and not os.environ.get(name):
+            os.environ[name] = value
+
+
+def _settings(service: str) -> Settings:
+    _load_env_file(DATA_DIR)
+    settings = Settings(service_name=service)  # type: ignore[call-arg]
+    setup_logging(settings.log_level, settings.log_format)
+    setup_tracing(service, settings.otel_exporter_otlp_endpoint)
+    return settings
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    from mesh.runner import run_workers
+
+    settings = _settings("+".join(args.names))
+    asyncio.run(run_workers(args.names, settings))
+
+
+def cmd_up(args: argparse.Namespace) -> None:
+    from mesh.up import up
+
+    up(Path(args.data_dir), bridge=not args.no_bridge)
+
+
+def cmd_services(args: argparse.Namespace) -> None:
+    from mesh.tools import services
+
+    settings = _settings("mesh-cli")
+    rows = asyncio.run(services(_nats_url(settings)))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        print("no services answered")
+    for svc in rows:
+        print(f"{svc['name']} {svc['version']} id={svc['id']}")
+        for ep in svc["endpoints"]:
+            print(
+                f"  {ep['subject']:<36} requests={ep['num_requests']:<6} "
+                f"errors={ep['num_errors']:<4} avg={ep['average_processing_time'] / 1e6:.2f}ms"
+            )
+
+
+def cmd_request(args: argparse.Namespace) -> None:
+    from mesh.tools import request
+
+    settings = _settings("mesh-cli")
+    try:
+        payload = json.loads(args.json)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"JSON argument is not valid JSON: {exc}") from None
+    code, answer = asyncio.run(
+        request(_nats_url(settings), args.subject, payload, tenant=args.tenant, user=args.user,
+                timeout=args.timeout)
+    )
+    print(json.dumps(answer, indent=2, default=str))
+    if code:
+        sys.exit(1)
+
+
+def _nats_url(settings: Settings) -> str:
+    if not settings.nats_url:
+        raise SystemExit("NATS_URL is not set and no `mesh up` is running here")
+    return settings.nats_url
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mesh", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    up_p = sub.add_parser("up", help="run the whole mesh on embedded infrastructure")
+    up_p.add_argument("--data-dir", default=str(DATA_DIR))
+    up_p.add_argument("--no-bridge", action="store_true", help="workers only")
+    up_p.set_defaults(func=cmd_up)
+
+    w = sub.add_parser("worker", help="run workers against configured infrastructure")
+    w.add_argument("names", nargs="+")
+    w.set_defaults(func=cmd_worker)
+
+    s = sub.add_parser("services", help="list live services ($SRV.INFO/$SRV.STATS)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_services)
+
+    r = sub.add_parser("request", help="send one request and print the answer")
+    r.add_argument("subject")
+    r.add_argument("json", help="the request payload as JSON")
+    r.add_argument("--tenant", required=True)
+    r.add_argument("--user", default="cli")
+    r.add_argument("--timeout", type=float, default=30.0)
+    r.set_defaults(func=cmd_request)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+

@@ -1,0 +1,19 @@
+"""Every worker the mesh knows: name → its lifespan, imported only when run."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+#: Service name → module exposing ``lifespan(env) -> async context manager of Worker``.
+WORKERS: dict[str, str] = {
+    "cache": "workers.cache",
+}
+
+
+def lifespan_of(name: str) -> Callable[[Any], AbstractAsyncContextManager[Any]]:
+    if name not in WORKERS:
+        raise SystemExit(f"unknown worker {name!r}; known: {', '.join(WORKERS)}")
+    return importlib.import_module(WORKERS[name]).lifespan  # type: ignore[no-any-return]

@@ -1,0 +1,75 @@
+"""What the CLI asks of a running mesh: discovery and one-off requests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import nats
+
+from bus.client import Client
+from bus.context import new_context
+from bus.errors import MeshError
+
+GATHER_S = 0.5
+
+
+async def _gather(nc: Any, subject: str) -> list[dict[str, Any]]:
+    """Collect every reply to a ``$SRV`` discovery request for ``GATHER_S`` seconds."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    await nc.publish(subject, b"", reply=inbox)
+    replies: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    end = loop.time() + GATHER_S
+    while (left := end - loop.time()) > 0:
+        try:
+            msg = await sub.next_msg(timeout=left)
+        except nats.errors.TimeoutError:
+            break
+        replies.append(json.loads(msg.data))
+    await sub.unsubscribe()
+    return replies
+
+
+async def services(url: str) -> list[dict[str, Any]]:
+    nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=0)
+    try:
+        infos = {i["id"]: i for i in await _gather(nc, "$SRV.INFO")}
+        stats = {s["id"]: s for s in await _gather(nc, "$SRV.STATS")}
+    finally:
+        await nc.close()
+    rows = []
+    for sid, info in sorted(infos.items(), key=lambda kv: (kv[1]["name"], kv[0])):
+        by_name = {e["name"]: e for e in stats.get(sid, {}).get("endpoints") or []}
+        endpoints = []
+        for ep in info.get("endpoints") or []:
+            st = by_name.get(ep["name"], {})
+            endpoints.append({
+                "name": ep["name"],
+                "subject": ep["subject"],
+                "num_requests": st.get("num_requests", 0),
+                "num_errors": st.get("num_errors", 0),
+                "average_processing_time": st.get("average_processing_time", 0),
+                "last_error": st.get("last_error"),
+            })
+        rows.append({"name": info["name"], "id": sid, "version": info["version"],
+                     "endpoints": endpoints})
+    return rows
+
+
+async def request(
+    url: str, subject: str, payload: Any, *, tenant: str, user: str, timeout: float
+) -> tuple[str | None, Any]:
+    """Send one request; return (error code or None, answer)."""
+    nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=0)
+    try:
+        client = Client(nc)
+        ctx = new_context(tenant, user=user, timeout=timeout)
+        try:
+            return None, await client.request(subject, payload, ctx)
+        except MeshError as exc:
+            return exc.code, {"error": exc.body().model_dump()}
+    finally:
+        await nc.close()

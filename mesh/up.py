@@ -1,0 +1,109 @@
+"""``mesh up``: embedded infrastructure where none is configured, then every worker (and
+the bridge) as its own process, supervised; Ctrl-C stops all of it in order."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bus.settings import Settings
+from mesh.infra import Infrastructure, NatsServer, PostgresServer, RedisServer
+from mesh.registry import WORKERS
+
+RESTART_PAUSE_S = 1.0
+STOP_TIMEOUT_S = 15.0
+
+
+def _say(text: str) -> None:
+    print(f"mesh up | {text}", flush=True)
+
+
+def _start_infra(data_dir: Path, settings: Settings) -> tuple[Infrastructure, dict[str, str]]:
+    infra = Infrastructure()
+    urls: dict[str, str] = {}
+    if settings.nats_url:
+        urls["NATS_URL"] = settings.nats_url
+    else:
+        infra.nats = NatsServer(data_dir / "nats")
+        infra.nats.start()
+        urls["NATS_URL"] = infra.nats.url
+        _say(f"nats-server (embedded)   {infra.nats.url}  data {infra.nats.data_dir}")
+    if settings.database_url:
+        urls["DATABASE_URL"] = settings.database_url
+    else:
+        infra.postgres = PostgresServer(data_dir / "postgres")
+        infra.postgres.start()
+        urls["DATABASE_URL"] = infra.postgres.url
+        _say(f"postgres+pgvector (embedded) {infra.postgres.url}")
+    if settings.redis_url:
+        urls["REDIS_URL"] = settings.redis_url
+    else:
+        infra.redis = RedisServer(data_dir / "redis")
+        infra.redis.start()
+        urls["REDIS_URL"] = infra.redis.url
+        _say(f"redis (embedded)         {infra.redis.url}")
+    return infra, urls
+
+
+def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "mesh", *args], env=env,
+                            start_new_session=True)
+
+
+def _has_bridge() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("gateway_bridge.app") is not None
+
+
+def up(data_dir: Path, *, bridge: bool = True) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    settings = Settings()  # type: ignore[call-arg]
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    infra, urls = _start_infra(data_dir, settings)
+    (data_dir / "env").write_text("".join(f"{k}={v}\n" for k, v in urls.items()))
+    env = {**os.environ, **urls}
+    parts: dict[str, list[str]] = {name: ["worker", name] for name in WORKERS}
+    if bridge and _has_bridge():
+        parts["bridge"] = ["bridge"]
+    else:
+        bridge = False
+    procs = {name: _spawn(argv, env) for name, argv in parts.items()}
+    _say(f"workers: {', '.join(WORKERS)}" + ("; bridge on http://"
+         f"{settings.bridge_host}:{settings.bridge_port}" if bridge else ""))
+    _say("try: mesh services | mesh request cache.get.request '{\"key\":\"k\"}' --tenant demo")
+    _say("Ctrl-C stops everything")
+    try:
+        while not stopping:
+            time.sleep(0.2)
+            for name, proc in procs.items():
+                if proc.poll() is not None and not stopping:
+                    _say(f"{name} exited with {proc.returncode}; restarting")
+                    time.sleep(RESTART_PAUSE_S)
+                    procs[name] = _spawn(parts[name], env)
+    finally:
+        _say("stopping")
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for proc in procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        infra.stop()
+        (data_dir / "env").unlink(missing_ok=True)
+        _say("stopped")

@@ -1,0 +1,62 @@
+"""Cache Service contracts: ``cache.{set,get,delete,invalidate}.request``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+# Namespaces, keys and tags end up inside Redis keys: keep them printable and bounded.
+# No ":" in names: a key is `t:{tenant}:{namespace}:{key}` and must parse one way only.
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._/@+=-]{1,128}$")]
+Key = Annotated[str, StringConstraints(pattern=r"^[^\s\x00-\x1f\x7f]{1,512}$")]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CacheSetRequest(_Request):
+    namespace: Name = "default"
+    key: Key
+    value: Any
+    ttl_seconds: int | None = Field(default=None, ge=1, le=365 * 24 * 3600)
+    tags: list[Name] = Field(default_factory=list, max_length=32)
+
+
+class CacheSetResponse(BaseModel):
+    ok: bool = True
+
+
+class CacheGetRequest(_Request):
+    namespace: Name = "default"
+    key: Key
+
+
+class CacheGetResponse(BaseModel):
+    hit: bool
+    value: Any = None
+
+
+class CacheDeleteRequest(_Request):
+    namespace: Name = "default"
+    keys: list[Key] = Field(min_length=1, max_length=1000)
+
+
+class CacheDeleteResponse(BaseModel):
+    deleted: int
+
+
+class CacheInvalidateRequest(_Request):
+    namespace: Name | None = None
+    tags: list[Name] | None = Field(default=None, max_length=32)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> CacheInvalidateRequest:
+        if self.namespace is None and not self.tags:
+            raise ValueError("give a namespace, tags, or both")
+        return self
+
+
+class CacheInvalidateResponse(BaseModel):
+    invalidated: int

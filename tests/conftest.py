@@ -1,0 +1,74 @@
+"""Session fixtures: real nats-server, Postgres + pgvector and Redis on free loopback ports,
+started through the same module as ``mesh up`` (mesh.infra)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from bus.client import Client
+from bus.connection import connect
+from bus.jetstream import ensure_streams
+from bus.settings import Settings
+from bus.worker import WorkerEnv
+from mesh.infra import Infrastructure, embedded
+from mesh.runner import serving
+
+_SPANS = InMemorySpanExporter()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # One global tracer provider for the session (OpenTelemetry allows setting it once).
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(_SPANS))
+    trace.set_tracer_provider(provider)
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    _SPANS.clear()
+    yield _SPANS
+
+
+@pytest.fixture(scope="session")
+def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infrastructure]:
+    with embedded(Path(tmp_path_factory.mktemp("infra")), durable=False) as servers:
+        yield servers
+
+
+@pytest.fixture(scope="session")
+def settings(infra: Infrastructure) -> Settings:
+    assert infra.nats and infra.postgres and infra.redis
+    return Settings(  # type: ignore[call-arg]
+        nats_url=infra.nats.url,
+        database_url=infra.postgres.url,
+        redis_url=infra.redis.url,
+    )
+
+
+@pytest.fixture(scope="session")
+async def env(settings: Settings) -> AsyncIterator[WorkerEnv]:
+    assert settings.nats_url
+    nc = await connect(settings.nats_url, name="tests")
+    js = nc.jetstream()
+    await ensure_streams(js)
+    yield WorkerEnv(settings=settings, nc=nc, client=Client(nc), js=js)
+    await nc.drain()
+
+
+@pytest.fixture
+def client(env: WorkerEnv) -> Client:
+    """A fresh client per test, so breaker state never leaks between tests."""
+    return Client(env.nc)
+
+
+@pytest.fixture(scope="session")
+async def cache_worker(env: WorkerEnv) -> AsyncIterator[None]:
+    async with serving(["cache"], env):
+        yield

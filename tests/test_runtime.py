@@ -1,0 +1,264 @@
+"""The worker runtime and client against a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import msgpack
+import pytest
+
+from bus.client import Client, RetryPolicy
+from bus.codec import Codec
+from bus.context import new_context, now_ms
+from bus.errors import (
+    Internal,
+    InvalidRequest,
+    NotFound,
+    Timeout,
+    Unauthenticated,
+    Unavailable,
+)
+from bus.types import ERROR_CODE_HEADER, ERROR_HEADER
+from schemas.context import Context
+from tests.support import EchoRequest, EchoResponse, Empty, Probe, SleepRequest, probe_worker
+
+
+@pytest.fixture
+async def probe(env):
+    p = Probe()
+    async with probe_worker(p, max_concurrency=32).serve(env.nc):
+        yield p
+
+
+def ctx(tenant: str = "acme", timeout: float = 5.0, **kw) -> Context:
+    return new_context(tenant, user="u1", timeout=timeout, **kw)
+
+
+async def test_echo_round_trip_carries_context(probe, client):
+    c = ctx(roles=["admin"])
+    out = await client.request("probe.echo.request", EchoRequest(text="hi", n=3), c, EchoResponse)
+    assert out == EchoResponse(text="hi", n=3, tenant="acme", correlation_id=c.correlation_id,
+                               roles=["admin"])
+
+
+async def test_json_client_talks_to_msgpack_worker(probe, env):
+    client = Client(env.nc, codec=Codec("json"))
+    out = await client.request("probe.echo.request", {"text": "j"}, ctx(), EchoResponse)
+    assert out.text == "j"
+
+
+async def test_missing_tenant_is_unauthenticated(probe, client):
+    with pytest.raises(Unauthenticated):
+        await client.request("probe.echo.request", {"text": "x"}, Context(correlation_id="c"))
+
+
+async def test_schema_violation_is_invalid_request_with_field_details(probe, client):
+    with pytest.raises(InvalidRequest) as info:
+        await client.request("probe.echo.request", {"text": 5, "extra": 1}, ctx())
+    locs = {tuple(d["loc"]) for d in info.value.details}
+    assert locs == {("text",), ("extra",)}
+
+
+async def test_handler_errors_keep_their_type(probe, client):
+    with pytest.raises(NotFound, match="no such thing"):
+        await client.request("probe.missing.request", {}, ctx())
+
+
+async def test_crash_is_internal_and_leaks_nothing(probe, client, env):
+    with pytest.raises(Internal) as info:
+        await client.request("probe.crash.request", {}, ctx())
+    assert "passwd" not in info.value.message and "RuntimeError" not in info.value.message
+    raw = await env.nc.request("probe.crash.request",
+                               Codec().encode(ctx().headers(), {}), timeout=5)
+    assert raw.headers[ERROR_CODE_HEADER] == "500"
+    assert "passwd" not in raw.headers[ERROR_HEADER]
+
+
+async def test_thousand_hostile_bodies_get_invalid_request_and_worker_keeps_serving(probe, env,
+                                                                                  client):
+    rng = random.Random(1)
+    deep = {"h": {"tenant": "acme"}, "d": None}
+    node: dict = {}
+    deep["d"] = node
+    for _ in range(200):
+        node["x"] = {}
+        node = node["x"]
+    hostile = [
+        msgpack.packb(deep),
+        msgpack.packb({"h": {"tenant": "acme"}, "d": {str(i): i for i in range(200_000)}}),
+        msgpack.packb({"h": {"tenant": "acme"}, "d": {"text": ["not", "a", "string"]}}),
+        msgpack.packb({"h": {"tenant": ["wrong", "type"]}, "d": {"text": "x"}}),
+        msgpack.packb({"h": {"tenant": "a:b"}, "d": {"text": "x"}}),
+        b'{"h": {"tenant": "acme"}, "d": ' + b"[" * 3000 + b"]" * 3000 + b"}",
+        b"",
+    ]
+    bodies = hostile + [
+        bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 300)))
+        for _ in range(1000 - len(hostile))
+    ]
+    codes: dict[str, int] = {}
+
+    async def send(body: bytes) -> None:
+        msg = await env.nc.request("probe.echo.request", body, timeout=10)
+        code = msg.headers[ERROR_CODE_HEADER]
+        codes[code] = codes.get(code, 0) + 1
+
+    for i in range(0, len(bodies), 100):
+        await asyncio.gather(*(send(b) for b in bodies[i : i + 100]))
+    assert codes == {"400": 1000}
+    out = await client.request("probe.echo.request", {"text": "still here"}, ctx(), EchoResponse)
+    assert out.text == "still here"
+
+
+async def test_slow_handler_does_not_delay_fast_requests(probe, client):
+    slow = asyncio.create_task(
+        client.request("probe.sleep.request", SleepRequest(seconds=2), ctx())
+    )
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    for i in range(20):
+        await client.request("probe.echo.request", {"text": str(i)}, ctx())
+    fast_elapsed = time.monotonic() - started
+    assert not slow.done(), "the slow request should still be running"
+    assert fast_elapsed < 1.5
+    await slow
+
+
+async def test_deadline_exceeded_is_timeout_not_a_hang(probe, client):
+    started = time.monotonic()
+    with pytest.raises(Timeout):
+        await client.request("probe.sleep.request", {"seconds": 10}, ctx(timeout=0.5))
+    assert time.monotonic() - started < 3
+
+
+async def test_request_past_deadline_is_not_started(probe, env):
+    past = Context(tenant="acme", deadline=now_ms() - 1000, request_id="r1")
+    msg = await env.nc.request("probe.sleep.request",
+                               Codec().encode(past.headers(), {"seconds": 1}), timeout=5)
+    assert msg.headers[ERROR_CODE_HEADER] == "504"
+    assert probe.sleeps_finished == 0
+
+
+async def test_no_responders_is_unavailable_at_once(client):
+    started = time.monotonic()
+    with pytest.raises(Unavailable, match="no responders"):
+        await client.request("nobody.home.request", {}, ctx(timeout=10))
+    assert time.monotonic() - started < 1
+
+
+async def test_idempotent_requests_retry_retryable_errors(probe, env):
+    probe.fail_first = 2
+    client = Client(env.nc, retry=RetryPolicy(max_attempts=3, base_delay=0.01))
+    await client.request("probe.flaky.request", Empty(), ctx(), idempotent=True)
+    assert probe.flaky_calls == 3
+
+
+async def test_non_idempotent_requests_never_retry(probe, env):
+    probe.fail_first = 2
+    client = Client(env.nc, retry=RetryPolicy(max_attempts=5, base_delay=0.01))
+    with pytest.raises(Unavailable):
+        await client.request("probe.flaky.request", Empty(), ctx(), idempotent=False)
+    assert probe.flaky_calls == 1
+
+
+async def test_retries_stop_at_the_deadline(probe, env):
+    probe.fail_first = 10_000
+    client = Client(env.nc, retry=RetryPolicy(max_attempts=10_000, base_delay=0.05,
+                                              max_delay=0.2))
+    started = time.monotonic()
+    with pytest.raises(Unavailable):
+        await client.request("probe.flaky.request", Empty(), ctx(timeout=1.0), idempotent=True)
+    elapsed = time.monotonic() - started
+    assert elapsed < 1.5
+    assert 2 <= probe.flaky_calls < 10_000
+
+
+async def test_breaker_opens_half_opens_and_closes(probe, env):
+    from bus.breaker import BreakerConfig
+
+    changes: list[tuple[str, str]] = []
+    client = Client(env.nc, breaker=BreakerConfig(failure_threshold=3, reset_timeout=0.3),
+                    on_breaker_change=lambda s, old, new: changes.append((old, new)))
+    probe.fail_first = 3
+    for _ in range(3):
+        with pytest.raises(Unavailable, match="flaky"):
+            await client.request("probe.flaky.request", Empty(), ctx())
+    assert client.breaker("probe.flaky.request").state == "open"
+    with pytest.raises(Unavailable, match="circuit open"):
+        await client.request("probe.flaky.request", Empty(), ctx())
+    assert probe.flaky_calls == 3  # fast failure: the worker never saw it
+    await asyncio.sleep(0.35)
+    assert client.breaker("probe.flaky.request").state == "half_open"
+    await client.request("probe.flaky.request", Empty(), ctx())  # the probe succeeds
+    assert client.breaker("probe.flaky.request").state == "closed"
+    assert changes == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
+
+
+async def test_failed_probe_reopens_the_breaker(env):
+    from bus.breaker import BreakerConfig
+
+    client = Client(env.nc, breaker=BreakerConfig(failure_threshold=1, reset_timeout=0.1))
+    with pytest.raises(Unavailable):
+        await client.request("nobody.there.request", {}, ctx())
+    await asyncio.sleep(0.15)
+    with pytest.raises(Unavailable, match="no responders"):
+        await client.request("nobody.there.request", {}, ctx())
+    assert client.breaker("nobody.there.request").state == "open"
+
+
+async def test_stream_yields_chunks_then_ends(probe, client):
+    got = [c.text async for c in client.stream("probe.count.request", {"text": "x", "n": 4},
+                                               ctx(), EchoResponse)]
+    assert got == ["x0", "x1", "x2", "x3"]
+
+
+async def test_stream_error_after_chunks_raises_typed_error(probe, client):
+    got = []
+    with pytest.raises(NotFound, match="stream broke"):
+        async for c in client.stream("probe.count.request", {"text": "boom", "n": 2}, ctx()):
+            got.append(c)
+    assert len(got) == 2
+
+
+async def test_stream_without_responders_is_unavailable(client):
+    with pytest.raises(Unavailable):
+        async for _ in client.stream("nobody.stream.request", {}, ctx()):
+            pass
+
+
+async def test_one_trace_spans_client_to_worker(probe, client, spans):
+    from opentelemetry import trace
+
+    tracer = trace.get_tracer("test")
+    with tracer.start_as_current_span("caller") as caller:
+        await client.request("probe.echo.request", {"text": "t"}, ctx())
+    trace_id = caller.get_span_context().trace_id
+    server = [s for s in spans.get_finished_spans() if s.name == "probe.echo.request"]
+    assert server and server[-1].context.trace_id == trace_id
+    assert server[-1].parent is not None
+    assert server[-1].parent.span_id == caller.get_span_context().span_id
+
+
+async def test_stop_drains_in_flight_requests(env, client):
+    p = Probe()
+    worker = probe_worker(p, name="drainer")
+    async with worker.serve(env.nc):
+        pending = asyncio.create_task(
+            client.request("drainer.sleep.request", {"seconds": 0.5}, ctx())
+        )
+        await asyncio.sleep(0.1)
+    # Leaving serve() waited for the in-flight handler, which answered.
+    assert p.sleeps_finished == 1
+    assert await pending is not None
+
+
+async def test_services_are_discoverable(probe, env):
+    from mesh.tools import services
+
+    rows = await services(env.settings.nats_url)
+    probe_rows = [r for r in rows if r["name"] == "probe"]
+    assert probe_rows
+    subjects = {e["subject"] for e in probe_rows[0]["endpoints"]}
+    assert "probe.echo.request" in subjects

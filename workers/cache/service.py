@@ -1,0 +1,83 @@
+"""Cache Service endpoints: ``cache.{set,get,delete,invalidate}.request``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from bus.codec import Codec
+from bus.redis import create_redis
+from bus.worker import Endpoint, Worker, WorkerEnv
+from schemas.cache import (
+    CacheDeleteRequest,
+    CacheDeleteResponse,
+    CacheGetRequest,
+    CacheGetResponse,
+    CacheInvalidateRequest,
+    CacheInvalidateResponse,
+    CacheSetRequest,
+    CacheSetResponse,
+)
+from schemas.context import Context
+from workers.cache.store import CacheStore
+
+VERSION = "0.1.0"
+
+
+class CacheHandlers:
+    def __init__(self, store: CacheStore) -> None:
+        self.store = store
+
+    async def set(self, req: CacheSetRequest, ctx: Context) -> CacheSetResponse:
+        assert ctx.tenant  # the runtime rejects tenant-less requests
+        await self.store.set(ctx.tenant, req.namespace, req.key, req.value, req.ttl_seconds,
+                             req.tags)
+        return CacheSetResponse(ok=True)
+
+    async def get(self, req: CacheGetRequest, ctx: Context) -> CacheGetResponse:
+        assert ctx.tenant
+        hit, value = await self.store.get(ctx.tenant, req.namespace, req.key)
+        return CacheGetResponse(hit=hit, value=value)
+
+    async def delete(self, req: CacheDeleteRequest, ctx: Context) -> CacheDeleteResponse:
+        assert ctx.tenant
+        return CacheDeleteResponse(deleted=await self.store.delete(ctx.tenant, req.namespace,
+                                                                   req.keys))
+
+    async def invalidate(
+        self, req: CacheInvalidateRequest, ctx: Context
+    ) -> CacheInvalidateResponse:
+        assert ctx.tenant
+        n = await self.store.invalidate(ctx.tenant, req.namespace, req.tags)
+        return CacheInvalidateResponse(invalidated=n)
+
+
+def build_worker(store: CacheStore, codec: Codec | None = None, max_concurrency: int = 64) -> Worker:
+    h = CacheHandlers(store)
+    return Worker(
+        "cache",
+        endpoints=[
+            Endpoint("set", h.set, CacheSetRequest, description="store a value"),
+            Endpoint("get", h.get, CacheGetRequest, description="read a value"),
+            Endpoint("delete", h.delete, CacheDeleteRequest, description="delete keys"),
+            Endpoint("invalidate", h.invalidate, CacheInvalidateRequest,
+                     description="drop a namespace or everything tagged"),
+        ],
+        version=VERSION,
+        description="Tenant-scoped cache on Redis",
+        codec=codec or Codec(),
+        max_concurrency=max_concurrency,
+    )
+
+
+@asynccontextmanager
+async def lifespan(env: WorkerEnv) -> AsyncIterator[Worker]:
+    if not env.settings.redis_url:
+        raise RuntimeError("REDIS_URL is not set")
+    redis = create_redis(env.settings.redis_url)
+    try:
+        yield build_worker(
+            CacheStore(redis), Codec(env.settings.codec_type), env.settings.max_concurrency
+        )
+    finally:
+        await redis.aclose()
