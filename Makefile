@@ -18,6 +18,8 @@ up: $(STAMP)
 	$(BIN)/mesh up
 
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)

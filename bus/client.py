@@ -78,14 +78,24 @@ class Client:
 
     @overload
     async def request(
-        self, subject: str, payload: BaseModel | dict[str, Any], ctx: Context,
-        response: type[M], *, idempotent: bool = ...,
+        self,
+        subject: str,
+        payload: BaseModel | dict[str, Any],
+        ctx: Context,
+        response: type[M],
+        *,
+        idempotent: bool = ...,
     ) -> M: ...
 
     @overload
     async def request(
-        self, subject: str, payload: BaseModel | dict[str, Any], ctx: Context,
-        response: None = ..., *, idempotent: bool = ...,
+        self,
+        subject: str,
+        payload: BaseModel | dict[str, Any],
+        ctx: Context,
+        response: None = ...,
+        *,
+        idempotent: bool = ...,
     ) -> Any: ...
 
     async def request(
@@ -180,8 +190,11 @@ class Client:
             raise Unavailable(f"no responders for {subject}") from None
         except nats.errors.TimeoutError:
             raise Timeout(f"{subject} did not answer before the deadline") from None
-        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
-                nats.errors.OutboundBufferLimitError) as exc:
+        except (
+            nats.errors.ConnectionClosedError,
+            nats.errors.ConnectionReconnectingError,
+            nats.errors.OutboundBufferLimitError,
+        ) as exc:
             raise Unavailable(f"NATS connection unavailable: {type(exc).__name__}") from None
         except nats.errors.MaxPayloadError:
             raise InvalidRequest("request exceeds the NATS max payload") from None

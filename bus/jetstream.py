@@ -91,8 +91,12 @@ async def publish(
     body = (codec or Codec()).encode(ctx.headers(), data)
     try:
         return await js.publish(subject, body, timeout=timeout, headers={"Nats-Msg-Id": msg_id})
-    except (nats.errors.TimeoutError, nats.errors.NoRespondersError,
-            nats.errors.ConnectionClosedError, nats.js.errors.ServiceUnavailableError) as exc:
+    except (
+        nats.errors.TimeoutError,
+        nats.errors.NoRespondersError,
+        nats.errors.ConnectionClosedError,
+        nats.js.errors.ServiceUnavailableError,
+    ) as exc:
         raise Unavailable(f"JetStream publish failed: {type(exc).__name__}") from None
 
 
@@ -167,8 +171,11 @@ class JobConsumer:
                     msgs = await sub.fetch(self.spec.batch, timeout=1.0)
                 except nats.errors.TimeoutError:
                     continue
-                except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
-                        nats.js.errors.ServiceUnavailableError) as exc:
+                except (
+                    nats.errors.ConnectionClosedError,
+                    nats.errors.ConnectionReconnectingError,
+                    nats.js.errors.ServiceUnavailableError,
+                ) as exc:
                     _log.warning("consumer_fetch_failed", error=type(exc).__name__)
                     await asyncio.sleep(1.0)
                     continue
@@ -202,13 +209,16 @@ class JobConsumer:
                 await self._with_progress(msg, self.handler(payload, ctx))
             await msg.ack()
         except Exception as exc:
-            error = translate(exc) if not isinstance(exc, ValidationError) else InvalidRequest(
-                "invalid job context"
+            error = (
+                translate(exc)
+                if not isinstance(exc, ValidationError)
+                else InvalidRequest("invalid job context")
             )
             if isinstance(error, RetryableError) or not isinstance(exc, MeshError):
                 if delivered < self.spec.max_deliver:
-                    _log.warning("job_retry", subject=msg.subject, delivered=delivered,
-                                 error=error.message)
+                    _log.warning(
+                        "job_retry", subject=msg.subject, delivered=delivered, error=error.message
+                    )
                     await msg.nak(delay=self.spec.delay(delivered))
                     return
             reason = f"{error.code}: {error.message}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -31,7 +30,7 @@ class Database:
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
         try:
             conn = await self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             raise Unavailable("no database connection available in time") from None
         try:
             yield conn
@@ -59,7 +58,9 @@ async def create_database(dsn: str, *, min_size: int = 1, max_size: int = 10) ->
 
 
 def _lock_key(schema: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"migrate:{schema}".encode()).digest()[:8], "big", signed=True)
+    return int.from_bytes(
+        hashlib.sha256(f"migrate:{schema}".encode()).digest()[:8], "big", signed=True
+    )
 
 
 async def migrate(db: Database, schema: str, migrations: Traversable) -> list[str]:

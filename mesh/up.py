@@ -50,8 +50,7 @@ def _start_infra(data_dir: Path, settings: Settings) -> tuple[Infrastructure, di
 
 
 def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "mesh", *args], env=env,
-                            start_new_session=True)
+    return subprocess.Popen([sys.executable, "-m", "mesh", *args], env=env, start_new_session=True)
 
 
 def _has_bridge() -> bool:
@@ -81,9 +80,11 @@ def up(data_dir: Path, *, bridge: bool = True) -> None:
     else:
         bridge = False
     procs = {name: _spawn(argv, env) for name, argv in parts.items()}
-    _say(f"workers: {', '.join(WORKERS)}" + ("; bridge on http://"
-         f"{settings.bridge_host}:{settings.bridge_port}" if bridge else ""))
-    _say("try: mesh services | mesh request cache.get.request '{\"key\":\"k\"}' --tenant demo")
+    _say(
+        f"workers: {', '.join(WORKERS)}"
+        + (f"; bridge on http://{settings.bridge_host}:{settings.bridge_port}" if bridge else "")
+    )
+    _say('try: mesh services | mesh request cache.get.request \'{"key":"k"}\' --tenant demo')
     _say("Ctrl-C stops everything")
     try:
         while not stopping:

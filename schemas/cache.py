@@ -6,6 +6,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from schemas.routes import Route
+
 # Namespaces, keys and tags end up inside Redis keys: keep them printable and bounded.
 # No ":" in names: a key is `t:{tenant}:{namespace}:{key}` and must parse one way only.
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._/@+=-]{1,128}$")]
@@ -60,3 +62,47 @@ class CacheInvalidateRequest(_Request):
 
 class CacheInvalidateResponse(BaseModel):
     invalidated: int
+
+
+ROUTES: tuple[Route, ...] = (
+    Route(
+        "POST",
+        "/api/v1/cache/set",
+        "cache.set.request",
+        CacheSetRequest,
+        CacheSetResponse,
+        idempotent=True,
+        summary="Store a value",
+        tags=("cache",),
+    ),
+    Route(
+        "POST",
+        "/api/v1/cache/get",
+        "cache.get.request",
+        CacheGetRequest,
+        CacheGetResponse,
+        idempotent=True,
+        summary="Read a value",
+        tags=("cache",),
+    ),
+    Route(
+        "POST",
+        "/api/v1/cache/delete",
+        "cache.delete.request",
+        CacheDeleteRequest,
+        CacheDeleteResponse,
+        idempotent=True,
+        summary="Delete keys",
+        tags=("cache",),
+    ),
+    Route(
+        "POST",
+        "/api/v1/cache/invalidate",
+        "cache.invalidate.request",
+        CacheInvalidateRequest,
+        CacheInvalidateResponse,
+        idempotent=True,
+        summary="Drop a namespace or everything tagged",
+        tags=("cache",),
+    ),
+)

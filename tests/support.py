@@ -44,8 +44,13 @@ class Probe:
         self.sleeps_finished = 0
 
     async def echo(self, req: EchoRequest, ctx: Context) -> EchoResponse:
-        return EchoResponse(text=req.text, n=req.n, tenant=ctx.tenant,
-                            correlation_id=ctx.correlation_id, roles=list(ctx.roles))
+        return EchoResponse(
+            text=req.text,
+            n=req.n,
+            tenant=ctx.tenant,
+            correlation_id=ctx.correlation_id,
+            roles=list(ctx.roles),
+        )
 
     async def sleep(self, req: SleepRequest, ctx: Context) -> Empty:
         await asyncio.sleep(req.seconds)

@@ -29,8 +29,9 @@ async def cset(client: Client, tenant: str = "acme", **payload):
 
 
 async def cget(client: Client, key: str, tenant: str = "acme", **kw) -> CacheGetResponse:
-    return await client.request("cache.get.request", {"key": key, **kw}, ctx(tenant),
-                                CacheGetResponse)
+    return await client.request(
+        "cache.get.request", {"key": key, **kw}, ctx(tenant), CacheGetResponse
+    )
 
 
 async def test_set_then_get_round_trips_any_value(client):
@@ -87,8 +88,9 @@ async def test_invalidate_by_tag_across_namespaces(client):
 async def test_invalidate_by_tag_within_a_namespace(client):
     await cset(client, namespace="x1", key="a", value=1, tags=["t"])
     await cset(client, namespace="x2", key="a", value=2, tags=["t"])
-    out = await client.request("cache.invalidate.request", {"namespace": "x1", "tags": ["t"]},
-                               ctx())
+    out = await client.request(
+        "cache.invalidate.request", {"namespace": "x1", "tags": ["t"]}, ctx()
+    )
     assert out == {"invalidated": 1}
     assert (await cget(client, "a", namespace="x2")).hit
 
@@ -122,11 +124,11 @@ async def test_oversized_value_is_payload_too_large(client):
 async def test_tenant_b_cannot_read_delete_or_invalidate_tenant_a(client):
     await cset(client, "tenant-a", namespace="shared", key="secret", value="a-only", tags=["t"])
     assert not (await cget(client, "secret", tenant="tenant-b", namespace="shared")).hit
-    out = await client.request("cache.delete.request", {"namespace": "shared", "keys": ["secret"]},
-                               ctx("tenant-b"))
+    out = await client.request(
+        "cache.delete.request", {"namespace": "shared", "keys": ["secret"]}, ctx("tenant-b")
+    )
     assert out == {"deleted": 0}
-    out = await client.request("cache.invalidate.request", {"namespace": "shared"},
-                               ctx("tenant-b"))
+    out = await client.request("cache.invalidate.request", {"namespace": "shared"}, ctx("tenant-b"))
     assert out == {"invalidated": 0}
     out = await client.request("cache.invalidate.request", {"tags": ["t"]}, ctx("tenant-b"))
     assert out == {"invalidated": 0}

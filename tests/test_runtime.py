@@ -39,8 +39,9 @@ def ctx(tenant: str = "acme", timeout: float = 5.0, **kw) -> Context:
 async def test_echo_round_trip_carries_context(probe, client):
     c = ctx(roles=["admin"])
     out = await client.request("probe.echo.request", EchoRequest(text="hi", n=3), c, EchoResponse)
-    assert out == EchoResponse(text="hi", n=3, tenant="acme", correlation_id=c.correlation_id,
-                               roles=["admin"])
+    assert out == EchoResponse(
+        text="hi", n=3, tenant="acme", correlation_id=c.correlation_id, roles=["admin"]
+    )
 
 
 async def test_json_client_talks_to_msgpack_worker(probe, env):
@@ -70,14 +71,16 @@ async def test_crash_is_internal_and_leaks_nothing(probe, client, env):
     with pytest.raises(Internal) as info:
         await client.request("probe.crash.request", {}, ctx())
     assert "passwd" not in info.value.message and "RuntimeError" not in info.value.message
-    raw = await env.nc.request("probe.crash.request",
-                               Codec().encode(ctx().headers(), {}), timeout=5)
+    raw = await env.nc.request(
+        "probe.crash.request", Codec().encode(ctx().headers(), {}), timeout=5
+    )
     assert raw.headers[ERROR_CODE_HEADER] == "500"
     assert "passwd" not in raw.headers[ERROR_HEADER]
 
 
-async def test_thousand_hostile_bodies_get_invalid_request_and_worker_keeps_serving(probe, env,
-                                                                                  client):
+async def test_thousand_hostile_bodies_get_invalid_request_and_worker_keeps_serving(
+    probe, env, client
+):
     rng = random.Random(1)
     deep = {"h": {"tenant": "acme"}, "d": None}
     node: dict = {}
@@ -135,8 +138,9 @@ async def test_deadline_exceeded_is_timeout_not_a_hang(probe, client):
 
 async def test_request_past_deadline_is_not_started(probe, env):
     past = Context(tenant="acme", deadline=now_ms() - 1000, request_id="r1")
-    msg = await env.nc.request("probe.sleep.request",
-                               Codec().encode(past.headers(), {"seconds": 1}), timeout=5)
+    msg = await env.nc.request(
+        "probe.sleep.request", Codec().encode(past.headers(), {"seconds": 1}), timeout=5
+    )
     assert msg.headers[ERROR_CODE_HEADER] == "504"
     assert probe.sleeps_finished == 0
 
@@ -165,8 +169,7 @@ async def test_non_idempotent_requests_never_retry(probe, env):
 
 async def test_retries_stop_at_the_deadline(probe, env):
     probe.fail_first = 10_000
-    client = Client(env.nc, retry=RetryPolicy(max_attempts=10_000, base_delay=0.05,
-                                              max_delay=0.2))
+    client = Client(env.nc, retry=RetryPolicy(max_attempts=10_000, base_delay=0.05, max_delay=0.2))
     started = time.monotonic()
     with pytest.raises(Unavailable):
         await client.request("probe.flaky.request", Empty(), ctx(timeout=1.0), idempotent=True)
@@ -179,8 +182,11 @@ async def test_breaker_opens_half_opens_and_closes(probe, env):
     from bus.breaker import BreakerConfig
 
     changes: list[tuple[str, str]] = []
-    client = Client(env.nc, breaker=BreakerConfig(failure_threshold=3, reset_timeout=0.3),
-                    on_breaker_change=lambda s, old, new: changes.append((old, new)))
+    client = Client(
+        env.nc,
+        breaker=BreakerConfig(failure_threshold=3, reset_timeout=0.3),
+        on_breaker_change=lambda s, old, new: changes.append((old, new)),
+    )
     probe.fail_first = 3
     for _ in range(3):
         with pytest.raises(Unavailable, match="flaky"):
@@ -209,8 +215,12 @@ async def test_failed_probe_reopens_the_breaker(env):
 
 
 async def test_stream_yields_chunks_then_ends(probe, client):
-    got = [c.text async for c in client.stream("probe.count.request", {"text": "x", "n": 4},
-                                               ctx(), EchoResponse)]
+    got = [
+        c.text
+        async for c in client.stream(
+            "probe.count.request", {"text": "x", "n": 4}, ctx(), EchoResponse
+        )
+    ]
     assert got == ["x0", "x1", "x2", "x3"]
 
 

@@ -30,8 +30,9 @@ class CacheHandlers:
 
     async def set(self, req: CacheSetRequest, ctx: Context) -> CacheSetResponse:
         assert ctx.tenant  # the runtime rejects tenant-less requests
-        await self.store.set(ctx.tenant, req.namespace, req.key, req.value, req.ttl_seconds,
-                             req.tags)
+        await self.store.set(
+            ctx.tenant, req.namespace, req.key, req.value, req.ttl_seconds, req.tags
+        )
         return CacheSetResponse(ok=True)
 
     async def get(self, req: CacheGetRequest, ctx: Context) -> CacheGetResponse:
@@ -41,8 +42,9 @@ class CacheHandlers:
 
     async def delete(self, req: CacheDeleteRequest, ctx: Context) -> CacheDeleteResponse:
         assert ctx.tenant
-        return CacheDeleteResponse(deleted=await self.store.delete(ctx.tenant, req.namespace,
-                                                                   req.keys))
+        return CacheDeleteResponse(
+            deleted=await self.store.delete(ctx.tenant, req.namespace, req.keys)
+        )
 
     async def invalidate(
         self, req: CacheInvalidateRequest, ctx: Context
@@ -52,7 +54,9 @@ class CacheHandlers:
         return CacheInvalidateResponse(invalidated=n)
 
 
-def build_worker(store: CacheStore, codec: Codec | None = None, max_concurrency: int = 64) -> Worker:
+def build_worker(
+    store: CacheStore, codec: Codec | None = None, max_concurrency: int = 64
+) -> Worker:
     h = CacheHandlers(store)
     return Worker(
         "cache",
@@ -60,8 +64,12 @@ def build_worker(store: CacheStore, codec: Codec | None = None, max_concurrency:
             Endpoint("set", h.set, CacheSetRequest, description="store a value"),
             Endpoint("get", h.get, CacheGetRequest, description="read a value"),
             Endpoint("delete", h.delete, CacheDeleteRequest, description="delete keys"),
-            Endpoint("invalidate", h.invalidate, CacheInvalidateRequest,
-                     description="drop a namespace or everything tagged"),
+            Endpoint(
+                "invalidate",
+                h.invalidate,
+                CacheInvalidateRequest,
+                description="drop a namespace or everything tagged",
+            ),
         ],
         version=VERSION,
         description="Tenant-scoped cache on Redis",

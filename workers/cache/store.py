@@ -84,9 +84,7 @@ class CacheStore:
             deleted, _ = await pipe.execute()
         return int(deleted)
 
-    async def invalidate(
-        self, tenant: str, namespace: str | None, tags: list[str] | None
-    ) -> int:
+    async def invalidate(self, tenant: str, namespace: str | None, tags: list[str] | None) -> int:
         if not tags:
             assert namespace is not None
             return await self._drain_index(ns_index(tenant, namespace))
