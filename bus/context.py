@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 from opentelemetry import propagate
 
+from bus.telemetry import tracing_enabled
 from schemas.context import Context
 
 #: Deadline given to a context created without one.
@@ -56,7 +57,8 @@ def child(ctx: Context, *, timeout: float | None = None) -> Context:
         cap = now_ms() + int(timeout * 1000)
         deadline = cap if deadline is None else min(deadline, cap)
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    if tracing_enabled():
+        propagate.inject(carrier)
     return ctx.model_copy(
         update={
             "request_id": new_id(),

@@ -7,9 +7,11 @@ import sys
 
 import structlog
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -42,16 +44,51 @@ def setup_logging(level: str = "info", fmt: str = "console") -> None:
     )
 
 
-def setup_tracing(service_name: str, otlp_endpoint: str | None = None) -> TracerProvider:
-    """A tracer provider for this process; spans are exported over OTLP/HTTP when configured.
+def setup_tracing(service_name: str, otlp_endpoint: str | None = None) -> TracerProvider | None:
+    """Record spans and export them over OTLP/HTTP when an endpoint is configured.
 
-    Without an endpoint spans are still created, so trace ids reach logs and envelopes.
+    Without one no provider is installed: spans would go nowhere, and recording them costs
+    more than the rest of a no-op request. Trace context still travels unchanged from hop
+    to hop in the envelope, so a trace started at an instrumented edge continues.
     """
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
-    if otlp_endpoint:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    if not otlp_endpoint:
+        return None
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        endpoint = otlp_endpoint.rstrip("/") + "/v1/traces"
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    endpoint = otlp_endpoint.rstrip("/") + "/v1/traces"
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
     trace.set_tracer_provider(provider)
     return provider
+
+
+def tracing_enabled() -> bool:
+    """True once a real tracer provider is installed (here, or by an embedding app/test)."""
+    return not isinstance(
+        trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider
+    )
+
+
+def remote_parent(traceparent: str | None) -> Context | None:
+    """The OpenTelemetry context of a W3C ``traceparent`` header, or None if absent/invalid.
+
+    Parsed directly (https://www.w3.org/TR/trace-context/#traceparent-header): the generic
+    propagator costs several microseconds per message.
+    """
+    if not traceparent:
+        return None
+    parts = traceparent.split("-")
+    if len(parts) < 4 or len(parts[1]) != 32 or len(parts[2]) != 16:
+        return None
+    try:
+        span_context = SpanContext(
+            trace_id=int(parts[1], 16),
+            span_id=int(parts[2], 16),
+            is_remote=True,
+            trace_flags=TraceFlags(int(parts[3][:2], 16)),
+        )
+    except ValueError:
+        return None
+    if not span_context.is_valid:
+        return None
+    return trace.set_span_in_context(NonRecordingSpan(span_context))
