@@ -32,7 +32,7 @@ from bus.errors import (
     Unavailable,
     from_body,
 )
-from bus.types import ERROR_CODE_HEADER
+from bus.types import CANCEL_SUFFIX, ERROR_CODE_HEADER
 from schemas.context import Context
 
 M = TypeVar("M", bound=BaseModel)
@@ -153,6 +153,7 @@ class Client:
         breaker.before_call()
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox)
+        finished = False
         try:
             await self.nc.publish(
                 subject, self.codec.encode(ctx.headers(), _dump(payload)), reply=inbox
@@ -173,15 +174,21 @@ class Client:
                     breaker.record_success()
                     first = False
                 if headers.get("stream") == "end":
+                    finished = True
                     return
                 yield _validate(response, data)
         except RetryableError:
             breaker.record_failure()
             raise
+        except MeshError:
+            finished = True  # the worker answered with an error: it has stopped
+            raise
         finally:
             breaker.release_probe()
             if not self.nc.is_closed:
                 await sub.unsubscribe()
+                if not finished:  # we stopped reading: tell the worker to stop producing
+                    await self.nc.publish(inbox + CANCEL_SUFFIX, b"")
 
     async def _send(self, subject: str, body: bytes, timeout: float) -> Msg:
         try:

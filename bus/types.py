@@ -21,3 +21,6 @@ JobHandler: TypeAlias = Callable[[Any, Context], Awaitable[None]]
 #: nats.micro error headers (https://github.com/nats-io/nats.py nats/micro/request.py).
 ERROR_HEADER = "Nats-Service-Error"
 ERROR_CODE_HEADER = "Nats-Service-Error-Code"
+
+#: Appended to a streaming request's reply subject by a caller that stops reading.
+CANCEL_SUFFIX = ".cancel"

@@ -36,7 +36,7 @@ from bus.context import now_ms
 from bus.errors import InvalidRequest, MeshError, Timeout, Unauthenticated, translate
 from bus.settings import DEFAULT_MAX_CONCURRENCY, Settings
 from bus.telemetry import remote_parent, tracing_enabled
-from bus.types import ERROR_CODE_HEADER, ERROR_HEADER
+from bus.types import CANCEL_SUFFIX, ERROR_CODE_HEADER, ERROR_HEADER
 from schemas.context import Context
 
 _log = structlog.get_logger("bus.worker")
@@ -267,10 +267,44 @@ class _Serving:
             result = await ep.handler(request, ctx)
             await _reply(req, self.codec.encode(reply_h, result.model_dump()))
             return
+        await self.stream(ep, req, ctx, request, reply_h)
+
+    async def stream(
+        self, ep: Endpoint, req: Request, ctx: Context, request: BaseModel, reply_h: dict[str, Any]
+    ) -> None:
+        """Publish each chunk, then ``end``; stop early when the caller cancels the stream.
+
+        The caller's client publishes to ``<reply subject>.cancel`` when it stops reading
+        (an HTTP client went away), so a long generation does not run on for nobody.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        cancelled = False
+
+        async def on_cancel(_msg: Any) -> None:
+            nonlocal cancelled
+            cancelled = True
+            task.cancel()
+
+        reply = req._msg.reply
+        cancel_sub = (
+            await self.service._client.subscribe(reply + CANCEL_SUFFIX, cb=on_cancel)
+            if reply
+            else None
+        )
         chunk_h = {**reply_h, "stream": "chunk"}
-        async for chunk in ep.handler(request, ctx):
-            await _reply(req, self.codec.encode(chunk_h, chunk.model_dump()))
-        await _reply(req, self.codec.encode({**reply_h, "stream": "end"}, None))
+        try:
+            async for chunk in ep.handler(request, ctx):
+                await _reply(req, self.codec.encode(chunk_h, chunk.model_dump()))
+            await _reply(req, self.codec.encode({**reply_h, "stream": "end"}, None))
+        except asyncio.CancelledError:
+            if not cancelled:
+                raise
+            task.uncancel()
+            _log.info("stream_cancelled_by_caller", subject=req.subject)
+        finally:
+            if cancel_sub is not None and not self.service._client.is_closed:
+                await cancel_sub.unsubscribe()
 
     async def respond_error(self, req: Request, ctx: Context | None, error: MeshError) -> None:
         if not req._msg.reply:

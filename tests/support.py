@@ -42,6 +42,8 @@ class Probe:
         self.flaky_calls = 0
         self.fail_first = 0
         self.sleeps_finished = 0
+        self.ticks_sent = 0
+        self.ticks_stopped = asyncio.Event()
 
     async def echo(self, req: EchoRequest, ctx: Context) -> EchoResponse:
         return EchoResponse(
@@ -75,6 +77,16 @@ class Probe:
         if req.text == "boom":
             raise NotFound("stream broke")
 
+    async def ticks(self, req: EchoRequest, ctx: Context) -> AsyncIterator[EchoResponse]:
+        """A slow, long stream: a tick every 20 ms, up to ``n``."""
+        try:
+            for i in range(req.n):
+                self.ticks_sent += 1
+                yield EchoResponse(text="tick", n=i)
+                await asyncio.sleep(0.02)
+        finally:
+            self.ticks_stopped.set()
+
 
 def probe_worker(probe: Probe, name: str = "probe", **kwargs: Any) -> Worker:
     return Worker(
@@ -86,6 +98,7 @@ def probe_worker(probe: Probe, name: str = "probe", **kwargs: Any) -> Worker:
             Endpoint("crash", probe.crash, Empty),
             Endpoint("flaky", probe.flaky, Empty),
             Endpoint("count", probe.count, EchoRequest, streaming=True),
+            Endpoint("ticks", probe.ticks, EchoRequest, streaming=True),
         ],
         **kwargs,
     )

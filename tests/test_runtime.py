@@ -272,3 +272,15 @@ async def test_services_are_discoverable(probe, env):
     assert probe_rows
     subjects = {e["subject"] for e in probe_rows[0]["endpoints"]}
     assert "probe.echo.request" in subjects
+
+
+async def test_caller_that_stops_reading_stops_the_worker_stream(probe, client):
+    stream = client.stream("probe.ticks.request", {"text": "t", "n": 1000}, ctx(timeout=30))
+    got = 0
+    async for _ in stream:
+        got += 1
+        if got == 3:
+            break
+    await stream.aclose()
+    await asyncio.wait_for(probe.ticks_stopped.wait(), 5)
+    assert probe.ticks_sent < 100
