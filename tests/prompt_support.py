@@ -16,14 +16,13 @@ from typing import Any
 
 from bus.client import Client
 from bus.context import new_context
-from bus.postgres import create_database, migrate, migrations_of
 from bus.worker import Endpoint, Worker, WorkerEnv
 from schemas.context import Context
 from schemas.gateway import CountTokensRequest, CountTokensResponse
 from workers.prompt.renderer import Renderer
 from workers.prompt.sandbox import Limits
 from workers.prompt.service import PromptHandlers, build_worker
-from workers.prompt.store import PromptStore
+from workers.prompt.store import PromptStore, open_database
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 #: Framing per message and reply priming, as OpenAI-style counters add them.
@@ -66,10 +65,9 @@ async def prompt_service(
 ) -> AsyncIterator[PromptHandlers]:
     """The prompt worker serving on ``env.nc``, with its handlers (and renderer) exposed."""
     assert env.settings.database_url
-    db = await create_database(env.settings.database_url, max_size=8)
+    db = await open_database(env.settings.database_url, max_size=8)
     renderer = Renderer(limits)
     try:
-        await migrate(db, "prompt", migrations_of("workers.prompt"))
         handlers = PromptHandlers(PromptStore(db), renderer, client or env.client)
         async with build_worker(handlers).serve(env.nc):
             yield handlers

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -205,29 +206,50 @@ class Renderer:
         renders counts against the request's deadline (``timeout``), not the template.
         """
         loop = asyncio.get_running_loop()
-        started = asyncio.Event()
-        cancelled = False
-
-        def job() -> T:
-            loop.call_soon_threadsafe(started.set)
-            if cancelled:  # the caller gave up while this was queued
-                raise InvalidRequest("render cancelled")
-            return fn()
-
-        future = loop.run_in_executor(self._pool, job)
+        job = _Job(fn)
+        future = loop.run_in_executor(self._pool, job.run)
         # Whatever happens to the caller, retrieve the outcome so it is never "unretrieved".
-        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        future.add_done_callback(_retrieve)
+        allowed = self.limits.timeout_s + GRACE_S
+        wait = allowed
         try:
-            await started.wait()
-            return await asyncio.wait_for(asyncio.shield(future), self.limits.timeout_s + GRACE_S)
-        except TimeoutError:
-            _log.warning("render_overran", limit_s=self.limits.timeout_s)
-            raise InvalidRequest(
-                f"render exceeded the time limit of {self.limits.timeout_s:g} s"
-            ) from None
+            while True:
+                done, _ = await asyncio.wait((future,), timeout=wait)
+                if done:
+                    return future.result()
+                if job.started is None:  # still queued: the request deadline bounds this
+                    continue
+                wait = job.started + allowed - time.monotonic()
+                if wait <= 0:
+                    _log.warning("render_overran", limit_s=self.limits.timeout_s)
+                    raise InvalidRequest(
+                        f"render exceeded the time limit of {self.limits.timeout_s:g} s"
+                    )
         except asyncio.CancelledError:
-            cancelled = True
+            job.cancelled = True
             raise
+
+
+class _Job:
+    """A render handed to a thread: when it started, and whether its caller gave up."""
+
+    __slots__ = ("cancelled", "fn", "started")
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.started: float | None = None
+        self.cancelled = False
+
+    def run(self) -> Any:
+        self.started = time.monotonic()
+        if self.cancelled:  # the caller gave up while this was queued
+            raise InvalidRequest("render cancelled")
+        return self.fn()
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _template_error(exc: BaseException, index: int | None) -> InvalidRequest:

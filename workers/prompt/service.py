@@ -18,7 +18,6 @@ import structlog
 from bus.client import Client
 from bus.codec import Codec
 from bus.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
-from bus.postgres import create_database, migrate, migrations_of
 from bus.worker import Endpoint, Worker, WorkerEnv
 from schemas.context import Context
 from schemas.prompt import (
@@ -57,13 +56,11 @@ from workers.prompt.diff import config_changes, unified
 from workers.prompt.includes import check_refs, resolve
 from workers.prompt.renderer import Rendered, Renderer, Source
 from workers.prompt.sandbox import weigh
-from workers.prompt.store import Body, PromptStore, VersionRow
+from workers.prompt.store import Body, PromptStore, VersionRow, open_database
 
 VERSION = "0.1.0"
 #: Largest ``variables`` a render accepts (approximate characters once turned into text).
 MAX_VARIABLES_SIZE = 1_000_000
-#: Postgres connections per worker: a render is one short query.
-DB_POOL_SIZE = 16
 
 _log = structlog.get_logger("workers.prompt")
 
@@ -416,10 +413,9 @@ def build_worker(
 async def lifespan(env: WorkerEnv) -> AsyncIterator[Worker]:
     if not env.settings.database_url:
         raise RuntimeError("DATABASE_URL is not set")
-    db = await create_database(env.settings.database_url, max_size=DB_POOL_SIZE)
+    db = await open_database(env.settings.database_url)
     renderer = Renderer()
     try:
-        await migrate(db, "prompt", migrations_of("workers.prompt"))
         handlers = PromptHandlers(PromptStore(db), renderer, env.client)
         yield build_worker(handlers, Codec(env.settings.codec_type), env.settings.max_concurrency)
     finally:
