@@ -130,6 +130,8 @@ ESCAPES = {
     "ljust_bomb": ("{{ 'x'.ljust(10**9) }}", {}),
     "center_filter_bomb": ("{{ 'x'|center(10**9) }}", {}),
     "replace_bomb": ("{{ s.replace('', s) }}", {"s": "y" * 5000}),
+    "to_bytes_bomb": ("{{ (5).to_bytes(10**9, 'big')|length }}", {}),
+    "quadratic_codec": ("{{ s.encode('punycode') }}", {"s": "\u00e9" * 200_000}),
     "namespace_doubling": (
         "{% set ns = namespace(s='x') %}{% for i in range(64) %}"
         "{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}",
@@ -169,6 +171,16 @@ async def test_sandbox_escape_attempt_fails_cleanly(call, template, variables):
     assert not CANARY.exists()
     await create_text(call, "after", "still {{ ok }}")
     assert (await render(call, "after", variables={"ok": "fine"}))["text"] == "still fine"
+
+
+async def test_large_numbers_are_values_not_limits(call):
+    template = (
+        "{% macro at(ts) %}@{{ ts }}{% endmacro %}"
+        "{{ 1500000|string }} {{ at(1700000000000) }} {{ '%d' % n }} {{ dict(n=n)['n'] }}"
+    )
+    await create_text(call, "numbers", template)
+    out = await render(call, "numbers", variables={"n": 10**12})
+    assert out["text"] == "1500000 @1700000000000 1000000000000 1000000000000"
 
 
 async def test_cpu_bound_render_stops_at_the_time_limit(call):

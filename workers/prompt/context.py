@@ -25,7 +25,7 @@ from typing import Protocol
 
 from bus.client import Client
 from bus.context import child
-from bus.errors import InvalidRequest, Timeout, Unavailable
+from bus.errors import InvalidRequest, Timeout, Unavailable, UpstreamError
 from schemas.context import Context
 from schemas.gateway import CountTokensMessage, CountTokensRequest, CountTokensResponse
 from schemas.prompt import Message, OmittedPart, PromptContextRequest
@@ -78,10 +78,20 @@ class GatewayCounter:
 
     async def messages(self, messages: list[dict[str, str]]) -> CountTokensResponse:
         payload = [CountTokensMessage(**m) for m in messages]
-        return await self._count(CountTokensRequest(model=self.model, messages=payload))
+        out = await self._count(CountTokensRequest(model=self.model, messages=payload))
+        return _one_count_each(out, len(messages))
 
     async def texts(self, texts: list[str]) -> CountTokensResponse:
-        return await self._count(CountTokensRequest(model=self.model, texts=texts))
+        out = await self._count(CountTokensRequest(model=self.model, texts=texts))
+        return _one_count_each(out, len(texts))
+
+
+def _one_count_each(out: CountTokensResponse, expected: int) -> CountTokensResponse:
+    if len(out.counts) != expected:
+        raise UpstreamError(
+            f"gateway count_tokens answered {len(out.counts)} counts for {expected} items"
+        )
+    return out
 
 
 class EstimateCounter:

@@ -153,8 +153,8 @@ class Renderer:
     ) -> Rendered:
         budget = Budget(self.limits)
         for ref, source in includes.items():
-            budget.refs[ref] = self._compiled(source, budget)[0]
-        compiled = self._compiled(root, budget)
+            budget.refs[ref] = self._compiled(source)[0]
+        compiled = self._compiled(root)
         if root.type == "text":
             return Rendered(text=self._render_one(compiled[0], variables, budget, None))
         assert root.messages is not None
@@ -173,19 +173,19 @@ class Renderer:
         except Exception as exc:
             raise _template_error(exc, index) from None
 
-    def _compiled(self, source: Source, budget: Budget) -> tuple[Template, ...]:
+    def _compiled(self, source: Source) -> tuple[Template, ...]:
         with self._lock:
             hit = self._cache.get(source.key)
             if hit is not None:
                 self._cache.move_to_end(source.key)
                 return hit
 
-        def compile_all() -> tuple[Template, ...]:
-            bodies = _bodies(source.type, source.template, source.messages)
-            return tuple(self.env.from_string(body) for body in bodies)
-
+        # Compiled outside the budget on purpose: Jinja folds constant expressions at
+        # compile time, and with no budget every checkpoint refuses, so nothing a template
+        # computes runs before render time (where it is charged).
+        bodies = _bodies(source.type, source.template, source.messages)
         try:
-            compiled = run_bounded(budget, compile_all)
+            compiled = tuple(self.env.from_string(body) for body in bodies)
         except Exception as exc:
             raise _template_error(exc, None) from None
         with self._lock:

@@ -14,8 +14,9 @@ larger than the output limit *before* building them:
 - loops: each ``for`` iterable (and a recursive ``loop(...)``) is wrapped in a counting
   iterator; ``range`` is capped;
 - operators ``+ * ** %`` and ``~`` are intercepted and size-checked before they run;
-- calls (macros, globals, methods) and filters check their integer arguments, refuse
-  oversized container arguments and results, and tick the deadline;
+- calls (macros, globals, methods) and filters tick the deadline and refuse oversized
+  results; methods of builtin types and the size-taking filters (``center``, ``indent``,
+  ``truncate``…) also refuse integer arguments above a cap;
 - list, tuple and dict literals and ``namespace`` assignments are size-checked, counting
   shared references each time (``[a, a]`` weighs twice ``a``), so no value can hide an
   exponential expansion that a later ``str()`` or comparison would pay for;
@@ -31,6 +32,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+import types
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import wraps
@@ -60,44 +62,30 @@ MAX_INT_BITS = 4096
 #: Widest field or precision in a ``%`` format.
 MAX_FORMAT_WIDTH = 1_000
 
-# Filters that only look at a container (count, pick, reorder) without turning it into a
-# string: they need no size check on their input.
-_STRUCTURAL_FILTERS = frozenset(
-    {
-        "attr",
-        "batch",
-        "count",
-        "d",
-        "default",
-        "dictsort",
-        "first",
-        "groupby",
-        "items",
-        "last",
-        "length",
-        "list",
-        "map",
-        "max",
-        "min",
-        "random",
-        "reject",
-        "rejectattr",
-        "reverse",
-        "select",
-        "selectattr",
-        "slice",
-        "sort",
-        "sum",
-        "unique",
-    }
-)
+# Filters whose integer arguments are sizes (widths, lengths, counts of groups).
+_SIZE_FILTERS = frozenset({"batch", "center", "indent", "slice", "truncate", "wordwrap"})
+# Callables whose integer arguments are sizes: methods of builtin types.
+_BUILTIN_CALLABLES = (types.BuiltinMethodType, types.MethodWrapperType, types.MethodDescriptorType)
 # Filters a prompt has no use for and that only add attack surface (xmlattr, urlize build
 # HTML; pprint and the escape family are for web pages).
 _DROPPED_FILTERS = frozenset({"xmlattr", "urlize", "pprint", "forceescape", "safe", "e", "escape"})
-# str methods that can build large output from small input, or format with field access.
+# str/bytes methods that build large output from small input, format with field access,
+# or run codecs (punycode is quadratic in C, where no checkpoint can stop it).
 _BLOCKED_STR_METHODS = frozenset(
-    {"format", "format_map", "expandtabs", "ljust", "rjust", "center", "zfill", "translate"}
+    {
+        "center",
+        "decode",
+        "encode",
+        "expandtabs",
+        "format",
+        "format_map",
+        "ljust",
+        "rjust",
+        "translate",
+        "zfill",
+    }
 )
+_SEQUENCES = (str, bytes, list, tuple)
 # A printf-style conversion: flags, width, precision, conversion type.
 _PRINTF = re.compile(r"%(?:\([^)]*\))?[-+ #0]*(\*|\d+)?(?:\.(\*|\d+))?[hlL]?[diouxXeEfFgGcrsa%]")
 
@@ -387,7 +375,7 @@ class PromptSandbox(ImmutableSandboxedEnvironment):
         limit = budget.limits.max_output_chars
         if operator == "*":
             for seq, n in ((left, right), (right, left)):
-                if isinstance(seq, str | list | tuple) and isinstance(n, int):
+                if isinstance(seq, _SEQUENCES) and isinstance(n, int):
                     if len(seq) * max(n, 0) > limit:
                         raise RenderLimitExceeded(
                             f"repetition would exceed the output limit of {limit} characters"
@@ -399,7 +387,7 @@ class PromptSandbox(ImmutableSandboxedEnvironment):
                 if abs(left) > 1 and right * max(left.bit_length(), 1) > MAX_INT_BITS:
                     raise RenderLimitExceeded(f"integers larger than {MAX_INT_BITS} bits")
         elif operator == "+":
-            if isinstance(left, str | list | tuple) and isinstance(right, str | list | tuple):
+            if isinstance(left, _SEQUENCES) and isinstance(right, _SEQUENCES):
                 if len(left) + len(right) > limit:
                     raise RenderLimitExceeded(
                         f"concatenation would exceed the output limit of {limit} characters"
@@ -415,24 +403,24 @@ class PromptSandbox(ImmutableSandboxedEnvironment):
         current_budget().tick()
         if isinstance(__obj, LoopContext) and len(args) == 1:  # a recursive loop(...)
             args = (__self.bounded_iter(args[0]),)
-        _check_int_args(args, kwargs, "call")
-        owner = getattr(__obj, "__self__", None)
-        if isinstance(owner, str):
-            name = getattr(__obj, "__name__", "")
-            if name == "replace":
-                _precheck_replace(owner, *args, **kwargs)
-            elif name == "join" and args:
-                args = (_materialize_join(args[0], owner),)
-        for arg in (*args, *kwargs.values()):
-            if isinstance(arg, list | tuple | dict | Namespace):
-                _check_weight(arg, "a call argument")
+        elif isinstance(__obj, _BUILTIN_CALLABLES):
+            # Methods of str, int, list…: their integer arguments are sizes
+            # ((5).to_bytes(10**9), 'x'.split(None, n)); macros' and globals' are values.
+            _check_int_args(args, kwargs, getattr(__obj, "__qualname__", "call"))
+            owner = getattr(__obj, "__self__", None)
+            if isinstance(owner, str):
+                name = getattr(__obj, "__name__", "")
+                if name == "replace":
+                    _precheck_replace(owner, *args, **kwargs)
+                elif name == "join" and args:
+                    args = (_materialize_join(args[0], owner),)
         result = super().call(__context, __obj, *args, **kwargs)
         if isinstance(result, str | list | tuple | dict):
             _check_weight(result, "the result of a call")
         return result
 
     def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
-        if isinstance(obj, str) and attr in _BLOCKED_STR_METHODS:
+        if isinstance(obj, str | bytes) and attr in _BLOCKED_STR_METHODS:
             return False
         return super().is_safe_attribute(obj, attr, value)
 
@@ -447,16 +435,15 @@ class PromptSandbox(ImmutableSandboxedEnvironment):
         return rng
 
     def _guard_filter(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        stringifies = name not in _STRUCTURAL_FILTERS
+        sizes = name in _SIZE_FILTERS
+        # Arguments before the filtered value: the context/environment Jinja passes.
+        value_at = 1 if getattr(fn, "jinja_pass_arg", None) is not None else 0
 
         @wraps(fn)  # keeps jinja_pass_arg, so Jinja still passes context/environment
         def guarded(*args: Any, **kwargs: Any) -> Any:
             current_budget().tick()
-            _check_int_args(args, kwargs, f"filter {name}")
-            if stringifies:
-                for arg in args:
-                    if isinstance(arg, list | tuple | dict | Namespace):
-                        _check_weight(arg, f"filter {name}")
+            if sizes:
+                _check_int_args(args[value_at + 1 :], kwargs, f"filter {name}")
             result = fn(*args, **kwargs)
             if isinstance(result, str | list | tuple | dict):
                 _check_weight(result, f"filter {name}")
