@@ -126,6 +126,8 @@ class Renderer:
                 ) from None
             except RecursionError:
                 raise InvalidRequest(f"template nests too deeply{where}") from None
+            except Exception as exc:  # compile-time faults (unknown filter, …) are the author's
+                raise _template_error(exc, index if type_ == "chat" else None) from None
             names = meta.find_undeclared_variables(tree) - set(self.env.globals)
             variables.update(dict.fromkeys(sorted(names)))
             for node in tree.find_all(

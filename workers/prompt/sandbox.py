@@ -21,7 +21,8 @@ larger than the output limit *before* building them:
   shared references each time (``[a, a]`` weighs twice ``a``), so no value can hide an
   exponential expansion that a later ``str()`` or comparison would pay for;
 - ``str.format``/``format_map`` are unavailable (``'{0.__class__}'.format(x)`` and
-  width-based blow-ups), and the ``%`` operator and ``format`` filter refuse wide fields.
+  width-based blow-ups), and the ``%`` operator and ``format`` filter refuse wide fields;
+  so are codecs (``encode``/``decode``) and the padding methods (``ljust``, ``zfill``…).
 
 Every checkpoint also checks the deadline, so a render stops itself in bounded time; the
 caller additionally runs it in a thread and stops waiting after the limit.
@@ -66,9 +67,11 @@ MAX_FORMAT_WIDTH = 1_000
 _SIZE_FILTERS = frozenset({"batch", "center", "indent", "slice", "truncate", "wordwrap"})
 # Callables whose integer arguments are sizes: methods of builtin types.
 _BUILTIN_CALLABLES = (types.BuiltinMethodType, types.MethodWrapperType, types.MethodDescriptorType)
-# Filters a prompt has no use for and that only add attack surface (xmlattr, urlize build
-# HTML; pprint and the escape family are for web pages).
-_DROPPED_FILTERS = frozenset({"xmlattr", "urlize", "pprint", "forceescape", "safe", "e", "escape"})
+# Filters a prompt has no use for and that only add attack surface (HTML builders that run
+# regular expressions over the text).
+_DROPPED_FILTERS = frozenset({"xmlattr", "urlize"})
+#: Longest text ``wordwrap`` accepts (textwrap runs without checkpoints).
+MAX_WORDWRAP_CHARS = 200_000
 # str/bytes methods that build large output from small input, format with field access,
 # or run codecs (punycode is quadratic in C, where no checkpoint can stop it).
 _BLOCKED_STR_METHODS = frozenset(
@@ -392,8 +395,8 @@ class PromptSandbox(ImmutableSandboxedEnvironment):
                     raise RenderLimitExceeded(
                         f"concatenation would exceed the output limit of {limit} characters"
                     )
-        elif operator == "%" and isinstance(left, str):
-            _check_printf(left)
+        elif operator == "%" and isinstance(left, str | bytes):
+            _check_printf(left if isinstance(left, str) else left.decode("latin-1"))
         result = self.binop_table[operator](left, right)
         if isinstance(result, list | tuple):
             _check_weight(result, "this operation")
@@ -534,4 +537,7 @@ def _wordwrap(
         raise RenderLimitExceeded("wordwrap: wrapstring longer than 8 characters")
     if width < 1:
         raise RenderLimitExceeded("wordwrap: width must be positive")
-    return do_wordwrap(environment, str(s), width, break_long_words, wrapstring, break_on_hyphens)
+    s = str(s)
+    if len(s) > MAX_WORDWRAP_CHARS:
+        raise RenderLimitExceeded(f"wordwrap of more than {MAX_WORDWRAP_CHARS} characters")
+    return do_wordwrap(environment, s, width, break_long_words, wrapstring, break_on_hyphens)
