@@ -19,8 +19,6 @@ import asyncpg
 
 from bus.errors import Conflict, NotFound
 from bus.postgres import (
-    COMMAND_TIMEOUT_S,
-    CONNECT_TIMEOUT_S,
     Database,
     create_database,
     migrate,
@@ -157,34 +155,15 @@ LIMIT $4
 """
 
 
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """Nothing to reset: see :func:`open_database`."""
-
-
 async def open_database(dsn: str, max_size: int = DB_POOL_SIZE) -> Database:
-    """Migrate the ``prompt`` schema, then open the pool the handlers use.
-
-    asyncpg resets every connection it takes back with a query (``RESET ALL``, ``UNLISTEN
-    *``, unlock advisory locks, …): one more round trip per request, on a path that is one
-    short query. This pool's connections never carry session state (no ``SET``,
-    ``LISTEN``, advisory locks or cursors outside transactions; migrations, which take an
-    advisory lock, run on a pool of their own), so the cleanup asyncpg always does — rolling
-    back a transaction left open — is all a release needs.
-    """
-    setup = await create_database(dsn, min_size=1, max_size=1)
+    """Open the pool the handlers use and migrate the ``prompt`` schema."""
+    db = await create_database(dsn, min_size=1, max_size=max_size)
     try:
-        await migrate(setup, "prompt", migrations_of("workers.prompt"))
-    finally:
-        await setup.close()
-    pool = await asyncpg.create_pool(
-        dsn,
-        min_size=1,
-        max_size=max_size,
-        command_timeout=COMMAND_TIMEOUT_S,
-        timeout=CONNECT_TIMEOUT_S,
-        reset=_keep_session,
-    )
-    return Database(pool)
+        await migrate(db, "prompt", migrations_of("workers.prompt"))
+    except BaseException:
+        await db.close()
+        raise
+    return db
 
 
 def _row(record: asyncpg.Record) -> VersionRow:
