@@ -68,6 +68,8 @@ _log = structlog.get_logger("gateway_bridge")
 RATE_LIMIT_REDIS_TIMEOUT_S = 0.25
 READY_TIMEOUT_S = 2.0
 JSON_MEDIA_TYPE = "application/json"
+#: What the codec raises for a value it cannot encode (Codec.encode does not translate).
+_UNENCODABLE = (ValueError, OverflowError, TypeError)
 #: Body and query fields that claim a tenant: dropped, the tenant comes from the token.
 TENANT_FIELDS = frozenset({"tenant", "tenant_id", "tenantId"})
 
@@ -249,9 +251,9 @@ class Bridge:
             data = await self.client.request(
                 route.subject, model, ctx, None, idempotent=route.idempotent
             )
-        except (ValueError, OverflowError):
-            # msgpack refuses lone surrogates and integers beyond 64 bits, pydantic's
-            # Any lets them through: the client's input, not a bug.
+        except _UNENCODABLE:
+            # msgpack refuses lone surrogates and integers beyond 64 bits that pydantic's
+            # `Any` lets through: the client's input, not a bug.
             raise InvalidRequest("request holds values that cannot be encoded") from None
         return Response(
             dumps(data), status_code=route.status_code, headers=headers, media_type=JSON_MEDIA_TYPE
@@ -266,7 +268,7 @@ class Bridge:
             first = await chunks.__anext__()
         except StopAsyncIteration:
             return Response(event({}, name="end"), headers=headers, media_type=SSE_MEDIA_TYPE)
-        except (ValueError, OverflowError):
+        except _UNENCODABLE:
             await chunks.aclose()
             raise InvalidRequest("request holds values that cannot be encoded") from None
         except BaseException:
