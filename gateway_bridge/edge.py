@@ -115,6 +115,7 @@ class EdgeMiddleware:
                     ms=round(elapsed * 1000, 2),
                     tenant=info.tenant,
                     user=info.user,
+                    correlation_id=info.correlation_id,
                     request_id=info.request_id,
                     code=info.code,
                 )

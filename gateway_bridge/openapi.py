@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from gateway_bridge.problems import PROBLEM_MEDIA_TYPE, Problem
@@ -166,7 +166,7 @@ def _operation(route: Route, ref: Any, model_schema: dict[str, Any]) -> dict[str
         else:
             body = ref(route.request, "validation")
         op["requestBody"] = {
-            "required": bool(required - set(in_path)),
+            "required": _needs_body(route),
             "content": {"application/json": {"schema": body}},
         }
     parameters += [
@@ -210,6 +210,15 @@ def _operation(route: Route, ref: Any, model_schema: dict[str, Any]) -> dict[str
         responses[status] = {"$ref": f"#/components/responses/{name}"}
     op["responses"] = responses
     return op
+
+
+def _needs_body(route: Route) -> bool:
+    """Whether the request model refuses an empty object (required fields or validators)."""
+    try:
+        route.request.model_validate(dict.fromkeys(path_params(route.path), "x"))
+    except ValidationError:
+        return True
+    return False
 
 
 def _ops_operation(name: str, summary: str, *, not_ready: bool = False) -> dict[str, Any]:
