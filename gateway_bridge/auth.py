@@ -5,12 +5,18 @@ HS256, an RSA key only RS256, an EC P-256 key only ES256. So ``alg: none`` and t
 classic confusion attack (HS256 "signed" with the RSA public key) fail before any
 signature is checked. ``exp`` is required; ``nbf`` is honoured; ``aud`` and ``iss`` are
 checked when configured. Tenant, user and roles come from the verified claims only.
+
+Verified tokens are cached (like Envoy's ``jwt_authn`` ``jwt_cache_config``): the same
+bearer string presented again skips the signature check, but its ``exp``/``nbf`` are
+checked on every use and an entry lives at most :data:`TOKEN_CACHE_TTL_S`, so a key
+retired from the JWKS stops being honoured within that time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +37,9 @@ JWKS_FETCH_TIMEOUT_S = 5.0
 #: The one algorithm each kind of key may verify.
 HMAC_ALGORITHM = "HS256"
 _PINNED = {("RSA", None): "RS256", ("EC", "P-256"): "ES256"}
+#: Verified tokens remembered, and for how long at most (seconds).
+TOKEN_CACHE_SIZE = 10_000
+TOKEN_CACHE_TTL_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,14 @@ class Principal:
     tenant: str
     user: str
     roles: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Verified:
+    principal: Principal
+    not_before: float
+    expires: float
+    forget_at: float
 
 
 @dataclass(frozen=True)
@@ -161,6 +178,7 @@ class Authenticator:
             required.append("aud")
         if self._issuer is not None:
             required.append("iss")
+        self._verified: OrderedDict[str, _Verified] = OrderedDict()
         self._options: dict[str, Any] = {
             "require": required,
             "verify_aud": self._audience is not None,
@@ -173,6 +191,29 @@ class Authenticator:
 
     async def authenticate(self, authorization: str | None) -> Principal:
         token = _bearer(authorization)
+        now = time.time()
+        seen = self._verified.get(token)
+        if seen is not None and now < seen.forget_at:
+            if now >= seen.expires + self._leeway:
+                raise Unauthenticated("token expired")
+            if now < seen.not_before - self._leeway:
+                raise Unauthenticated("token not valid yet")
+            return seen.principal
+        claims = await self._verify(token)
+        principal = self._principal(claims)
+        expires = float(claims["exp"])
+        self._verified[token] = _Verified(
+            principal=principal,
+            not_before=float(claims.get("nbf", 0)),
+            expires=expires,
+            forget_at=min(now + TOKEN_CACHE_TTL_S, expires + self._leeway),
+        )
+        if len(self._verified) > TOKEN_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return principal
+
+    async def _verify(self, token: str) -> dict[str, Any]:
+        """Check signature and registered claims; return the claims or raise."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -213,7 +254,9 @@ class Authenticator:
             raise Unauthenticated("token signature invalid") from None
         except jwt.PyJWTError:
             raise Unauthenticated("invalid token") from None
-        return self._principal(claims)
+        if not isinstance(claims.get("exp"), int | float):
+            raise Unauthenticated("token 'exp' must be a number")
+        return claims  # type: ignore[no-any-return]
 
     def _principal(self, claims: dict[str, Any]) -> Principal:
         tenant = claims.get(self._tenant_claim)

@@ -20,11 +20,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
-import redis.exceptions as redis_errors
+import hiredis
 import structlog
 
 from bus.settings import Settings, parse_quota
+from gateway_bridge.redis_script import RedisScript
 
 _log = structlog.get_logger("gateway_bridge.ratelimit")
 
@@ -34,9 +34,10 @@ REDIS_RETRY_S = 5.0
 LOCAL_MAX_BUCKETS = 100_000
 KEY_PREFIX = "rl"
 
+#: The token-bucket script (run with :class:`~gateway_bridge.redis_script.RedisScript`).
 # KEYS: the buckets; ARGV: capacity and refill-per-second of each bucket, in KEYS order.
 # Returns {allowed, then per bucket: remaining, ms until one token, ms until full}.
-_TAKE = """
+TAKE_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n = #KEYS
@@ -183,7 +184,7 @@ class RateLimiter:
 
     def __init__(
         self,
-        redis: aioredis.Redis | None,
+        script: RedisScript | None,
         tenant: Quota,
         user: Quota,
         overrides: Mapping[str, tuple[Quota | None, Quota | None]] | None = None,
@@ -191,8 +192,7 @@ class RateLimiter:
         on_fallback: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._redis = redis
-        self._script = redis.register_script(_TAKE) if redis is not None else None
+        self._script = script
         self._tenant = tenant
         self._user = user
         self._overrides = dict(overrides or {})
@@ -205,7 +205,7 @@ class RateLimiter:
     def from_settings(
         cls,
         settings: Settings,
-        redis: aioredis.Redis | None,
+        script: RedisScript | None,
         on_fallback: Callable[[], None] | None = None,
     ) -> RateLimiter:
         overrides = {
@@ -216,7 +216,7 @@ class RateLimiter:
             for tenant, q in settings.rate_limit_overrides.items()
         }
         return cls(
-            redis,
+            script,
             Quota.parse(settings.rate_limit_tenant),
             Quota.parse(settings.rate_limit_user),
             overrides,
@@ -255,8 +255,8 @@ class RateLimiter:
             for b in buckets:
                 args += [str(b.quota.limit), repr(b.quota.per_second)]
             try:
-                out = await self._script(keys=[b.key for b in buckets], args=args)
-            except (redis_errors.RedisError, OSError) as exc:
+                out = await self._script([b.key for b in buckets], args)
+            except (OSError, hiredis.HiredisError) as exc:  # ConnectionError, TimeoutError
                 self._redis_failed(exc)
             else:
                 if self._redis_down_until:
