@@ -208,6 +208,9 @@ class Bridge:
             extra["WWW-Authenticate"] = 'Bearer realm="mesh"' + (
                 ', error="invalid_token"' if has_token else ""
             )
+        elif isinstance(error, RateLimited) and "Retry-After" not in extra:
+            # A worker's own quota (e.g. an LLM provider's) still tells the client when.
+            extra["Retry-After"] = str(max(1, math.ceil(error.retry_after or 1)))
         return problem_response(
             error,
             instance=request.url.path,

@@ -99,8 +99,7 @@ def build_openapi(
 
     problem = ref(Problem, "serialization")
     responses = {
-        name: _problem_response(description, problem, status)
-        for status, (name, description) in _ERRORS.items()
+        name: _problem_response(description, problem) for name, description in _ERRORS.values()
     }
     responses["Unauthenticated"]["headers"]["WWW-Authenticate"] = {
         "description": "RFC 6750 challenge",
@@ -245,7 +244,7 @@ def _ops_operation(name: str, summary: str, *, not_ready: bool = False) -> dict[
     }
 
 
-def _problem_response(description: str, problem: dict[str, Any], status: str) -> dict[str, Any]:
+def _problem_response(description: str, problem: dict[str, Any]) -> dict[str, Any]:
     return {
         "description": description,
         "headers": dict(_ID_HEADERS),

@@ -7,9 +7,11 @@ import time
 
 import pytest
 
+from bus.errors import RateLimited
+from bus.worker import Endpoint, Worker
 from gateway_bridge.app import create_app
 from tests.bridge_support import ALL_ROUTES, auth, bridge_settings, hs_token, http, serving
-from tests.support import Probe, probe_worker
+from tests.support import Empty, Probe, probe_worker
 
 pytestmark = pytest.mark.usefixtures("cache_worker")
 
@@ -179,3 +181,15 @@ async def test_wrong_method_is_405_problem_with_allow(bridge):
     assert r.headers["allow"] == "POST"
     assert r.headers["content-type"] == "application/problem+json"
     assert r.json()["status"] == 405
+
+
+async def test_worker_rate_limited_error_gets_retry_after(bridge, env):
+    async def busy(req: Empty, ctx) -> Empty:
+        raise RateLimited("provider quota", {"retry_after": 7})
+
+    worker = Worker("probe", endpoints=[Endpoint("missing", busy, Empty)])
+    async with worker.serve(env.nc), http(bridge) as c:
+        r = await c.post("/api/v1/probe/missing", json={}, headers=auth(hs_token()))
+    assert r.status_code == 429
+    assert r.headers["retry-after"] == "7"
+    assert r.json()["details"] == {"retry_after": 7}
