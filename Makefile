@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test lint bench install clean
+.PHONY: up test lint bench bench-bridge install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_runtime.py
+
+bench-bridge: $(STAMP)
+	$(BIN)/python bench/bench_bridge.py
 
 clean:
 	rm -rf $(VENV) .mesh

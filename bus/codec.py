@@ -75,10 +75,18 @@ class Codec:
         )
 
     def encode(self, headers: dict[str, Any], data: Any) -> bytes:
+        """Encode an envelope; data the codec cannot carry is ``InvalidRequest``.
+
+        (Integers beyond 64 bits, lone surrogates, unknown types, nesting past msgpack's
+        limit all raise different exceptions in the libraries.)
+        """
         envelope = {"h": headers, "d": data}
-        if self.name == "json":
-            return json.dumps(envelope, default=_json_default, separators=(",", ":")).encode()
-        return msgpack.packb(envelope, default=_plain, use_bin_type=True)
+        try:
+            if self.name == "json":
+                return json.dumps(envelope, default=_json_default, separators=(",", ":")).encode()
+            return msgpack.packb(envelope, default=_plain, use_bin_type=True)
+        except (TypeError, ValueError, OverflowError, UnicodeError) as exc:
+            raise InvalidRequest(f"payload cannot be encoded: {type(exc).__name__}") from None
 
     def decode(self, body: bytes) -> tuple[dict[str, Any], Any]:
         """Return ``(headers, data)`` of an envelope or raise ``InvalidRequest``."""

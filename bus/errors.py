@@ -135,7 +135,8 @@ def translate(exc: BaseException) -> MeshError:
     """Map a library exception met at a boundary onto the error contract.
 
     Connection-level failures of Postgres, Redis and sockets become ``Unavailable``
-    (retryable); timeouts become ``Timeout``; anything else is a bug: ``Internal``,
+    (retryable); timeouts become ``Timeout``; values Postgres cannot store (SQLSTATE
+    class 22) become ``InvalidRequest``; anything else is a bug: ``Internal``,
     with a message that never leaks internals.
     """
     if isinstance(exc, MeshError):
@@ -155,4 +156,8 @@ def translate(exc: BaseException) -> MeshError:
     )
     if isinstance(exc, unavailable):
         return Unavailable("a dependency is unavailable")
+    if isinstance(exc, asyncpg.exceptions.DataError):
+        # SQLSTATE class 22: the value itself cannot be stored or compared (a NUL byte in
+        # text, a number out of range): the caller's input, not a bug.
+        return InvalidRequest("a value in the request cannot be stored (e.g. NUL characters)")
     return Internal("internal error")

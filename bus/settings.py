@@ -2,14 +2,44 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_BRIDGE_HOST = "127.0.0.1"
 DEFAULT_BRIDGE_PORT = 8080
 DEFAULT_MAX_CONCURRENCY = 256
+DEFAULT_JWT_LEEWAY_S = 30.0
+DEFAULT_JWKS_MIN_REFRESH_S = 30.0
+DEFAULT_JWKS_TTL_S = 600.0
+DEFAULT_BRIDGE_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_BRIDGE_TIMEOUT_S = 30.0
+DEFAULT_BRIDGE_MAX_TIMEOUT_S = 300.0
+DEFAULT_RATE_LIMIT_TENANT = "6000/60"
+DEFAULT_RATE_LIMIT_USER = "1200/60"
+
+
+def parse_quota(text: str) -> tuple[int, float]:
+    """``"<requests>/<seconds>"`` → (requests, seconds): a token bucket holding ``requests``
+    that refills fully in ``seconds`` ("6000/60": bursts of 6000, 100 a second sustained)."""
+    count, sep, window = text.partition("/")
+    try:
+        requests, seconds = int(count), float(window)
+    except ValueError:
+        requests, seconds = 0, 0.0
+    if not sep or requests < 1 or not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"quota {text!r} must look like '<requests>/<seconds>', e.g. '600/60'")
+    return requests, seconds
+
+
+def _check_quota(text: str) -> str:
+    parse_quota(text)
+    return text.strip()
+
+
+#: A rate-limit quota, validated when settings are read.
+QuotaText = Annotated[str, AfterValidator(_check_quota)]
 
 
 class Settings(BaseSettings):
@@ -40,7 +70,39 @@ class Settings(BaseSettings):
     jwt_jwks_url: str | None = None
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
-    jwt_tenant_claim: str = "tenant_id"
+    jwt_tenant_claim: str = Field(default="tenant_id", min_length=1)
+    jwt_leeway_seconds: float = Field(
+        default=DEFAULT_JWT_LEEWAY_S, ge=0, le=300, description="clock skew allowed on exp/nbf"
+    )
+    jwt_jwks_min_refresh_seconds: float = Field(
+        default=DEFAULT_JWKS_MIN_REFRESH_S,
+        ge=0,
+        description="an unknown kid refetches the JWKS at most once per this many seconds",
+    )
+    jwt_jwks_ttl_seconds: float = Field(
+        default=DEFAULT_JWKS_TTL_S, gt=0, description="cached JWKS is refetched after this"
+    )
+
+    bridge_max_body_bytes: int = Field(
+        default=DEFAULT_BRIDGE_MAX_BODY_BYTES, ge=1, description="larger request bodies get 413"
+    )
+    bridge_default_timeout_seconds: float = Field(
+        default=DEFAULT_BRIDGE_TIMEOUT_S, gt=0, description="deadline of a route without its own"
+    )
+    bridge_max_timeout_seconds: float = Field(
+        default=DEFAULT_BRIDGE_MAX_TIMEOUT_S,
+        gt=0,
+        description="cap on a client's X-Request-Timeout header",
+    )
+    rate_limit_enabled: bool = True
+    rate_limit_tenant: QuotaText = Field(
+        default=DEFAULT_RATE_LIMIT_TENANT, description="per tenant"
+    )
+    rate_limit_user: QuotaText = Field(default=DEFAULT_RATE_LIMIT_USER, description="per user")
+    rate_limit_overrides: dict[str, dict[Literal["tenant", "user"], QuotaText]] = Field(
+        default_factory=dict,
+        description='per-tenant quotas as JSON: {"acme": {"tenant": "60000/60", "user": "600/60"}}',
+    )
 
     gateway_models: str | None = Field(
         default=None, description="path to a LiteLLM proxy model_list file"

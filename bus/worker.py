@@ -33,7 +33,14 @@ from pydantic import BaseModel, ValidationError
 from bus.client import Client
 from bus.codec import Codec
 from bus.context import now_ms
-from bus.errors import InvalidRequest, MeshError, Timeout, Unauthenticated, translate
+from bus.errors import (
+    InvalidRequest,
+    MeshError,
+    RetryableError,
+    Timeout,
+    Unauthenticated,
+    translate,
+)
 from bus.settings import DEFAULT_MAX_CONCURRENCY, Settings
 from bus.telemetry import remote_parent, tracing_enabled
 from bus.types import CANCEL_SUFFIX, ERROR_CODE_HEADER, ERROR_HEADER
@@ -325,8 +332,10 @@ def _as_mesh_error(exc: Exception, subject: str) -> MeshError:
     error = translate(exc)
     if error.code == "internal":
         _log.exception("handler_failed", subject=subject)
-    else:
+    elif isinstance(error, RetryableError):
         _log.warning("dependency_failed", subject=subject, error=type(exc).__name__)
+    else:
+        _log.info("input_rejected", subject=subject, error=type(exc).__name__)
     return error
 
 

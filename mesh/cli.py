@@ -4,6 +4,8 @@ mesh up                       embedded infrastructure + every worker (+ bridge)
 mesh worker NAME...           workers against configured NATS/Postgres/Redis
 mesh services                 live services with endpoints and counts
 mesh request SUBJECT JSON --tenant T
+mesh bridge                   the HTTP bridge against configured NATS/Redis
+mesh token --tenant T --user U [--roles r1,r2]
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from bus.telemetry import setup_logging, setup_tracing
 #: Where ``mesh up`` keeps embedded data and the URLs it chose.
 DATA_DIR = Path(".mesh")
 ENV_FILE = "env"
+#: The development JWT secret `mesh up` generates (mode 0600; removed when it stops).
+SECRET_FILE = "jwt_secret"
 
 
 def _load_env_file(data_dir: Path) -> None:
@@ -97,6 +101,44 @@ def cmd_request(args: argparse.Namespace) -> None:
         sys.exit(1)
 
 
+def cmd_bridge(args: argparse.Namespace) -> None:
+    from gateway_bridge.server import run
+
+    settings = _settings("bridge")
+    if not settings.jwt_secret and not settings.jwt_jwks_url:
+        settings = settings.model_copy(update={"jwt_secret": _dev_secret()})
+    run(settings)
+
+
+def cmd_token(args: argparse.Namespace) -> None:
+    from gateway_bridge.tokens import mint_token
+
+    settings = _settings("mesh-cli")
+    roles = [r.strip() for r in args.roles.split(",") if r.strip()] if args.roles else []
+    print(
+        mint_token(
+            settings.jwt_secret or _dev_secret(),
+            tenant=args.tenant,
+            user=args.user,
+            roles=roles,
+            ttl=args.ttl,
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+            tenant_claim=settings.jwt_tenant_claim,
+        )
+    )
+
+
+def _dev_secret() -> str:
+    path = DATA_DIR / SECRET_FILE
+    if not path.exists():
+        raise SystemExit(
+            "JWT_SECRET is not set and no `mesh up` is running here (it writes "
+            f"{path}); set JWT_SECRET to the secret the bridge verifies with"
+        )
+    return path.read_text().strip()
+
+
 def _nats_url(settings: Settings) -> str:
     if not settings.nats_url:
         raise SystemExit("NATS_URL is not set and no `mesh up` is running here")
@@ -129,6 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--user", default="cli")
     r.add_argument("--timeout", type=float, default=30.0)
     r.set_defaults(func=cmd_request)
+
+    b = sub.add_parser("bridge", help="run the HTTP bridge against configured infrastructure")
+    b.set_defaults(func=cmd_bridge)
+
+    t = sub.add_parser("token", help="mint a development JWT (HS256, JWT_SECRET or mesh up's)")
+    t.add_argument("--tenant", required=True)
+    t.add_argument("--user", required=True)
+    t.add_argument("--roles", default="", help="comma-separated, e.g. admin,reader")
+    t.add_argument("--ttl", type=float, default=3600.0, help="lifetime in seconds")
+    t.set_defaults(func=cmd_token)
     return p
 
 

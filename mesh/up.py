@@ -4,6 +4,7 @@ the bridge) as its own process, supervised; Ctrl-C stops all of it in order."""
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -16,6 +17,10 @@ from mesh.registry import WORKERS
 
 RESTART_PAUSE_S = 1.0
 STOP_TIMEOUT_S = 15.0
+SECRET_FILE = "jwt_secret"
+DEV_TENANT = "demo"
+DEV_USER = "dev"
+DEV_TOKEN_TTL_S = 12 * 3600
 
 
 def _say(text: str) -> None:
@@ -59,6 +64,47 @@ def _has_bridge() -> bool:
     return importlib.util.find_spec("gateway_bridge.app") is not None
 
 
+def _dev_secret(data_dir: Path, settings: Settings) -> dict[str, str]:
+    """A random JWT secret for this run (never a fixed one), unless JWT is configured.
+
+    Written to ``<data_dir>/jwt_secret`` (0600) so ``mesh token`` mints matching tokens.
+    """
+    if settings.jwt_secret or settings.jwt_jwks_url:
+        return {}
+    path = data_dir / SECRET_FILE
+    path.unlink(missing_ok=True)
+    secret = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    return {"JWT_SECRET": secret}
+
+
+def _say_token(settings: Settings, secret: str | None) -> None:
+    if not secret:
+        _say("JWT_JWKS_URL is set: get tokens from your identity provider")
+        return
+    from gateway_bridge.tokens import mint_token
+
+    token = mint_token(
+        secret,
+        tenant=DEV_TENANT,
+        user=DEV_USER,
+        roles=["admin"],
+        ttl=DEV_TOKEN_TTL_S,
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+        tenant_claim=settings.jwt_tenant_claim,
+    )
+    _say(f"development token (tenant {DEV_TENANT}, user {DEV_USER}, 12 h; more: mesh token):")
+    print(token, flush=True)
+    url = f"http://{settings.bridge_host}:{settings.bridge_port}"
+    _say(
+        f"try: curl -H 'Authorization: Bearer <token>' -H 'Content-Type: application/json' "
+        f'-d \'{{"key":"k"}}\' {url}/api/v1/cache/get   (docs: {url}/docs)'
+    )
+
+
 def up(data_dir: Path, *, bridge: bool = True) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     settings = Settings()  # type: ignore[call-arg]
@@ -77,6 +123,7 @@ def up(data_dir: Path, *, bridge: bool = True) -> None:
     parts: dict[str, list[str]] = {name: ["worker", name] for name in WORKERS}
     if bridge and _has_bridge():
         parts["bridge"] = ["bridge"]
+        env.update(_dev_secret(data_dir, settings))
     else:
         bridge = False
     procs = {name: _spawn(argv, env) for name, argv in parts.items()}
@@ -85,6 +132,8 @@ def up(data_dir: Path, *, bridge: bool = True) -> None:
         + (f"; bridge on http://{settings.bridge_host}:{settings.bridge_port}" if bridge else "")
     )
     _say('try: mesh services | mesh request cache.get.request \'{"key":"k"}\' --tenant demo')
+    if bridge:
+        _say_token(settings, env.get("JWT_SECRET"))
     _say("Ctrl-C stops everything")
     try:
         while not stopping:
@@ -107,4 +156,5 @@ def up(data_dir: Path, *, bridge: bool = True) -> None:
                 proc.kill()
         infra.stop()
         (data_dir / "env").unlink(missing_ok=True)
+        (data_dir / SECRET_FILE).unlink(missing_ok=True)
         _say("stopped")

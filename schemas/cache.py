@@ -11,7 +11,16 @@ from schemas.routes import Route
 # Namespaces, keys and tags end up inside Redis keys: keep them printable and bounded.
 # No ":" in names: a key is `t:{tenant}:{namespace}:{key}` and must parse one way only.
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._/@+=-]{1,128}$")]
-Key = Annotated[str, StringConstraints(pattern=r"^[^\s\x00-\x1f\x7f]{1,512}$")]
+# No whitespace or control characters. The whitespace is spelled out (Unicode White_Space)
+# rather than `\s`, which JSON-Schema tools read as ASCII-only while Python and pydantic read
+# it as Unicode: one pattern, one meaning, in every engine.
+Key = Annotated[
+    str,
+    StringConstraints(
+        pattern=r"^[^\x00-\x20\x7f\x85\xa0\u1680\u2000-\u200a"
+        r"\u2028\u2029\u202f\u205f\u3000]{1,512}$"
+    ),
+]
 
 
 class _Request(BaseModel):
@@ -50,6 +59,17 @@ class CacheDeleteResponse(BaseModel):
 
 
 class CacheInvalidateRequest(_Request):
+    # The "one target" rule below, stated in the JSON schema too (OpenAPI clients and
+    # schemathesis generate from it).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["namespace"], "properties": {"namespace": {"type": "string"}}},
+                {"required": ["tags"], "properties": {"tags": {"type": "array", "minItems": 1}}},
+            ]
+        }
+    )
+
     namespace: Name | None = None
     tags: list[Name] | None = Field(default=None, max_length=32)
 

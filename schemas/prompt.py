@@ -49,6 +49,17 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _not_both(a: str, b: str) -> dict[str, Any]:
+    """The "not both" rules below, stated in the JSON schema too (OpenAPI clients and
+    schemathesis generate requests from it)."""
+    return {"not": {"required": [a, b]}}
+
+
+# A label that may be set: anything but the automatic "latest" (JSON-schema form of
+# _check_labels, for generated clients).
+_SETTABLE: dict[str, Any] = {"items": {"not": {"const": LATEST}}}
+
+
 class Message(BaseModel):
     """One chat message. In a chat template ``content`` is a template; ``role`` is literal."""
 
@@ -75,6 +86,8 @@ def _check_labels(labels: list[str] | None) -> list[str] | None:
 class _Content(_Request):
     """The versioned part of a template: its body, config and declared variables."""
 
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_not_both("template", "messages"))
+
     template: str | None = Field(default=None, max_length=MAX_TEMPLATE_CHARS)
     messages: list[Message] | None = Field(default=None, min_length=1, max_length=MAX_MESSAGES)
     config: dict[str, Any] | None = Field(
@@ -85,7 +98,9 @@ class _Content(_Request):
         max_length=256,
         description="declared on top of those discovered in the template",
     )
-    labels: list[Label] | None = Field(default=None, max_length=MAX_LABELS)
+    labels: list[Label] | None = Field(
+        default=None, max_length=MAX_LABELS, json_schema_extra=_SETTABLE
+    )
     commit_message: str | None = Field(default=None, max_length=1000)
 
     @field_validator("config")
@@ -117,6 +132,24 @@ class PromptCreateRequest(_Content):
     ``labels`` omitted means ``["production"]`` (a new template renders by default);
     ``labels: []`` creates an unlabelled draft.
     """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "oneOf": [
+                {
+                    "properties": {"type": {"const": "text"}, "template": {"type": "string"}},
+                    "required": ["template"],
+                    "not": {"required": ["messages"]},
+                },
+                {
+                    "properties": {"type": {"const": "chat"}, "messages": {"type": "array"}},
+                    "required": ["messages"],
+                    "not": {"required": ["template"]},
+                },
+            ]
+        },
+    )
 
     name: Name
     type: TemplateType
@@ -156,6 +189,8 @@ class PromptUpdateResponse(BaseModel):
 class PromptGetRequest(_Request):
     """By ``version``, or by ``label`` (default ``production``; ``latest`` is the newest)."""
 
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_not_both("label", "version"))
+
     name: Name
     label: Label | None = None
     version: Version | None = None
@@ -189,7 +224,9 @@ class PromptListRequest(_Request):
     query: str | None = Field(default=None, max_length=128, description="substring of the name")
     label: Label | None = Field(default=None, description="only templates carrying this label")
     limit: int = Field(default=DEFAULT_PAGE, ge=1, le=MAX_PAGE)
-    cursor: str | None = Field(default=None, max_length=512)
+    cursor: Name | None = Field(
+        default=None, description="the previous page's next_cursor: list names after this one"
+    )
 
 
 class PromptSummary(BaseModel):
@@ -210,7 +247,9 @@ class PromptListResponse(BaseModel):
 class PromptListVersionsRequest(_Request):
     name: Name
     limit: int = Field(default=DEFAULT_PAGE, ge=1, le=MAX_PAGE)
-    cursor: str | None = Field(default=None, max_length=512)
+    cursor: Version | None = Field(
+        default=None, description="the previous page's next_cursor: list versions below this one"
+    )
 
 
 class VersionSummary(BaseModel):
@@ -224,14 +263,14 @@ class VersionSummary(BaseModel):
 class PromptListVersionsResponse(BaseModel):
     name: str
     items: list[VersionSummary]
-    next_cursor: str | None = None
+    next_cursor: int | None = None
 
 
 class PromptSetLabelRequest(_Request):
     """Point ``label`` at ``version`` (moving it if it pointed elsewhere), atomically."""
 
     name: Name
-    label: Label
+    label: Label = Field(json_schema_extra={"not": {"const": LATEST}})
     version: Version
 
     @field_validator("label")
@@ -308,6 +347,8 @@ class PromptRenderRequest(_Request):
     """Fill ``variables`` into a version chosen by ``version`` or ``label`` (default
     ``production``)."""
 
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_not_both("label", "version"))
+
     name: Name
     label: Label | None = None
     version: Version | None = None
@@ -331,6 +372,8 @@ class PromptRenderResponse(BaseModel):
 
 class PromptRef(_Request):
     """A template to render as part of a larger request."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_not_both("label", "version"))
 
     name: Name
     label: Label | None = None
@@ -363,6 +406,8 @@ class PromptContextRequest(_Request):
     history before passages with ``prefer="history"``. The lowest-priority parts are
     dropped first; the boundary passage may be truncated.
     """
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_not_both("system", "system_text"))
 
     model: str | None = Field(default=None, max_length=256)
     budget_tokens: int = Field(ge=1, le=10_000_000)

@@ -30,3 +30,6 @@ class Route:
     status_code: int = 200
     summary: str = ""
     tags: tuple[str, ...] = ()
+    timeout: float | None = None
+    """Default deadline in seconds (the bridge's default when ``None``); a client may ask
+    for another with ``X-Request-Timeout``, capped by the bridge's maximum."""

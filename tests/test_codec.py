@@ -91,3 +91,12 @@ def test_random_bytes_never_raise_anything_but_invalid_request():
 def test_unknown_codec_name_is_refused():
     with pytest.raises(ValueError, match="CODEC_TYPE"):
         Codec("xml")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("msgpack", 2**70), ("msgpack", "\ud800"), ("msgpack", object()), ("json", object())],
+)
+def test_values_the_codec_cannot_carry_are_invalid_request(name, value):
+    with pytest.raises(InvalidRequest, match="cannot be encoded"):
+        Codec(name).encode({}, {"v": value})

@@ -7,8 +7,6 @@ sandbox, and context building under a token budget counted by the gateway.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -68,21 +66,6 @@ _log = structlog.get_logger("workers.prompt")
 def _tenant(ctx: Context) -> str:
     assert ctx.tenant  # the runtime rejects tenant-less requests
     return ctx.tenant
-
-
-def _encode_cursor(value: str) -> str:
-    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> str:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        value = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidRequest("invalid cursor") from None
-    if not value:
-        raise InvalidRequest("invalid cursor")
-    return value
 
 
 def _source(tenant: str, row: VersionRow) -> Source:
@@ -216,14 +199,15 @@ class PromptHandlers:
         )
 
     async def list(self, req: PromptListRequest, ctx: Context) -> PromptListResponse:
-        after = _decode_cursor(req.cursor) if req.cursor else None
+        # Keyset cursors are the last item seen (as Stripe's `starting_after`): names and
+        # versions are already the tenant's own, so there is nothing to hide or forge.
         rows = await self.store.list_templates(
-            _tenant(ctx), req.query, req.label, req.limit + 1, after
+            _tenant(ctx), req.query, req.label, req.limit + 1, req.cursor
         )
         page = rows[: req.limit]
         return PromptListResponse(
             items=[PromptSummary(**r) for r in page],
-            next_cursor=_encode_cursor(page[-1]["name"]) if len(rows) > req.limit else None,
+            next_cursor=page[-1]["name"] if len(rows) > req.limit else None,
         )
 
     async def list_versions(
@@ -233,13 +217,7 @@ class PromptHandlers:
         head = await self.store.head(tenant, req.name)
         if head is None:
             raise NotFound(f"no template named {req.name!r}")
-        before = None
-        if req.cursor:
-            decoded = _decode_cursor(req.cursor)
-            if not decoded.isdigit():
-                raise InvalidRequest("invalid cursor")
-            before = int(decoded)
-        rows = await self.store.list_versions(tenant, head[0], req.limit + 1, before)
+        rows = await self.store.list_versions(tenant, head[0], req.limit + 1, req.cursor)
         page = rows[: req.limit]
         items = []
         for r in page:
@@ -250,7 +228,7 @@ class PromptHandlers:
         return PromptListVersionsResponse(
             name=req.name,
             items=items,
-            next_cursor=_encode_cursor(str(page[-1]["version"])) if len(rows) > req.limit else None,
+            next_cursor=page[-1]["version"] if len(rows) > req.limit else None,
         )
 
     async def set_label(self, req: PromptSetLabelRequest, ctx: Context) -> PromptSetLabelResponse:

@@ -1,0 +1,436 @@
+"""The bridge: an ASGI app that maps the route table onto NATS subjects.
+
+For each request on a route: body size (Content-Length) → bearer JWT → rate limit →
+body (counted while streamed) → path + query + body merged and validated against the
+route's request model → a context built from the verified token only → one bus request
+(or stream) → JSON (or Server-Sent Events). Every failure on the way is one
+``MeshError`` answered as problem+json, in :meth:`Bridge.handle`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import httpx
+import structlog
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route as HttpRoute
+from starlette.types import ASGIApp
+
+from bus.client import Client
+from bus.codec import Codec
+from bus.connection import connect
+from bus.context import now_ms
+from bus.errors import (
+    Internal,
+    InvalidRequest,
+    MeshError,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    Unauthenticated,
+    Unavailable,
+)
+from bus.settings import Settings
+from bus.worker import validation_details
+from gateway_bridge.auth import Authenticator
+from gateway_bridge.edge import EdgeMiddleware, RequestInfo, request_info
+from gateway_bridge.encoding import dumps, loads
+from gateway_bridge.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gateway_bridge.metrics import BridgeMetrics
+from gateway_bridge.openapi import MIN_REQUEST_TIMEOUT_S, build_openapi
+from gateway_bridge.problems import problem_body, problem_response
+from gateway_bridge.ratelimit import TAKE_SCRIPT, RateLimiter
+from gateway_bridge.redis_script import RedisScript
+from gateway_bridge.routes import ROUTES
+from gateway_bridge.sse import MEDIA_TYPE as SSE_MEDIA_TYPE
+from gateway_bridge.sse import EventStream, event
+from schemas.context import Context
+from schemas.routes import Route
+
+_log = structlog.get_logger("gateway_bridge")
+
+#: Redis answers a rate-limit script in well under a millisecond; past this it is "down".
+RATE_LIMIT_REDIS_TIMEOUT_S = 0.25
+READY_TIMEOUT_S = 2.0
+JSON_MEDIA_TYPE = "application/json"
+CLIENT_CLOSED = 499
+#: What the codec raises for a value it cannot encode (Codec.encode does not translate).
+_UNENCODABLE = (ValueError, OverflowError, TypeError)
+#: Body and query fields that claim a tenant: dropped, the tenant comes from the token.
+TENANT_FIELDS = frozenset({"tenant", "tenant_id", "tenantId"})
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What the handler of one route needs, computed once."""
+
+    route: Route
+    list_fields: frozenset[str]
+    """Fields whose query parameter may repeat (``?tag=a&tag=b``)."""
+    timeout: float
+
+
+class Bridge:
+    """One bridge app's state: settings, routes, bus/Redis connections, auth, limiter."""
+
+    def __init__(self, settings: Settings, routes: Iterable[Route]) -> None:
+        self.settings = settings
+        self.routes = tuple(routes)
+        self.metrics = BridgeMetrics()
+        self.http = httpx.AsyncClient() if settings.jwt_jwks_url else None
+        self.auth = Authenticator(settings, self.http)
+        self.openapi = build_openapi(self.routes)
+        self._openapi_json = dumps(self.openapi)
+        self._docs_html = (resources.files("gateway_bridge") / "docs.html").read_bytes()
+        self._tenant_fields = TENANT_FIELDS | {settings.jwt_tenant_claim}
+        self.nc: NATS | None = None
+        self.js: JetStreamContext | None = None
+        self.client: Client | None = None
+        self.redis: RedisScript | None = None
+        self.limiter: RateLimiter | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        settings = self.settings
+        if not settings.nats_url:
+            raise RuntimeError("NATS_URL is not set (mesh up starts an embedded one)")
+        self.nc = await connect(settings.nats_url, name=f"bridge:{settings.service_name}")
+        self.js = self.nc.jetstream()
+        self.client = Client(self.nc, codec=Codec(settings.codec_type))
+        if settings.redis_url:
+            self.redis = RedisScript(
+                settings.redis_url, TAKE_SCRIPT, timeout=RATE_LIMIT_REDIS_TIMEOUT_S
+            )
+        if settings.rate_limit_enabled:
+            if self.redis is None:
+                _log.warning("ratelimit_local_only", reason="REDIS_URL is not set")
+            self.limiter = RateLimiter.from_settings(
+                settings, self.redis, on_fallback=self.metrics.ratelimit_fallback.inc
+            )
+        _log.info("bridge_started", routes=len(self.routes))
+        try:
+            yield
+        finally:
+            if self.http is not None:
+                await self.http.aclose()
+            if self.redis is not None:
+                await self.redis.close()
+            if not self.nc.is_closed:
+                await self.nc.drain()
+            _log.info("bridge_stopped")
+
+    # -- routes ------------------------------------------------------------------------
+
+    def http_routes(self) -> list[HttpRoute]:
+        by_path: dict[str, dict[str, _Plan]] = {}
+        for route in self.routes:
+            methods = by_path.setdefault(route.path, {})
+            if route.method in methods:
+                raise ValueError(f"two routes for {route.method} {route.path}")
+            methods[route.method] = self._plan(route)
+        out = [
+            HttpRoute(path, self._dispatcher(plans), methods=list(plans))
+            for path, plans in by_path.items()
+        ]
+        out += [
+            HttpRoute("/healthz", self.healthz, methods=["GET"]),
+            HttpRoute("/readyz", self.readyz, methods=["GET"]),
+            HttpRoute("/metrics", self.metrics_endpoint, methods=["GET"]),
+            HttpRoute("/openapi.json", self.openapi_endpoint, methods=["GET"]),
+            HttpRoute("/docs", self.docs, methods=["GET"]),
+        ]
+        return out
+
+    def _plan(self, route: Route) -> _Plan:
+        schema = route.request.model_json_schema()
+        list_fields = frozenset(
+            name
+            for name, prop in schema.get("properties", {}).items()
+            if prop.get("type") == "array"
+            or any(alt.get("type") == "array" for alt in prop.get("anyOf", ()))
+        )
+        timeout = route.timeout or self.settings.bridge_default_timeout_seconds
+        return _Plan(route=route, list_fields=list_fields, timeout=timeout)
+
+    def _dispatcher(self, plans: dict[str, _Plan]) -> Any:
+        get = plans.get("GET")
+
+        async def dispatch(request: Request) -> ASGIApp:
+            plan = plans.get(request.method) or (get if request.method == "HEAD" else None)
+            assert plan is not None  # Starlette answered 405 for other methods
+            return await self.handle(request, plan)
+
+        return dispatch
+
+    # -- the one place errors become responses ------------------------------------------
+
+    async def handle(self, request: Request, plan: _Plan) -> ASGIApp:
+        info = request_info(request.scope)
+        headers: dict[str, str] = {}  # rate-limit headers, on success and failure alike
+        try:
+            return await self._forward(request, plan, info, headers)
+        except MeshError as exc:
+            return self.problem(request, exc, headers)
+        except ClientDisconnect:
+            # The client left while sending its body: nobody reads an answer. 499 is the
+            # status proxies (nginx) log for this, so metrics and logs tell it apart.
+            info.code = "client_closed"
+            return Response(status_code=CLIENT_CLOSED)
+        except Exception:
+            _log.exception("bridge_failed", route=plan.route.path)
+            return self.problem(request, Internal("internal error"), headers)
+
+    def problem(
+        self, request: Request, error: MeshError, headers: dict[str, str] | None = None
+    ) -> Response:
+        info = request_info(request.scope)
+        info.code = error.code
+        extra = dict(headers or {})
+        if isinstance(error, Unauthenticated):
+            # RFC 6750 §3: tell the client which scheme, and that its token was the problem.
+            has_token = "authorization" in request.headers
+            extra["WWW-Authenticate"] = 'Bearer realm="mesh"' + (
+                ', error="invalid_token"' if has_token else ""
+            )
+        elif isinstance(error, RateLimited) and "Retry-After" not in extra:
+            # A worker's own quota (e.g. an LLM provider's) still tells the client when.
+            extra["Retry-After"] = str(max(1, math.ceil(error.retry_after or 1)))
+        return problem_response(
+            error,
+            instance=request.url.path,
+            correlation_id=info.correlation_id,
+            request_id=info.request_id,
+            headers=extra,
+        )
+
+    async def _forward(
+        self, request: Request, plan: _Plan, info: RequestInfo, headers: dict[str, str]
+    ) -> ASGIApp:
+        route = plan.route
+        limit = self.settings.bridge_max_body_bytes
+        length = request.headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                raise InvalidRequest("Content-Length is not a number")
+            if int(length) > limit:
+                raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+        principal = await self.auth.authenticate(request.headers.get("authorization"))
+        info.tenant, info.user = principal.tenant, principal.user
+        if self.limiter is not None:
+            decision = await self.limiter.take(principal.tenant, principal.user)
+            headers.update(decision.headers())
+            if not decision.allowed:
+                self.metrics.rate_limited.labels(principal.tenant).inc()
+                raise RateLimited(
+                    "rate limit exceeded", {"retry_after": int(headers["Retry-After"])}
+                )
+        timeout = self._timeout(request, plan)
+        payload = self._payload(request, plan, await self._body(request, limit))
+        try:
+            model = route.request.model_validate(payload)
+        except ValidationError as exc:
+            raise InvalidRequest("invalid request", validation_details(exc)) from None
+        # Every field is already checked (token claims, the id pattern): skip re-validation.
+        ctx = Context.model_construct(
+            tenant=principal.tenant,
+            user=principal.user,
+            roles=principal.roles,
+            correlation_id=info.correlation_id,
+            request_id=info.request_id,
+            deadline=now_ms() + int(timeout * 1000),
+        )
+        assert self.client is not None
+        if route.streaming:
+            return await self._stream(request, route, model, ctx, headers)
+        try:
+            data = await self.client.request(
+                route.subject, model, ctx, None, idempotent=route.idempotent
+            )
+        except _UNENCODABLE:
+            # msgpack refuses lone surrogates and integers beyond 64 bits that pydantic's
+            # `Any` lets through: the client's input, not a bug.
+            raise InvalidRequest("request holds values that cannot be encoded") from None
+        return Response(
+            dumps(data), status_code=route.status_code, headers=headers, media_type=JSON_MEDIA_TYPE
+        )
+
+    async def _stream(
+        self, request: Request, route: Route, model: Any, ctx: Context, headers: dict[str, str]
+    ) -> ASGIApp:
+        assert self.client is not None
+        chunks = self.client.stream(route.subject, model, ctx)
+        try:
+            first = await chunks.__anext__()
+        except StopAsyncIteration:
+            return Response(event({}, name="end"), headers=headers, media_type=SSE_MEDIA_TYPE)
+        except _UNENCODABLE:
+            await chunks.aclose()
+            raise InvalidRequest("request holds values that cannot be encoded") from None
+        except BaseException:
+            await chunks.aclose()
+            raise
+        info = request_info(request.scope)
+
+        def on_error(error: MeshError) -> None:
+            info.code = error.code
+
+        def problem(error: MeshError) -> dict[str, Any]:
+            return problem_body(
+                error,
+                instance=request.url.path,
+                correlation_id=info.correlation_id,
+                request_id=info.request_id,
+            )
+
+        return EventStream(first, chunks, headers=headers, problem=problem, on_error=on_error)
+
+    def _timeout(self, request: Request, plan: _Plan) -> float:
+        raw = request.headers.get("x-request-timeout")
+        if raw is None:
+            return plan.timeout
+        try:
+            asked = float(raw)
+        except ValueError:
+            asked = math.nan
+        if not math.isfinite(asked) or asked < MIN_REQUEST_TIMEOUT_S:
+            raise InvalidRequest(
+                f"X-Request-Timeout must be a number of seconds ≥ {MIN_REQUEST_TIMEOUT_S}"
+            )
+        return min(asked, self.settings.bridge_max_timeout_seconds)
+
+    async def _body(self, request: Request, limit: int) -> bytes:
+        # Content-Length may be absent (chunked) or lie: count what actually arrives.
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _payload(self, request: Request, plan: _Plan, body: bytes) -> dict[str, Any]:
+        """Query, then body, then path parameters: later ones win; tenant claims dropped."""
+        payload: dict[str, Any] = {}
+        query = request.query_params
+        for key in query:
+            values = query.getlist(key)
+            payload[key] = values if key in plan.list_fields else values[-1]
+        if body.strip():
+            parsed = loads(body)
+            if not isinstance(parsed, dict):
+                raise InvalidRequest("the body must be a JSON object")
+            payload.update(parsed)
+        payload.update(request.path_params)
+        for name in self._tenant_fields:
+            payload.pop(name, None)
+        return payload
+
+    # -- operations --------------------------------------------------------------------
+
+    async def healthz(self, request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type=JSON_MEDIA_TYPE)
+
+    async def readyz(self, request: Request) -> Response:
+        checks: dict[str, str] = {}
+        ready = self.nc is not None and self.nc.is_connected
+        checks["nats"] = "connected" if ready else "disconnected"
+        if ready and self.js is not None:
+            try:
+                async with asyncio.timeout(READY_TIMEOUT_S):
+                    await self.js.account_info()
+                checks["jetstream"] = "ok"
+            except Exception as exc:  # any failure means "not ready", never a 500
+                checks["jetstream"] = f"unreachable: {type(exc).__name__}"
+                ready = False
+        if self.redis is not None:
+            # Informational: rate limits fail open while Redis is down (docs/bridge.md).
+            try:
+                async with asyncio.timeout(READY_TIMEOUT_S):
+                    await self.redis.ping()
+                checks["redis"] = "ok"
+            except Exception as exc:
+                checks["redis"] = f"down ({type(exc).__name__}): rate limits are per process"
+        if not ready:
+            return self.problem(request, Unavailable("not ready", checks))
+        return Response(dumps({"status": "ready", **checks}), media_type=JSON_MEDIA_TYPE)
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+    async def openapi_endpoint(self, request: Request) -> Response:
+        return Response(self._openapi_json, media_type=JSON_MEDIA_TYPE)
+
+    async def docs(self, request: Request) -> Response:
+        return Response(self._docs_html, media_type="text/html; charset=utf-8")
+
+    # -- Starlette's own errors (no route, wrong method) and escaped exceptions ---------
+
+    async def on_http_exception(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        error: MeshError
+        if exc.status_code == 404:
+            error = NotFound(f"no route for {request.url.path}")
+        elif exc.status_code == 405:
+            error = InvalidRequest(f"method {request.method} not allowed here")
+        else:
+            error = InvalidRequest(str(exc.detail))
+        info = request_info(request.scope)
+        info.code = error.code
+        return problem_response(
+            error,
+            status=exc.status_code,
+            instance=request.url.path,
+            correlation_id=info.correlation_id,
+            request_id=info.request_id,
+            headers=exc.headers,
+        )
+
+    async def on_exception(self, request: Request, exc: Exception) -> Response:
+        # Sent by Starlette's outermost middleware, past the edge's `send`: add the ids here.
+        info = request.scope.get("mesh")
+        ids = (
+            {"X-Correlation-ID": info.correlation_id, "X-Request-ID": info.request_id}
+            if isinstance(info, RequestInfo)
+            else {}
+        )
+        return problem_response(
+            Internal("internal error"),
+            instance=request.url.path,
+            correlation_id=ids.get("X-Correlation-ID"),
+            request_id=ids.get("X-Request-ID"),
+            headers=ids,
+        )
+
+
+def create_app(settings: Settings, routes: Iterable[Route] = ROUTES) -> Starlette:
+    """The bridge app for ``settings``; it connects to NATS and Redis in its lifespan."""
+    bridge = Bridge(settings, routes)
+    app = Starlette(
+        routes=bridge.http_routes(),
+        middleware=[Middleware(EdgeMiddleware, metrics=bridge.metrics)],
+        exception_handlers={
+            HTTPException: bridge.on_http_exception,
+            Exception: bridge.on_exception,
+        },
+        lifespan=bridge.lifespan,
+    )
+    app.router.redirect_slashes = False  # a POST redirected to another path helps nobody
+    app.state.bridge = bridge
+    return app

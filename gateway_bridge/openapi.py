@@ -1,0 +1,252 @@
+"""The OpenAPI 3.1 document, generated from the route table and the pydantic schemas.
+
+Path parameters come from the path template, the other request fields become query
+parameters on GET/DELETE and the JSON body otherwise (the bridge merges all three into
+the request model). Every operation documents its problem+json errors and the bearer
+security scheme.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+
+from gateway_bridge.problems import PROBLEM_MEDIA_TYPE, Problem
+from schemas.routes import Route
+
+REF_TEMPLATE = "#/components/schemas/{model}"
+BODYLESS_METHODS = frozenset({"GET", "DELETE"})
+#: Smallest deadline a client may ask for with ``X-Request-Timeout`` (seconds).
+MIN_REQUEST_TIMEOUT_S = 0.5
+_PATH_PARAM = re.compile(r"{([^}:]+)(?::[^}]*)?}")
+
+_ERRORS: dict[str, tuple[str, str]] = {
+    # status: (components.responses name, description)
+    "400": ("InvalidRequest", "The request does not match the schema (`invalid_request`)."),
+    "401": ("Unauthenticated", "Missing or invalid bearer token (`unauthenticated`)."),
+    "413": ("PayloadTooLarge", "The body exceeds the bridge's limit (`payload_too_large`)."),
+    "429": ("RateLimited", "The tenant's or user's quota is used up (`rate_limited`)."),
+    "503": ("Unavailable", "No worker answers, or a dependency is down (`unavailable`)."),
+    "504": ("Timeout", "The deadline passed (`timeout`)."),
+    "default": ("Problem", "Any other error the service answered, as problem details."),
+}
+
+_ID_HEADERS = {
+    "X-Correlation-ID": {
+        "description": "The user action's id (yours when valid, else generated).",
+        "required": True,
+        "schema": {"type": "string"},
+    },
+    "X-Request-ID": {
+        "description": "This HTTP request's id.",
+        "required": True,
+        "schema": {"type": "string"},
+    },
+}
+
+_RATE_HEADERS = {
+    name: {"description": text, "schema": {"type": kind}}
+    for name, text, kind in (
+        ("RateLimit-Limit", "Requests the binding bucket holds.", "integer"),
+        ("RateLimit-Remaining", "Requests left in the binding bucket.", "integer"),
+        ("RateLimit-Reset", "Seconds until the binding bucket is full again.", "integer"),
+        ("RateLimit-Policy", "The binding quota: `<limit>;w=<seconds>`.", "string"),
+    )
+}
+
+
+def path_params(path: str) -> list[str]:
+    return _PATH_PARAM.findall(path)
+
+
+def operation_id(route: Route) -> str:
+    return route.subject.removesuffix(".request").replace(".", "_")
+
+
+def build_openapi(
+    routes: Iterable[Route], *, title: str = "Motadata AI mesh", version: str = "0.1.0"
+) -> dict[str, Any]:
+    routes = list(routes)
+    wanted: list[tuple[type[BaseModel], JsonSchemaMode]] = [(Problem, "serialization")]
+    for r in routes:
+        wanted.append((r.request, "validation"))
+        if r.response is not None:
+            wanted.append((r.response, "serialization"))
+    refs, doc = models_json_schema(list(dict.fromkeys(wanted)), ref_template=REF_TEMPLATE)
+    schemas: dict[str, Any] = doc.get("$defs", {})
+
+    def ref(model: type[BaseModel], mode: JsonSchemaMode) -> dict[str, Any]:
+        return dict(refs[(model, mode)])
+
+    def definition(model: type[BaseModel]) -> dict[str, Any]:
+        name = refs[(model, "validation")]["$ref"].rsplit("/", 1)[-1]
+        return schemas[name]  # type: ignore[no-any-return]
+
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(
+            route, ref, definition(route.request)
+        )
+    paths["/healthz"] = {"get": _ops_operation("healthz", "The process is alive.")}
+    paths["/readyz"] = {
+        "get": _ops_operation("readyz", "NATS is connected and JetStream answers.", not_ready=True)
+    }
+
+    problem = ref(Problem, "serialization")
+    responses = {
+        name: _problem_response(description, problem) for name, description in _ERRORS.values()
+    }
+    responses["Unauthenticated"]["headers"]["WWW-Authenticate"] = {
+        "description": "RFC 6750 challenge",
+        "schema": {"type": "string"},
+    }
+    responses["RateLimited"]["headers"].update(_RATE_HEADERS)
+    responses["RateLimited"]["headers"]["Retry-After"] = {
+        "description": "Seconds to wait before retrying.",
+        "required": True,
+        "schema": {"type": "integer"},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": title,
+            "version": version,
+            "description": (
+                "The HTTP edge of the mesh: each route forwards to a NATS subject. "
+                "Tenant, user and roles come from the bearer JWT only; errors are "
+                "`application/problem+json` (RFC 9457)."
+            ),
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "responses": responses,
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
+        },
+        "security": [{"bearerAuth": []}],
+    }
+
+
+def _operation(route: Route, ref: Any, model_schema: dict[str, Any]) -> dict[str, Any]:
+    in_path = path_params(route.path)
+    properties: dict[str, Any] = model_schema.get("properties", {})
+    required = set(model_schema.get("required", []))
+    parameters: list[dict[str, Any]] = [
+        {"name": name, "in": "path", "required": True, "schema": properties.get(name, {})}
+        for name in in_path
+    ]
+    op: dict[str, Any] = {
+        "operationId": operation_id(route),
+        "summary": route.summary or route.subject,
+        "description": f"Forwards to NATS subject `{route.subject}`."
+        + (" Answers Server-Sent Events." if route.streaming else ""),
+        "tags": list(route.tags),
+    }
+    if route.method in BODYLESS_METHODS:
+        for name, schema in properties.items():
+            if name not in in_path:
+                parameters.append(
+                    {"name": name, "in": "query", "required": name in required, "schema": schema}
+                )
+    else:
+        body = model_schema
+        if in_path:
+            body = copy.deepcopy(model_schema)
+            for name in in_path:
+                body.get("properties", {}).pop(name, None)
+            body["required"] = [n for n in body.get("required", []) if n not in in_path]
+        else:
+            body = ref(route.request, "validation")
+        op["requestBody"] = {
+            "required": _needs_body(route),
+            "content": {"application/json": {"schema": body}},
+        }
+    parameters += [
+        {
+            "name": "X-Correlation-ID",
+            "in": "header",
+            "required": False,
+            "description": "Kept when it matches `^[A-Za-z0-9._:@/+=-]{1,128}$`, "
+            "otherwise replaced by a generated id.",
+            "schema": {"type": "string"},
+        },
+        {
+            "name": "X-Request-Timeout",
+            "in": "header",
+            "required": False,
+            "description": "Deadline in seconds for this request (default per route; "
+            "values above the bridge's maximum are capped).",
+            "schema": {"type": "number", "minimum": MIN_REQUEST_TIMEOUT_S},
+        },
+    ]
+    op["parameters"] = parameters
+    if route.streaming:
+        ok_content: dict[str, Any] = {
+            "text/event-stream": {
+                "schema": {"type": "string"},
+                "description": "`data:` events each holding one chunk as JSON, then "
+                "`event: end`; a failure mid-stream is `event: error` with problem details.",
+            }
+        }
+    else:
+        schema = ref(route.response, "serialization") if route.response else {}
+        ok_content = {"application/json": {"schema": schema}}
+    responses: dict[str, Any] = {
+        str(route.status_code): {
+            "description": "Success",
+            "headers": {**_ID_HEADERS, **_RATE_HEADERS},
+            "content": ok_content,
+        }
+    }
+    for status, (name, _) in _ERRORS.items():
+        responses[status] = {"$ref": f"#/components/responses/{name}"}
+    op["responses"] = responses
+    return op
+
+
+def _needs_body(route: Route) -> bool:
+    """Whether the request model refuses an empty object (required fields or validators)."""
+    try:
+        route.request.model_validate(dict.fromkeys(path_params(route.path), "x"))
+    except ValidationError:
+        return True
+    return False
+
+
+def _ops_operation(name: str, summary: str, *, not_ready: bool = False) -> dict[str, Any]:
+    status_schema = {
+        "type": "object",
+        "properties": {"status": {"type": "string"}},
+        "required": ["status"],
+    }
+    responses: dict[str, Any] = {
+        "200": {
+            "description": summary,
+            "headers": dict(_ID_HEADERS),
+            "content": {"application/json": {"schema": status_schema}},
+        }
+    }
+    if not_ready:
+        responses["503"] = {"$ref": "#/components/responses/Unavailable"}
+    return {
+        "operationId": name,
+        "summary": summary,
+        "tags": ["operations"],
+        "security": [],
+        "responses": responses,
+    }
+
+
+def _problem_response(description: str, problem: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "description": description,
+        "headers": dict(_ID_HEADERS),
+        "content": {PROBLEM_MEDIA_TYPE: {"schema": problem}},
+    }

@@ -1,0 +1,286 @@
+"""Per-tenant and per-user token buckets in Redis, taken in one atomic script call.
+
+Every request takes one token from its tenant's bucket and one from its user's bucket,
+or from neither when either is empty, in a single Lua script: Redis runs scripts one at a
+time, so any number of bridge processes sharing Redis admit exactly the quota. The clock
+is Redis's own (``TIME``), so the bridges' clocks never disagree about refills.
+
+When Redis is down the limiter **fails open onto an in-process bucket** with the same
+quotas: a cache outage (DESIGN §6: Redis is a cache) must not become an API outage, and
+each bridge process still bounds what one tenant or user can send through it (N bridge
+processes admit up to N× the quota while Redis is away). Redis is retried after
+:data:`REDIS_RETRY_S`; each switch is logged and counted.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import hiredis
+import structlog
+
+from bus.settings import Settings, parse_quota
+from gateway_bridge.redis_script import RedisScript
+
+_log = structlog.get_logger("gateway_bridge.ratelimit")
+
+#: Seconds to stay on the local buckets after a Redis failure before trying Redis again.
+REDIS_RETRY_S = 5.0
+#: Local buckets kept at most (least recently used are forgotten: they refill anyway).
+LOCAL_MAX_BUCKETS = 100_000
+KEY_PREFIX = "rl"
+
+#: The token-bucket script (run with :class:`~gateway_bridge.redis_script.RedisScript`).
+# KEYS: the buckets; ARGV: capacity and refill-per-second of each bucket, in KEYS order.
+# Returns {allowed, then per bucket: remaining, ms until one token, ms until full}.
+TAKE_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = #KEYS
+local level = {}
+local allowed = 1
+for i = 1, n do
+  local cap = tonumber(ARGV[2 * i - 1])
+  local rate = tonumber(ARGV[2 * i]) / 1000
+  local v = redis.call('HMGET', KEYS[i], 'k', 't')
+  local k = tonumber(v[1])
+  local ts = tonumber(v[2])
+  if k == nil or ts == nil then
+    k = cap
+    ts = now
+  end
+  if now > ts then
+    k = math.min(cap, k + (now - ts) * rate)
+  end
+  level[i] = k
+  if k < 1 then
+    allowed = 0
+  end
+end
+local out = {allowed}
+for i = 1, n do
+  local cap = tonumber(ARGV[2 * i - 1])
+  local rate = tonumber(ARGV[2 * i]) / 1000
+  local k = level[i]
+  if allowed == 1 then
+    k = k - 1
+  end
+  local full_ms = math.ceil((cap - k) / rate)
+  redis.call('HSET', KEYS[i], 'k', tostring(k), 't', now)
+  redis.call('PEXPIRE', KEYS[i], full_ms + 1000)
+  local wait_ms = 0
+  if k < 1 then
+    wait_ms = math.ceil((1 - k) / rate)
+  end
+  out[#out + 1] = math.floor(k)
+  out[#out + 1] = wait_ms
+  out[#out + 1] = full_ms
+end
+return out
+"""
+
+
+@dataclass(frozen=True)
+class Quota:
+    limit: int
+    """Bucket capacity: the burst allowed."""
+    window: float
+    """Seconds for an empty bucket to refill completely."""
+
+    @classmethod
+    def parse(cls, text: str) -> Quota:
+        limit, window = parse_quota(text)
+        return cls(limit, window)
+
+    @property
+    def per_second(self) -> float:
+        return self.limit / self.window
+
+    @property
+    def policy(self) -> str:
+        """The draft's ``RateLimit-Policy`` item: ``<limit>;w=<window seconds>``."""
+        return f"{self.limit};w={_ceil(self.window)}"
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    quota: Quota
+    """The quota of the bucket closest to empty (the one the headers describe)."""
+    remaining: int
+    reset: float
+    """Seconds until that bucket is full again."""
+    retry_after: float
+    """Seconds until a denied request could pass (0 when allowed)."""
+
+    def headers(self) -> dict[str, str]:
+        """IETF draft RateLimit header fields (draft-ietf-httpapi-ratelimit-headers-07)."""
+        h = {
+            "RateLimit-Limit": str(self.quota.limit),
+            "RateLimit-Remaining": str(max(0, self.remaining)),
+            "RateLimit-Reset": str(_ceil(self.reset)),
+            "RateLimit-Policy": self.quota.policy,
+        }
+        if not self.allowed:
+            h["Retry-After"] = str(max(1, _ceil(self.retry_after)))
+        return h
+
+
+@dataclass(frozen=True)
+class _Bucket:
+    key: str
+    quota: Quota
+
+
+@dataclass(frozen=True)
+class _Level:
+    remaining: int
+    wait_ms: float
+    full_ms: float
+
+
+class LocalBuckets:
+    """The same token buckets in process memory (the fallback while Redis is down)."""
+
+    def __init__(
+        self, max_buckets: int = LOCAL_MAX_BUCKETS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._max = max_buckets
+        self._clock = clock
+        self._state: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def take(self, buckets: list[_Bucket]) -> tuple[bool, list[_Level]]:
+        now = self._clock()
+        levels = []
+        for b in buckets:
+            tokens, ts = self._state.get(b.key, (float(b.quota.limit), now))
+            levels.append(min(b.quota.limit, tokens + max(0.0, now - ts) * b.quota.per_second))
+        allowed = all(k >= 1 for k in levels)
+        out = []
+        for b, k in zip(buckets, levels, strict=True):
+            if allowed:
+                k -= 1
+            self._state[b.key] = (k, now)
+            self._state.move_to_end(b.key)
+            rate_ms = b.quota.per_second / 1000
+            out.append(
+                _Level(
+                    remaining=math.floor(k),
+                    wait_ms=math.ceil((1 - k) / rate_ms) if k < 1 else 0,
+                    full_ms=math.ceil((b.quota.limit - k) / rate_ms),
+                )
+            )
+        while len(self._state) > self._max:
+            self._state.popitem(last=False)
+        return allowed, out
+
+
+class RateLimiter:
+    """Takes one token per request from the tenant's and the user's bucket."""
+
+    def __init__(
+        self,
+        script: RedisScript | None,
+        tenant: Quota,
+        user: Quota,
+        overrides: Mapping[str, tuple[Quota | None, Quota | None]] | None = None,
+        *,
+        on_fallback: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._script = script
+        self._tenant = tenant
+        self._user = user
+        self._overrides = dict(overrides or {})
+        self._local = LocalBuckets(clock=clock)
+        self._on_fallback = on_fallback
+        self._clock = clock
+        self._redis_down_until = 0.0
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        script: RedisScript | None,
+        on_fallback: Callable[[], None] | None = None,
+    ) -> RateLimiter:
+        overrides = {
+            tenant: (
+                Quota.parse(q["tenant"]) if "tenant" in q else None,
+                Quota.parse(q["user"]) if "user" in q else None,
+            )
+            for tenant, q in settings.rate_limit_overrides.items()
+        }
+        return cls(
+            script,
+            Quota.parse(settings.rate_limit_tenant),
+            Quota.parse(settings.rate_limit_user),
+            overrides,
+            on_fallback=on_fallback,
+        )
+
+    def quotas(self, tenant: str) -> tuple[Quota, Quota]:
+        t, u = self._overrides.get(tenant, (None, None))
+        return t or self._tenant, u or self._user
+
+    async def take(self, tenant: str, user: str) -> Decision:
+        tenant_q, user_q = self.quotas(tenant)
+        # `{tenant}` is a Redis Cluster hash tag: both keys of one script share a slot.
+        buckets = [
+            _Bucket(f"{KEY_PREFIX}:{{{tenant}}}:t", tenant_q),
+            _Bucket(f"{KEY_PREFIX}:{{{tenant}}}:u:{user}", user_q),
+        ]
+        allowed, levels = await self._take(buckets)
+        # Describe the bucket that binds: when denied, the one needing the longest wait;
+        # otherwise the one with the fewest tokens left.
+        if allowed:
+            i = min(range(len(levels)), key=lambda j: levels[j].remaining)
+        else:
+            i = max(range(len(levels)), key=lambda j: levels[j].wait_ms)
+        return Decision(
+            allowed=allowed,
+            quota=buckets[i].quota,
+            remaining=levels[i].remaining,
+            reset=levels[i].full_ms / 1000,
+            retry_after=max(lv.wait_ms for lv in levels) / 1000,
+        )
+
+    async def _take(self, buckets: list[_Bucket]) -> tuple[bool, list[_Level]]:
+        if self._script is not None and self._clock() >= self._redis_down_until:
+            args: list[str] = []
+            for b in buckets:
+                args += [str(b.quota.limit), repr(b.quota.per_second)]
+            try:
+                out = await self._script([b.key for b in buckets], args)
+            except (OSError, hiredis.HiredisError) as exc:  # ConnectionError, TimeoutError
+                self._redis_failed(exc)
+            else:
+                if self._redis_down_until:
+                    self._redis_down_until = 0.0
+                    _log.warning("ratelimit_redis_back")
+                values = [int(v) for v in out]
+                levels = [
+                    _Level(values[j], values[j + 1], values[j + 2])
+                    for j in range(1, len(values), 3)
+                ]
+                return bool(values[0]), levels
+        if self._on_fallback is not None:
+            self._on_fallback()
+        return self._local.take(buckets)
+
+    def _redis_failed(self, exc: BaseException) -> None:
+        if not self._redis_down_until:
+            _log.warning(
+                "ratelimit_redis_down_failing_open",
+                error=type(exc).__name__,
+                retry_in_s=REDIS_RETRY_S,
+            )
+        self._redis_down_until = self._clock() + REDIS_RETRY_S
+
+
+def _ceil(seconds: float) -> int:
+    return max(0, math.ceil(seconds - 1e-9))

@@ -1,0 +1,12 @@
+"""Every public HTTP route the bridge serves: one line per service.
+
+Each service lists its routes next to its schemas (``schemas/<service>.py`` ``ROUTES``);
+adding a service to the edge is adding its tuple here.
+"""
+
+from __future__ import annotations
+
+from schemas import cache, prompt
+from schemas.routes import Route
+
+ROUTES: tuple[Route, ...] = (*cache.ROUTES, *prompt.ROUTES)

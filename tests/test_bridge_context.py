@@ -1,0 +1,179 @@
+"""The envelope's context comes from the verified token only; ids, deadlines and traces."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import pytest
+from opentelemetry.trace import SpanKind
+
+from bus.context import new_context
+from gateway_bridge.app import create_app
+from schemas.cache import CacheGetResponse
+from schemas.routes import Route
+from tests.bridge_support import ALL_ROUTES, auth, bridge_settings, hs_token, http, serving
+from tests.support import Empty, Probe, SleepRequest, probe_worker
+
+ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+SHORT_SLEEP = Route(
+    "POST", "/api/v1/probe/short", "probe.sleep.request", SleepRequest, Empty, timeout=0.5
+)
+
+
+@pytest.fixture(scope="module")
+async def probe(env):
+    async with probe_worker(Probe()).serve(env.nc):
+        yield
+
+
+@pytest.fixture(scope="module")
+async def bridge(settings, probe, cache_worker):
+    s = bridge_settings(settings)
+    async with serving(create_app(s, (*ALL_ROUTES, SHORT_SLEEP))) as url:
+        yield url
+
+
+async def test_tenant_claims_from_the_client_are_ignored(bridge):
+    async with http(bridge) as c:
+        r = await c.post(
+            "/api/v1/probe/echo?tenant=B&tenant_id=B",
+            json={"text": "x", "tenant_id": "B", "tenant": "B", "tenantId": "B"},
+            headers={**auth(hs_token(tenant="A")), "X-Tenant-ID": "B", "X-Tenant": "B"},
+        )
+    assert r.status_code == 200, r.text
+    assert r.json()["tenant"] == "A"
+
+
+async def test_cache_write_with_a_spoofed_tenant_lands_in_the_token_tenant(bridge, client):
+    key = f"iso-{uuid.uuid4().hex}"
+    async with http(bridge) as c:
+        r = await c.post(
+            "/api/v1/cache/set",
+            json={"key": key, "value": "from-A", "tenant_id": "B"},
+            headers={**auth(hs_token(tenant="A")), "X-Tenant-ID": "B"},
+        )
+        as_b = await c.post(
+            "/api/v1/cache/get", json={"key": key}, headers=auth(hs_token(tenant="B"))
+        )
+    assert r.status_code == 200, r.text
+    assert as_b.json() == {"hit": False, "value": None}
+    in_a = await client.request(
+        "cache.get.request", {"key": key}, new_context("A"), CacheGetResponse
+    )
+    in_b = await client.request(
+        "cache.get.request", {"key": key}, new_context("B"), CacheGetResponse
+    )
+    assert in_a == CacheGetResponse(hit=True, value="from-A")
+    assert not in_b.hit
+
+
+async def test_user_and_roles_reach_the_worker_from_the_token(bridge):
+    token = hs_token(tenant="acme", user="alice", roles=["admin", "reader"])
+    async with http(bridge) as c:
+        r = await c.post("/api/v1/probe/echo", json={"text": "x"}, headers=auth(token))
+    assert r.json()["roles"] == ["admin", "reader"]
+
+
+async def test_valid_correlation_id_is_kept_end_to_end(bridge):
+    async with http(bridge) as c:
+        r = await c.post(
+            "/api/v1/probe/echo",
+            json={"text": "x"},
+            headers={**auth(hs_token()), "X-Correlation-ID": "order-42.retry@web"},
+        )
+    assert r.headers["x-correlation-id"] == "order-42.retry@web"
+    assert r.json()["correlation_id"] == "order-42.retry@web"
+    assert ID.match(r.headers["x-request-id"])
+
+
+@pytest.mark.parametrize("given", ["", "has space", "x" * 200, "semi;colon"])
+async def test_invalid_correlation_id_is_replaced_by_a_generated_one(bridge, given):
+    async with http(bridge) as c:
+        r = await c.post(
+            "/api/v1/probe/echo",
+            json={"text": "x"},
+            headers={**auth(hs_token()), "X-Correlation-ID": given},
+        )
+    assert r.status_code == 200
+    generated = r.headers["x-correlation-id"]
+    assert generated != given and ID.match(generated)
+    assert r.json()["correlation_id"] == generated
+
+
+async def test_ids_are_returned_on_every_response_even_errors(bridge):
+    async with http(bridge) as c:
+        responses = [
+            await c.get("/healthz"),
+            await c.get("/no/such/route"),
+            await c.post("/api/v1/probe/echo", json={"text": "x"}),
+        ]
+    for r in responses:
+        assert ID.match(r.headers["x-correlation-id"]) and ID.match(r.headers["x-request-id"])
+    assert [r.status_code for r in responses] == [200, 404, 401]
+
+
+async def test_path_and_query_parameters_merge_into_the_request(bridge):
+    async with http(bridge) as c:
+        r = await c.get("/api/v1/probe/echo/hello?n=3", headers=auth(hs_token()))
+    assert r.status_code == 200, r.text
+    assert (r.json()["text"], r.json()["n"]) == ("hello", 3)
+
+
+async def test_client_timeout_header_sets_the_deadline(bridge):
+    started = time.monotonic()
+    async with http(bridge) as c:
+        r = await c.post(
+            "/api/v1/probe/sleep",
+            json={"seconds": 5},
+            headers={**auth(hs_token()), "X-Request-Timeout": "0.5"},
+        )
+    assert r.status_code == 504
+    assert r.json()["code"] == "timeout"
+    assert time.monotonic() - started < 4.5
+
+
+async def test_route_default_timeout_sets_the_deadline(bridge):
+    async with http(bridge) as c:
+        r = await c.post("/api/v1/probe/short", json={"seconds": 5}, headers=auth(hs_token()))
+    assert r.status_code == 504
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-1", "nan", "0.01"])
+async def test_invalid_timeout_header_is_400(bridge, value):
+    async with http(bridge) as c:
+        r = await c.post(
+            "/api/v1/probe/echo",
+            json={"text": "x"},
+            headers={**auth(hs_token()), "X-Request-Timeout": value},
+        )
+    assert r.status_code == 400
+    assert r.json()["code"] == "invalid_request"
+
+
+async def test_one_trace_covers_http_and_worker(bridge, spans):
+    async with http(bridge) as c:
+        r = await c.post("/api/v1/probe/echo", json={"text": "x"}, headers=auth(hs_token()))
+    assert r.status_code == 200
+    finished = spans.get_finished_spans()
+    edge = next(s for s in finished if s.name == "POST /api/v1/probe/echo")
+    worker = next(s for s in finished if s.name == "probe.echo.request")
+    assert edge.kind == SpanKind.SERVER
+    assert worker.context.trace_id == edge.context.trace_id
+    assert worker.parent is not None and worker.parent.span_id == edge.context.span_id
+    assert edge.attributes["mesh.tenant"] == "acme"
+    assert edge.attributes["http.response.status_code"] == 200
+
+
+async def test_incoming_traceparent_continues_the_callers_trace(bridge, spans):
+    trace_id = uuid.uuid4().hex
+    parent = f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
+    async with http(bridge) as c:
+        await c.post(
+            "/api/v1/probe/echo",
+            json={"text": "x"},
+            headers={**auth(hs_token()), "traceparent": parent},
+        )
+    worker = next(s for s in spans.get_finished_spans() if s.name == "probe.echo.request")
+    assert format(worker.context.trace_id, "032x") == trace_id

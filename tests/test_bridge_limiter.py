@@ -1,0 +1,98 @@
+"""The rate limiter's parts: quotas, the in-process bucket, and the script against real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+import redis.asyncio as aioredis
+
+from bus.settings import Settings
+from gateway_bridge.ratelimit import (
+    TAKE_SCRIPT,
+    Decision,
+    LocalBuckets,
+    Quota,
+    RateLimiter,
+    _Bucket,
+)
+from gateway_bridge.redis_script import RedisScript
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("text", ["10", "0/60", "-1/60", "10/0", "10/-5", "ten/60", "10/inf"])
+def test_malformed_quota_is_refused_when_settings_are_read(text):
+    with pytest.raises(ValueError, match="requests>/<seconds"):
+        Settings(rate_limit_tenant=text)
+
+
+def test_quota_refill_rate_and_policy():
+    q = Quota.parse("600/60")
+    assert (q.limit, q.window, q.per_second, q.policy) == (600, 60.0, 10.0, "600;w=60")
+
+
+def test_local_bucket_refills_with_time():
+    clock = FakeClock()
+    local = LocalBuckets(clock=clock)
+    bucket = [_Bucket("k", Quota(2, 10))]
+    assert [local.take(bucket)[0] for _ in range(3)] == [True, True, False]
+    clock.now += 5  # half the window: one token back
+    assert [local.take(bucket)[0] for _ in range(2)] == [True, False]
+
+
+def test_local_buckets_forget_the_least_recently_used():
+    local = LocalBuckets(max_buckets=3)
+    for i in range(5):
+        local.take([_Bucket(f"k{i}", Quota(1, 60))])
+    assert list(local._state) == ["k2", "k3", "k4"]
+
+
+def test_denied_decision_headers_carry_retry_after():
+    d = Decision(allowed=False, quota=Quota(10, 60), remaining=0, reset=59.2, retry_after=5.5)
+    assert d.headers() == {
+        "RateLimit-Limit": "10",
+        "RateLimit-Remaining": "0",
+        "RateLimit-Reset": "60",
+        "RateLimit-Policy": "10;w=60",
+        "Retry-After": "6",
+    }
+
+
+async def test_script_survives_a_script_flush(settings):
+    """After Redis loses its script cache (restart, SCRIPT FLUSH) the limiter reloads it."""
+    assert settings.redis_url
+    script = RedisScript(settings.redis_url, TAKE_SCRIPT, timeout=2)
+    limiter = RateLimiter(script, Quota(3, 3600), Quota(100, 3600))
+    tenant = f"flush-{uuid.uuid4().hex[:8]}"
+    try:
+        assert (await limiter.take(tenant, "u")).remaining == 2
+        admin = aioredis.Redis.from_url(settings.redis_url)
+        await admin.script_flush()
+        await admin.aclose()
+        decisions = [await limiter.take(tenant, "u") for _ in range(3)]
+    finally:
+        await script.close()
+    assert [d.allowed for d in decisions] == [True, True, False]
+    assert limiter._redis_down_until == 0.0  # never fell back to the local bucket
+
+
+async def test_script_answers_many_concurrent_callers_in_order(settings):
+    assert settings.redis_url
+    script = RedisScript(settings.redis_url, TAKE_SCRIPT, timeout=5)
+    limiter = RateLimiter(script, Quota(50, 3600), Quota(1000, 3600))
+    tenant = f"many-{uuid.uuid4().hex[:8]}"
+    try:
+        decisions = await asyncio.gather(*(limiter.take(tenant, "u") for _ in range(80)))
+    finally:
+        await script.close()
+    assert sum(d.allowed for d in decisions) == 50
+    # Pipelined replies are matched to their callers: each admitted one saw its own count.
+    assert sorted(d.remaining for d in decisions if d.allowed) == list(range(50))
