@@ -10,6 +10,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_BRIDGE_HOST = "127.0.0.1"
 DEFAULT_BRIDGE_PORT = 8080
 DEFAULT_MAX_CONCURRENCY = 256
+#: Largest file one upload may hold (the bridge answers 413 above it; ingestion fails it).
+DEFAULT_UPLOAD_MAX_BYTES = 25 * 1024 * 1024
 
 
 class Settings(BaseSettings):
@@ -41,6 +43,12 @@ class Settings(BaseSettings):
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     jwt_tenant_claim: str = "tenant_id"
+
+    upload_max_bytes: int = Field(
+        default=DEFAULT_UPLOAD_MAX_BYTES,
+        ge=1,
+        description="largest uploaded or submitted file, in bytes",
+    )
 
     gateway_models: str | None = Field(
         default=None, description="path to a LiteLLM proxy model_list file"
