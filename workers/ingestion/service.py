@@ -325,28 +325,33 @@ class Ingestion:
         _log.error("progress_event_dropped", reason=reason, job_id=getattr(event, "job_id", None))
 
     async def sweep(self, stop: asyncio.Event) -> None:
-        """Publish jobs recorded but not yet in JetStream (their submit's publish failed)."""
+        """Every few seconds, publish jobs recorded but not yet in JetStream."""
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), SWEEP_INTERVAL_S)
             if stop.is_set():
                 return
             try:
-                rows = await self.store.unpublished(SWEEP_AGE_S, SWEEP_BATCH)
-                for r in rows:
-                    await publish(
-                        self.js,
-                        PARSE_SUBJECT,
-                        ParseJob(job_id=r["job_id"]),
-                        new_context(r["tenant_id"]),
-                        msg_id=r["job_id"],
-                        codec=self.codec,
-                    )
-                    await self.store.mark_published(r["tenant_id"], [r["job_id"]])
-                if rows:
-                    _log.info("jobs_republished", count=len(rows))
+                await self.sweep_once()
             except Exception as exc:  # Postgres or JetStream down: try again next round
                 _log.warning("sweep_failed", error=type(exc).__name__)
+
+    async def sweep_once(self, older_than_s: float = SWEEP_AGE_S) -> int:
+        """Publish the jobs whose submit could not (the outbox); return how many."""
+        rows = await self.store.unpublished(older_than_s, SWEEP_BATCH)
+        for r in rows:
+            await publish(
+                self.js,
+                PARSE_SUBJECT,
+                ParseJob(job_id=r["job_id"]),
+                new_context(r["tenant_id"]),
+                msg_id=r["job_id"],
+                codec=self.codec,
+            )
+            await self.store.mark_published(r["tenant_id"], [r["job_id"]])
+        if rows:
+            _log.info("jobs_republished", count=len(rows))
+        return len(rows)
 
 
 def build_worker(ing: Ingestion, codec: Codec | None = None, max_concurrency: int = 64) -> Worker:
