@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -93,6 +95,17 @@ MAX_ANSWER_TOKENS = 512
 Progress = Callable[[str], Awaitable[None]]
 
 
+@dataclass
+class IndexStats:
+    """Where indexing time goes, per process (read by bench/bench_rag.py)."""
+
+    documents: int = 0
+    chunks: int = 0
+    chunk_s: float = 0.0
+    embed_s: float = 0.0
+    write_s: float = 0.0
+
+
 def cache_tag(collection_id: str) -> str:
     return f"rag.col.{collection_id}"
 
@@ -156,6 +169,7 @@ class Rag:
         self.models = Models(client)
         self.codec = codec or Codec()
         self.stopping = stopping or asyncio.Event()
+        self.stats = IndexStats()
 
     # ------------------------------------------------------------ collections
 
@@ -222,16 +236,20 @@ class Rag:
             )
         if progress:
             await progress("chunking")
+        started = time.perf_counter()
         pieces = chunk_text(text)
         if not pieces:
             raise InvalidRequest(f"document {source_id!r} has no text to index")
+        chunked = time.perf_counter()
         if progress:
             await progress("embedding")
+        embed_started = time.perf_counter()
         vectors = await self.models.embed(
             ctx,
             collection.embedding_model,
             [search_text(title, p.section, p.text) for p in pieces],
         )
+        embedded = time.perf_counter()
         if any(len(v) != collection.dimensions for v in vectors):
             raise UpstreamError(
                 f"embedding model {collection.embedding_model!r} no longer returns "
@@ -251,6 +269,12 @@ class Rag:
             object_name=object_name,
             force=force,
         )
+        stats = self.stats
+        stats.documents += 1
+        stats.chunks += len(pieces)
+        stats.chunk_s += chunked - started
+        stats.embed_s += embedded - embed_started
+        stats.write_s += time.perf_counter() - embedded
         if result.replaced_object:
             await self._drop_object(tenant, result.replaced_object)
         return IngestedDocument(

@@ -1,9 +1,11 @@
 """RAG's Postgres layout (schema ``rag``): collections, documents, chunks.
 
-Every statement filters on ``tenant_id``. Writes to a collection lock its row first
-(``SELECT ... FOR UPDATE``), so concurrent writers of one collection take locks in one
-order (collection, then document) and a document's chunks are replaced atomically:
-delete and insert in one transaction, under the unique ``(tenant, document, ord)``.
+Every statement filters on ``tenant_id``. A write to a document first takes a KEY SHARE
+lock on its collection's row (the collection cannot be deleted meanwhile; writers of other
+documents are not blocked), then the document's row; a document's chunks are replaced
+atomically — delete and insert in one transaction, under the unique
+``(tenant, document, ord)``, so no redelivery or race can leave two copies.
+Each write bumps the collection's ``version`` (part of rag.query's cache key).
 """
 
 from __future__ import annotations
@@ -260,39 +262,29 @@ class RagStore:
         """
         cid = collection.collection_id
         meta = json.dumps(metadata)
+        select_existing = (
+            "SELECT document_id, content_hash, object_name, chunk_count FROM rag.documents"
+            " WHERE tenant_id = $1 AND collection_id = $2 AND source_id = $3 FOR UPDATE"
+        )
         async with self.db.transaction() as conn:
-            locked = await conn.fetchval(
+            # KEY SHARE: the collection cannot be deleted under us, yet writers of other
+            # documents of the collection run in parallel.
+            if not await conn.fetchval(
                 "SELECT 1 FROM rag.collections WHERE tenant_id = $1 AND collection_id = $2"
-                " FOR UPDATE",
+                " FOR KEY SHARE",
                 tenant,
                 cid,
-            )
-            if not locked:
+            ):
                 raise NotFound(f"no collection {cid}")
-            existing = await conn.fetchrow(
-                "SELECT document_id, content_hash, object_name FROM rag.documents"
-                " WHERE tenant_id = $1 AND collection_id = $2 AND source_id = $3",
-                tenant,
-                cid,
-                source_id,
-            )
-            if existing is not None and existing["content_hash"] == digest and not force:
-                # Indexed meanwhile (a redelivery racing the first delivery): keep it.
-                await self._refresh(conn, tenant, existing["document_id"], meta, job_id)
-                chunks = await conn.fetchval(
-                    "SELECT chunk_count FROM rag.documents"
-                    " WHERE tenant_id = $1 AND document_id = $2",
-                    tenant,
-                    existing["document_id"],
-                )
-                return WriteResult(existing["document_id"], "unchanged", chunks)
-            lex_total = 0
+            existing = await conn.fetchrow(select_existing, tenant, cid, source_id)
+            document_id = existing["document_id"] if existing is not None else new_id("doc")
             if existing is None:
-                document_id = new_id("doc")
-                await conn.execute(
+                inserted = await conn.fetchval(
                     "INSERT INTO rag.documents (tenant_id, collection_id, document_id,"
                     " source_id, title, metadata, content_hash, body, chunk_count, job_id,"
-                    " object_name) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11)",
+                    " object_name) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11)"
+                    " ON CONFLICT (tenant_id, collection_id, source_id) DO NOTHING"
+                    " RETURNING document_id",
                     tenant,
                     cid,
                     document_id,
@@ -305,49 +297,46 @@ class RagStore:
                     job_id,
                     object_name,
                 )
+                if inserted is None:  # a concurrent writer of this source committed first
+                    existing = await conn.fetchrow(select_existing, tenant, cid, source_id)
+                    document_id = existing["document_id"]
+            if existing is not None and existing["content_hash"] == digest and not force:
+                # Indexed meanwhile (a redelivery racing the first delivery): keep it.
+                await self._refresh(conn, tenant, document_id, meta, job_id)
+                return WriteResult(document_id, "unchanged", existing["chunk_count"])
+            if existing is None:
                 status = "created"
             else:
-                document_id = existing["document_id"]
+                status = "updated"
                 await conn.execute(
                     "DELETE FROM rag.chunks WHERE tenant_id = $1 AND document_id = $2",
                     tenant,
                     document_id,
                 )
-                await conn.execute(
-                    "UPDATE rag.documents SET title = $3, metadata = $4::jsonb,"
-                    " content_hash = $5, body = $6, chunk_count = $7, job_id = $8,"
-                    " object_name = coalesce($9, object_name), updated_at = now()"
-                    " WHERE tenant_id = $1 AND document_id = $2",
-                    tenant,
-                    document_id,
-                    title,
-                    meta,
-                    digest,
-                    text,
-                    len(pieces),
-                    job_id,
-                    object_name,
-                )
-                status = "updated"
             lex_total = await self._insert_chunks(
                 conn, tenant, collection, document_id, title, digest, meta, pieces, vectors
             )
             await conn.execute(
-                "UPDATE rag.documents SET lex_total = $3 WHERE tenant_id = $1 AND document_id = $2",
+                "UPDATE rag.documents SET title = $3, metadata = $4::jsonb,"
+                " content_hash = $5, body = $6, chunk_count = $7, job_id = $8,"
+                " object_name = coalesce($9, object_name), lex_total = $10, updated_at = now()"
+                " WHERE tenant_id = $1 AND document_id = $2",
                 tenant,
                 document_id,
+                title,
+                meta,
+                digest,
+                text,
+                len(pieces),
+                job_id,
+                object_name,
                 lex_total,
             )
-            await self._bump(conn, tenant, cid)
+        await self.bump(tenant, cid)
         replaced = None
-        if (
-            existing is not None
-            and object_name
-            and existing["object_name"]
-            not in (
-                None,
-                object_name,
-            )
+        if existing is not None and object_name and existing["object_name"] not in (
+            None,
+            object_name,
         ):
             replaced = existing["object_name"]
         return WriteResult(document_id, status, len(pieces), replaced)
@@ -426,11 +415,17 @@ class RagStore:
         async with self.db.transaction() as conn:
             await conn.fetchval(
                 "SELECT 1 FROM rag.collections WHERE tenant_id = $1 AND collection_id = $2"
-                " FOR UPDATE",
+                " FOR KEY SHARE",
                 tenant,
                 collection_id,
             )
             await self._refresh(conn, tenant, document_id, json.dumps(metadata), job_id)
+            await self._bump(conn, tenant, collection_id)
+
+    async def bump(self, tenant: str, collection_id: str) -> None:
+        """A new collection version, after a write committed (its own short statement, so
+        writers of one collection never wait on each other for the version row)."""
+        async with self.db.connection() as conn:
             await self._bump(conn, tenant, collection_id)
 
     async def _bump(self, conn: asyncpg.Connection, tenant: str, collection_id: str) -> None:
@@ -516,7 +511,7 @@ class RagStore:
                 raise NotFound(f"no document {document_id}")
             await conn.fetchval(
                 "SELECT 1 FROM rag.collections WHERE tenant_id = $1 AND collection_id = $2"
-                " FOR UPDATE",
+                " FOR KEY SHARE",
                 tenant,
                 current["collection_id"],
             )
@@ -558,7 +553,7 @@ class RagStore:
                 raise NotFound(f"no document {document_id}")
             await conn.fetchval(
                 "SELECT 1 FROM rag.collections WHERE tenant_id = $1 AND collection_id = $2"
-                " FOR UPDATE",
+                " FOR KEY SHARE",
                 tenant,
                 current["collection_id"],
             )
