@@ -34,6 +34,8 @@ import time
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+import asyncpg
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bus.client import Client  # noqa: E402
@@ -133,12 +135,12 @@ async def ingest_phase(client: Client, rag, docs: int) -> None:  # type: ignore[
 
 async def load_chunks(database_url: str, cid: str, tenant: str, n: int, docs: int) -> float:
     """Insert n synthetic chunks (random unit vectors, Zipf-like words) straight by SQL."""
-    db = await create_database(database_url)
+    # A plain connection: the service pool's 10 s command timeout is for requests.
+    conn = await asyncpg.connect(database_url)
     per_doc = max(1, n // docs)
     started = time.perf_counter()
     try:
-        async with db.connection() as conn:
-            await conn.execute("SET statement_timeout = 0")
+        if True:
             await conn.execute(
                 "INSERT INTO rag.documents (tenant_id, collection_id, document_id, source_id,"
                 " content_hash, body, chunk_count, lex_total)"
@@ -171,7 +173,7 @@ async def load_chunks(database_url: str, cid: str, tenant: str, n: int, docs: in
                 n,
             )
     finally:
-        await db.close()
+        await conn.close()
     return time.perf_counter() - started
 
 
@@ -191,14 +193,16 @@ async def search_phase(settings: Settings, client: Client, rag, chunks: int, que
             f"search: {chunks} synthetic chunks + 1000 of a small tenant loaded in {load_s:.1f} s"
         )
         started = time.perf_counter()
-        async with db.connection() as conn:
-            await conn.execute("SET statement_timeout = 0")
+        conn = await asyncpg.connect(settings.database_url)
+        try:
             await conn.execute("SET maintenance_work_mem = '1GB'")
             await conn.execute(
                 "CREATE INDEX chunks_hnsw_384 ON rag.chunks USING hnsw"
                 " ((embedding::vector(384)) vector_cosine_ops) WHERE dims = 384"
             )
             await conn.execute("ANALYZE rag.chunks")
+        finally:
+            await conn.close()
         print(
             "  HNSW index (m=16, ef_construction=64) built in "
             f"{time.perf_counter() - started:.1f} s"
