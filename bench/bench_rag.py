@@ -19,7 +19,7 @@ directory, the ingestion and RAG workers in-process.
 Uses the real Gateway Service (local embedder) when ``mesh.registry.WORKERS`` has
 "gateway", else the test-only fake gateway (hashed words and trigrams), and says which.
 
-    .venv/bin/python bench/bench_rag.py [--docs 200] [--chunks 100000] [--queries 200]
+    .venv/bin/python bench/bench_rag.py [--docs 200] [--chunks 100000] [--queries 100]
 """
 
 from __future__ import annotations
@@ -130,7 +130,10 @@ async def ingest_phase(client: Client, rag, docs: int) -> None:  # type: ignore[
         f"{stats['embed_s']:.2f} s ({chunks / max(stats['embed_s'], 1e-9):.0f} chunks/s) | "
         f"database {stats['write_s']:.2f} s ({chunks / max(stats['write_s'], 1e-9):.0f} chunks/s)"
     )
-    print("  (the rest of the wall time: parsing, JetStream hand-offs, progress events)")
+    print(
+        "  (RAG times are summed over the jobs in flight, 4 at a time; the rest of the wall"
+        " time is parsing, JetStream hand-offs and progress events)"
+    )
 
 
 async def load_chunks(database_url: str, cid: str, tenant: str, n: int, docs: int) -> float:
@@ -302,5 +305,5 @@ if __name__ == "__main__":
     )
     parser.add_argument("--docs", type=int, default=200)
     parser.add_argument("--chunks", type=int, default=100_000)
-    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--queries", type=int, default=100)
     asyncio.run(main(parser.parse_args()))

@@ -334,9 +334,14 @@ class RagStore:
             )
         await self.bump(tenant, cid)
         replaced = None
-        if existing is not None and object_name and existing["object_name"] not in (
-            None,
-            object_name,
+        if (
+            existing is not None
+            and object_name
+            and existing["object_name"]
+            not in (
+                None,
+                object_name,
+            )
         ):
             replaced = existing["object_name"]
         return WriteResult(document_id, status, len(pieces), replaced)
