@@ -169,7 +169,9 @@ class JobConsumer:
             while not stop.is_set():
                 try:
                     msgs = await sub.fetch(self.spec.batch, timeout=1.0)
-                except nats.errors.TimeoutError:
+                except TimeoutError:
+                    # nats.errors.TimeoutError, and the plain asyncio.TimeoutError that
+                    # nats-py's fetch raises when its first probe used the whole timeout.
                     continue
                 except (
                     nats.errors.ConnectionClosedError,

@@ -40,6 +40,8 @@ def _check_quota(text: str) -> str:
 
 #: A rate-limit quota, validated when settings are read.
 QuotaText = Annotated[str, AfterValidator(_check_quota)]
+#: Largest file one upload may hold (the bridge answers 413 above it; ingestion fails it).
+DEFAULT_UPLOAD_MAX_BYTES = 25 * 1024 * 1024
 
 
 class Settings(BaseSettings):
@@ -102,6 +104,12 @@ class Settings(BaseSettings):
     rate_limit_overrides: dict[str, dict[Literal["tenant", "user"], QuotaText]] = Field(
         default_factory=dict,
         description='per-tenant quotas as JSON: {"acme": {"tenant": "60000/60", "user": "600/60"}}',
+    )
+
+    upload_max_bytes: int = Field(
+        default=DEFAULT_UPLOAD_MAX_BYTES,
+        ge=1,
+        description="largest uploaded or submitted file, in bytes",
     )
 
     gateway_models: str | None = Field(

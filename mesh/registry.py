@@ -11,6 +11,8 @@ from typing import Any
 WORKERS: dict[str, str] = {
     "cache": "workers.cache",
     "prompt": "workers.prompt",
+    "ingestion": "workers.ingestion",
+    "rag": "workers.rag",
 }
 
 

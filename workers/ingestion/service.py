@@ -1,0 +1,408 @@
+"""Data Ingestion Service: jobs, parsing on a durable consumer, progress from RAG.
+
+``ingestion.submit.request`` records one job per document (Postgres), then publishes it
+to ``ingest.jobs.parse`` with ``Nats-Msg-Id`` = job id; a sweeper re-publishes any job
+whose publish did not happen (an outbox), so a recorded job is never left behind. The
+parse consumer (``ingestion-parse``) reads the file from the object store, detects its
+type from its content, extracts text under limits and hands it to RAG on
+``ingest.jobs.index``. The progress consumer (``ingestion-progress``, stream EVENTS)
+records the stages RAG reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from nats.js import JetStreamContext
+
+from bus.client import Client
+from bus.codec import Codec
+from bus.context import child, new_context
+from bus.errors import InvalidRequest, MeshError, NotFound, RetryableError
+from bus.jetstream import ConsumerSpec, JobConsumer, publish
+from bus.patience import until_available
+from bus.postgres import Database, create_database, migrate, migrations_of
+from bus.settings import Settings
+from bus.uploads import (
+    CONTENT_TYPE_HEADER,
+    FILENAME_HEADER,
+    delete_object,
+    header,
+    new_object_name,
+    object_info,
+    put_stream,
+    read_object,
+)
+from bus.worker import Endpoint, Worker, WorkerEnv
+from schemas.context import Context
+from schemas.ingestion import (
+    INDEX_SUBJECT,
+    PARSE_SUBJECT,
+    PROGRESS_SUBJECT,
+    GetJobRequest,
+    IndexJob,
+    Job,
+    JobProgress,
+    JobRef,
+    ListJobsRequest,
+    ListJobsResponse,
+    ParseJob,
+    SubmitDocument,
+    SubmitRequest,
+    SubmitResponse,
+)
+from workers.ingestion.parsing import Limits, parse
+from workers.ingestion.store import JobStore, NewJob, new_job_id, to_job
+
+_log = structlog.get_logger("workers.ingestion")
+
+VERSION = "0.1.0"
+PARSE_CONSUMER = ConsumerSpec(
+    stream="INGEST",
+    durable="ingestion-parse",
+    filter_subject=PARSE_SUBJECT,
+    max_deliver=6,
+    backoff=(2.0, 10.0, 30.0, 60.0, 120.0),
+    ack_wait=15.0,
+    batch=4,
+)
+PROGRESS_CONSUMER = ConsumerSpec(
+    stream="EVENTS",
+    durable="ingestion-progress",
+    filter_subject=PROGRESS_SUBJECT,
+    max_deliver=10,
+    backoff=(1.0, 5.0, 15.0, 30.0),
+    ack_wait=15.0,
+    batch=32,
+)
+#: The outbox sweeper: how often it looks, and how old an unpublished job must be.
+SWEEP_INTERVAL_S = 10.0
+SWEEP_AGE_S = 5.0
+SWEEP_BATCH = 500
+#: Parsed text is capped by the parser's own limit; this only bounds the object write.
+MAX_PARSED_BYTES = 64 * 1024 * 1024
+COLLECTION_CHECK_TIMEOUT_S = 3.0
+
+
+def _tenant(ctx: Context | None) -> str:
+    if ctx is None or not ctx.tenant:
+        raise InvalidRequest("no tenant in context")
+    return ctx.tenant
+
+
+def _stem(filename: str | None) -> str | None:
+    if not filename:
+        return None
+    base = filename.rsplit("/", 1)[-1]
+    return base.rsplit(".", 1)[0] if "." in base else base
+
+
+class Ingestion:
+    def __init__(
+        self,
+        db: Database,
+        js: JetStreamContext,
+        client: Client,
+        settings: Settings,
+        *,
+        codec: Codec | None = None,
+        stopping: asyncio.Event | None = None,
+        limits: Limits | None = None,
+    ) -> None:
+        self.store = JobStore(db)
+        self.js = js
+        self.client = client
+        self.codec = codec or Codec()
+        self.stopping = stopping or asyncio.Event()
+        self.limits = limits or Limits(max_bytes=settings.upload_max_bytes)
+        self.max_inline_bytes = settings.upload_max_bytes
+
+    # ------------------------------------------------------------ endpoints
+
+    async def submit(self, req: SubmitRequest, ctx: Context) -> SubmitResponse:
+        tenant = _tenant(ctx)
+        await self._check_collection(ctx, req.collection_id)
+        jobs: list[NewJob] = []
+        written: list[str] = []  # inline bodies stored here, removed if the submit fails
+        try:
+            for doc in req.documents:
+                jobs.append(await self._new_job(tenant, req.collection_id, doc, written))
+            rows = await self.store.create(tenant, jobs)
+        except BaseException:
+            for name in written:
+                with contextlib.suppress(Exception):
+                    await delete_object(self.js, name, tenant)
+            raise
+        published = []
+        for job in jobs:
+            try:
+                await publish(
+                    self.js,
+                    PARSE_SUBJECT,
+                    ParseJob(job_id=job.job_id),
+                    ctx,
+                    msg_id=job.job_id,
+                    codec=self.codec,
+                )
+                published.append(job.job_id)
+            except MeshError as exc:  # recorded: the sweeper publishes it later
+                _log.warning("job_publish_deferred", job_id=job.job_id, code=exc.code)
+        if published:
+            await self.store.mark_published(tenant, published)
+        return SubmitResponse(
+            jobs=[
+                JobRef(job_id=r["job_id"], source_id=r["source_id"], status="queued") for r in rows
+            ]
+        )
+
+    async def _check_collection(self, ctx: Context, collection_id: str) -> None:
+        """Refuse an unknown collection now rather than fail every job later; if RAG is
+        not reachable, accept (the job waits in JetStream and fails there if need be)."""
+        try:
+            await self.client.request(
+                "rag.get_collection.request",
+                {"collection_id": collection_id},
+                child(ctx, timeout=COLLECTION_CHECK_TIMEOUT_S),
+                idempotent=True,
+            )
+        except RetryableError as exc:
+            _log.warning("collection_check_skipped", code=exc.code)
+
+    async def _new_job(
+        self, tenant: str, collection_id: str, doc: SubmitDocument, written: list[str]
+    ) -> NewJob:
+        if doc.object is not None:
+            info = await object_info(self.js, doc.object.name, tenant)
+            filename = doc.object.filename or header(info, FILENAME_HEADER)
+            declared = doc.object.content_type or header(info, CONTENT_TYPE_HEADER)
+            return NewJob(
+                job_id=new_job_id(),
+                collection_id=collection_id,
+                source_id=doc.source_id or filename or doc.object.name,
+                title=doc.title or _stem(filename),
+                metadata=doc.metadata,
+                filename=filename,
+                declared_type=declared,
+                object_name=doc.object.name,
+                size=info.size,
+            )
+        if doc.text is not None:
+            body = doc.text.encode()
+            declared = doc.content_type or "text/plain"
+            default_source = "text-" + hashlib.sha256(body).hexdigest()[:24]
+        else:
+            body = json.dumps(doc.data, ensure_ascii=False).encode()
+            declared = "application/json"
+            default_source = "json-" + hashlib.sha256(body).hexdigest()[:24]
+        stored = await put_stream(
+            self.js,
+            tenant,
+            [body],
+            max_bytes=self.max_inline_bytes,
+            content_type=declared,
+            name=new_object_name("in"),
+        )
+        written.append(stored.name)
+        return NewJob(
+            job_id=new_job_id(),
+            collection_id=collection_id,
+            source_id=doc.source_id or default_source,
+            title=doc.title,
+            metadata=doc.metadata,
+            filename=None,
+            declared_type=declared,
+            object_name=stored.name,
+            size=stored.size,
+        )
+
+    async def get_job(self, req: GetJobRequest, ctx: Context) -> Job:
+        row = await self.store.get(_tenant(ctx), req.job_id)
+        if row is None:
+            raise NotFound(f"no job {req.job_id}")
+        return to_job(row)
+
+    async def list_jobs(self, req: ListJobsRequest, ctx: Context) -> ListJobsResponse:
+        rows, cursor = await self.store.list(
+            _tenant(ctx),
+            status=req.status,
+            collection_id=req.collection_id,
+            source_id=req.source_id,
+            limit=req.limit,
+            cursor=req.cursor,
+        )
+        return ListJobsResponse(jobs=[to_job(r) for r in rows], next_cursor=cursor)
+
+    # ------------------------------------------------------------ consumers
+
+    async def parse_job(self, job: ParseJob, ctx: Context) -> None:
+        """``ingest.jobs.parse``: file → text → ``ingest.jobs.index``."""
+        tenant = _tenant(ctx)
+
+        async def attempt() -> None:
+            row = await self.store.start_parsing(tenant, job.job_id)
+            if row is None:
+                if await self.store.get(tenant, job.job_id) is None:
+                    raise NotFound(f"no job {job.job_id}")
+                return  # a redelivery of a job already handed on
+            _, data = await read_object(
+                self.js, row["object_name"], tenant, max_bytes=self.limits.max_bytes
+            )
+            parsed = await asyncio.to_thread(
+                parse,
+                data,
+                self.limits,
+                filename=row["filename"],
+                content_type=row["declared_type"],
+            )
+            text_object = await put_stream(
+                self.js,
+                tenant,
+                [parsed.text.encode()],
+                max_bytes=MAX_PARSED_BYTES,
+                content_type="text/plain; charset=utf-8",
+                name=f"parsed/{job.job_id}",
+            )
+            title = row["title"] or parsed.title
+            await self.store.parsed(tenant, job.job_id, parsed.content_type, title)
+            metadata = row["metadata"]
+            await publish(
+                self.js,
+                INDEX_SUBJECT,
+                IndexJob(
+                    job_id=job.job_id,
+                    collection_id=row["collection_id"],
+                    source_id=row["source_id"],
+                    title=title,
+                    metadata=json.loads(metadata) if isinstance(metadata, str) else metadata,
+                    content_type=parsed.content_type,
+                    text_object=text_object.name,
+                    object_name=row["object_name"],
+                ),
+                ctx,
+                msg_id=f"{job.job_id}:index",
+                codec=self.codec,
+            )
+
+        await until_available(attempt, stopping=self.stopping, what=f"parse {job.job_id}")
+
+    async def parse_failed(self, job: ParseJob | None, ctx: Context | None, reason: str) -> None:
+        if job is None or ctx is None or not ctx.tenant:
+            _log.error("parse_job_unreadable", reason=reason)
+            return
+        tenant = ctx.tenant
+        await until_available(
+            lambda: self.store.fail(tenant, job.job_id, reason),
+            stopping=self.stopping,
+            what=f"fail {job.job_id}",
+        )
+
+    async def on_progress(self, event: JobProgress, ctx: Context) -> None:
+        tenant = _tenant(ctx)
+
+        async def apply() -> bool:
+            return await self.store.advance(
+                tenant,
+                event.job_id,
+                event.stage,
+                event.at,
+                started=event.started,
+                document_id=event.document_id,
+                chunks=event.chunks,
+                error=event.error,
+            )
+
+        if not await until_available(apply, stopping=self.stopping, what="progress"):
+            _log.warning("progress_for_unknown_job", job_id=event.job_id)
+
+    async def progress_failed(self, event: Any, ctx: Context | None, reason: str) -> None:
+        _log.error("progress_event_dropped", reason=reason, job_id=getattr(event, "job_id", None))
+
+    async def sweep(self, stop: asyncio.Event) -> None:
+        """Every few seconds, publish jobs recorded but not yet in JetStream."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), SWEEP_INTERVAL_S)
+            if stop.is_set():
+                return
+            try:
+                await self.sweep_once()
+            except Exception as exc:  # Postgres or JetStream down: try again next round
+                _log.warning("sweep_failed", error=type(exc).__name__)
+
+    async def sweep_once(self, older_than_s: float = SWEEP_AGE_S) -> int:
+        """Publish the jobs whose submit could not (the outbox); return how many."""
+        rows = await self.store.unpublished(older_than_s, SWEEP_BATCH)
+        for r in rows:
+            await publish(
+                self.js,
+                PARSE_SUBJECT,
+                ParseJob(job_id=r["job_id"]),
+                new_context(r["tenant_id"]),
+                msg_id=r["job_id"],
+                codec=self.codec,
+            )
+            await self.store.mark_published(r["tenant_id"], [r["job_id"]])
+        if rows:
+            _log.info("jobs_republished", count=len(rows))
+        return len(rows)
+
+
+def build_worker(ing: Ingestion, codec: Codec | None = None, max_concurrency: int = 64) -> Worker:
+    return Worker(
+        "ingestion",
+        endpoints=[
+            Endpoint(
+                "submit",
+                ing.submit,
+                SubmitRequest,
+                idempotent=False,
+                description="queue documents for ingestion; answers with job ids at once",
+            ),
+            Endpoint("get_job", ing.get_job, GetJobRequest, description="one job"),
+            Endpoint("list_jobs", ing.list_jobs, ListJobsRequest, description="jobs, filtered"),
+        ],
+        version=VERSION,
+        description="Uploads, parsing and ingestion jobs",
+        codec=codec or Codec(),
+        max_concurrency=max_concurrency,
+    )
+
+
+@asynccontextmanager
+async def lifespan(env: WorkerEnv) -> AsyncIterator[Worker]:
+    if not env.settings.database_url:
+        raise RuntimeError("DATABASE_URL is not set")
+    db = await create_database(env.settings.database_url)
+    try:
+        await migrate(db, "ingestion", migrations_of("workers.ingestion"))
+        codec = Codec(env.settings.codec_type)
+        stopping = asyncio.Event()
+        ing = Ingestion(db, env.js, env.client, env.settings, codec=codec, stopping=stopping)
+        parse_consumer = JobConsumer(
+            env.js, PARSE_CONSUMER, ParseJob, ing.parse_job, on_failed=ing.parse_failed, codec=codec
+        )
+        progress_consumer = JobConsumer(
+            env.js,
+            PROGRESS_CONSUMER,
+            JobProgress,
+            ing.on_progress,
+            on_failed=ing.progress_failed,
+            codec=codec,
+        )
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(parse_consumer.run(stopping))
+            tg.create_task(progress_consumer.run(stopping))
+            tg.create_task(ing.sweep(stopping))
+            try:
+                yield build_worker(ing, codec, min(env.settings.max_concurrency, 64))
+            finally:
+                stopping.set()
+    finally:
+        await db.close()
