@@ -105,7 +105,8 @@ class Dispatcher:
             for n in range(self.config.num_retries + 1):
                 deployment = self._pick(current)
                 if deployment is None:
-                    last = Unavailable(f"every deployment of {current.name!r} is cooling down")
+                    if n == 0:  # else the failure that cooled it down is the better answer
+                        last = Unavailable(f"every deployment of {current.name!r} is cooling down")
                     break
                 breaker = self._breakers[id(deployment)]
                 try:

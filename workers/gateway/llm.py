@@ -201,7 +201,13 @@ def count_usage(deployment: Deployment, messages: list[dict[str, Any]], text: st
 async def embed(
     deployment: Deployment, texts: list[str], dimensions: int | None, timeout: float
 ) -> tuple[list[list[float]], Usage]:
-    extra = {"dimensions": dimensions} if dimensions is not None else {}
+    # litellm refuses `dimensions` for models it does not know to take it; the provider
+    # is the judge (a model without it answers 400, which is invalid_request).
+    extra: dict[str, Any] = (
+        {"dimensions": dimensions, "allowed_openai_params": ["dimensions"]}
+        if dimensions is not None
+        else {}
+    )
     response = await litellm.aembedding(input=texts, **extra, **_call_kwargs(deployment, timeout))
     data = getattr(response, "data", None)
     if not isinstance(data, list) or len(data) != len(texts):
