@@ -320,7 +320,9 @@ class LLMOpsEvent(BaseModel):
     cache_hit: bool = False
     attempts: int = 0
     status: Literal["ok", "error"] = "ok"
-    error_code: str | None = None
+    error_code: str | None = Field(
+        default=None, description='an error code of the contract, or "cancelled"'
+    )
     prompt: Any = Field(default=None, description="only when the gateway logs content")
     completion: Any = None
 

@@ -38,6 +38,8 @@ class Reply:
     stream_error_after: int | None = None
     """Drop the connection after this many streamed pieces."""
     headers: dict[str, str] = field(default_factory=dict)
+    message: str | None = None
+    """The error message of a non-200 reply."""
 
 
 @dataclass
@@ -78,7 +80,8 @@ class MockOpenAI:
         if reply.raw is not None:
             return Response(reply.raw, status_code=reply.status, media_type="application/json")
         if reply.status != 200:
-            error = {"error": {"message": f"mock error {reply.status}", "type": "mock"}}
+            text = reply.message or f"mock error {reply.status}"
+            error = {"error": {"message": text, "type": "mock"}}
             return JSONResponse(error, status_code=reply.status, headers=reply.headers)
         if body.get("stream"):
             return StreamingResponse(self._stream(body, reply), media_type="text/event-stream")

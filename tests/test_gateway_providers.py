@@ -23,6 +23,7 @@ from bus.errors import (
 )
 from mesh.infra import free_port
 from schemas.gateway import (
+    LLMOPS_SUBJECT,
     EmbedResponse,
     GenerateChunk,
     GenerateResponse,
@@ -30,6 +31,7 @@ from schemas.gateway import (
 )
 from tests.gateway_support import EventTap, serve_gateway
 from tests.openai_mock import MockOpenAI, Reply
+from workers.gateway.background import Counters
 from workers.gateway.config import load_config
 from workers.gateway.service import Gateway
 
@@ -76,6 +78,9 @@ def _config(url: str, dead_url: str) -> dict:
             entry("backup", "m-backup", model_info=prices),
             entry("cooling", "m-cooling"),
             entry("stream", "m-stream"),
+            entry("dropped", "m-drop"),
+            entry("small", "m-small"),
+            entry("large", "m-large"),
             entry("dead", "m-dead", api_base=dead_url),
             # Two deployments, one of them down: the alias still answers.
             entry("pair", "m-pair", api_base=dead_url),
@@ -87,6 +92,7 @@ def _config(url: str, dead_url: str) -> dict:
             "allowed_fails": 5,
             "cooldown_time": 30,
             "fallbacks": [{"primary": ["backup"]}],
+            "context_window_fallbacks": [{"small": ["large"]}],
         },
         "gateway_settings": {"default_chat_model": "chat"},
     }
@@ -245,6 +251,21 @@ async def test_stream_carries_tool_call_deltas(gateway, client, mock):
     assert chunks[-1].finish_reason == "tool_calls"
 
 
+async def test_stream_broken_midway_ends_with_an_error_and_an_event(gateway, client, env, mock):
+    mock.script("m-drop", Reply(content="a b c d e f", stream_error_after=2))
+    c = ctx()
+    got: list[GenerateChunk] = []
+    async with EventTap(env) as tap:
+        with pytest.raises((UpstreamError, Unavailable)):
+            async for chunk in client.stream(
+                "gateway.stream.request", {"model": "dropped", "messages": HI}, c, GenerateChunk
+            ):
+                got.append(chunk)
+        event = await tap.find(c.correlation_id)
+    assert "".join(x.delta.content or "" for x in got) == "a b"
+    assert event.status == "error" and event.error_code in ("upstream_error", "unavailable")
+
+
 async def test_stream_error_before_output_is_an_error_answer(gateway, client, mock):
     mock.script("m-400", Reply(status=400))
     with pytest.raises(InvalidRequest):
@@ -308,6 +329,15 @@ async def test_fallback_takes_over_when_the_primary_fails(gateway, client, mock)
     assert out.model == "backup"  # the alias that answered
     assert out.message.content == "from backup"
     assert out.cost == pytest.approx(10 * IN_PRICE + 10 * OUT_PRICE)  # the backup's prices
+
+
+async def test_a_prompt_too_long_goes_to_the_context_window_fallback(gateway, client, mock):
+    too_long = "This model's maximum context length is 4096 tokens, you asked for 9000."
+    mock.script("m-small", Reply(status=400, message=too_long))
+    mock.script("m-large", Reply(content="from the large model"))
+    out = await generate(client, {"model": "small", "messages": HI})
+    assert (out.model, out.message.content) == ("large", "from the large model")
+    assert len(mock.calls("m-small")) == 1  # a context error is not retried
 
 
 async def test_a_deployment_that_is_down_is_skipped(gateway, client, mock):
@@ -425,6 +455,20 @@ async def test_stream_event_has_time_to_first_token(gateway, client, env, mock):
         event = await tap.find(c.correlation_id)
     assert event.operation == "stream" and event.status == "ok"
     assert event.ttft_ms is not None and 0 < event.ttft_ms <= event.latency_ms
+
+
+async def test_events_that_cannot_be_published_never_fail_the_call(gateway, client, mock):
+    mock.script("m-chat", Reply(content="still answered"))
+    counters = gateway.events.background.counters.setdefault("llmops_event", Counters())
+    failed = counters.failed
+    gateway.events.subject = "events.nostream.operation"  # no stream takes it: no ack
+    try:
+        out = await generate(client, {"model": "chat", "messages": HI})
+        assert out.message.content == "still answered"
+        await asyncio.wait_for(gateway.events.background.idle(), 10)
+        assert counters.failed == failed + 1
+    finally:
+        gateway.events.subject = LLMOPS_SUBJECT
 
 
 # ---------------------------------------------------------------- cache

@@ -193,8 +193,11 @@ class StreamState:
 
 def count_usage(deployment: Deployment, messages: list[dict[str, Any]], text: str) -> Usage:
     """Usage for a stream whose provider sent none: litellm's tokenizer for the model."""
-    p = litellm.token_counter(model=deployment.model, messages=messages)
-    c = litellm.token_counter(model=deployment.model, text=text, count_response_tokens=True)
+    try:
+        p = litellm.token_counter(model=deployment.model, messages=messages)
+        c = litellm.token_counter(model=deployment.model, text=text, count_response_tokens=True)
+    except Exception:  # a tokenizer problem must not fail an answer already streamed
+        return Usage()
     return Usage(prompt_tokens=p, completion_tokens=c, total_tokens=p + c)
 
 

@@ -16,8 +16,8 @@ from nats.js import JetStreamContext
 
 from bus import jetstream
 from bus.codec import Codec
-from bus.context import new_id
-from bus.errors import InvalidRequest, MeshError, NotFound, Timeout
+from bus.context import new_id, remaining
+from bus.errors import InvalidRequest, MeshError, NotFound
 from bus.settings import DEFAULT_MAX_CONCURRENCY
 from bus.worker import Endpoint, Worker, WorkerEnv
 from schemas.context import Context
@@ -58,17 +58,24 @@ T = TypeVar("T")
 class Events:
     """LLMOps events, published in the background: never slows or fails a request."""
 
-    def __init__(self, js: JetStreamContext, background: Background, codec: Codec) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        background: Background,
+        codec: Codec,
+        subject: str = LLMOPS_SUBJECT,
+    ) -> None:
         self.js = js
         self.background = background
         self.codec = codec
+        self.subject = subject
 
     def publish(self, event: LLMOpsEvent, ctx: Context) -> None:
         async def send() -> None:
             # The request id is the message id: a retried publish is deduplicated.
             await jetstream.publish(
                 self.js,
-                LLMOPS_SUBJECT,
+                self.subject,
                 event,
                 ctx,
                 msg_id=event.event_id,
@@ -98,7 +105,7 @@ class _Call:
         usage: Usage | None = None,
         cost: float = 0.0,
         cache_hit: bool = False,
-        error: MeshError | None = None,
+        error_code: str | None = None,
         prompt: Any = None,
         completion: Any = None,
     ) -> LLMOpsEvent:
@@ -128,8 +135,8 @@ class _Call:
             ),
             cache_hit=cache_hit,
             attempts=self.attempts if self.outcome is None else self.outcome.attempts,
-            status="error" if error else "ok",
-            error_code=error.code if error else None,
+            status="error" if error_code else "ok",
+            error_code=error_code,
             prompt=prompt,
             completion=completion,
         )
@@ -352,12 +359,12 @@ class Gateway:
 
     def _failed(self, call: _Call, ctx: Context, exc: BaseException, prompt: Any) -> None:
         if isinstance(exc, MeshError):
-            error = exc
-        elif isinstance(exc, asyncio.CancelledError):
-            error = Timeout("deadline exceeded")  # the runtime cancels at the deadline
+            code = exc.code
+        elif isinstance(exc, asyncio.CancelledError) and (remaining(ctx) or 1.0) <= 0:
+            code = "timeout"  # the runtime cancels a handler at its deadline
         else:
-            error = MeshError("stream closed by the caller")
-        event = call.event(error=error, prompt=prompt if self.log_content else None)
+            code = "cancelled"  # the caller went away (stream closed, worker stopping)
+        event = call.event(error_code=code, prompt=prompt if self.log_content else None)
         self.events.publish(event, ctx)
 
 
