@@ -175,13 +175,20 @@ class MockOpenAI:
 
     def start(self) -> None:
         config = uvicorn.Config(
-            self.app(), host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
+            self.app(),
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="off",
+            timeout_graceful_shutdown=1,  # scripted slow replies must not hold up teardown
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while not self._server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError(f"mock OpenAI server could not start on port {self.port}")
             if time.monotonic() > deadline:
                 raise RuntimeError("mock OpenAI server did not start")
             time.sleep(0.02)
