@@ -197,6 +197,8 @@ def parse_config(raw: Any, *, source: str = "config") -> GatewayConfig:
         for target in (name, *chain):
             if target not in aliases:
                 raise ConfigError(f"{source}: fallback names unknown alias {target!r}")
+            if aliases[target].mode != aliases[name].mode:
+                raise ConfigError(f"{source}: fallback {target!r} of {name!r} is another mode")
 
     def default(key: str, mode: Mode) -> str | None:
         name = own.get(key)

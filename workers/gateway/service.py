@@ -211,9 +211,9 @@ class Gateway:
             if cached is not None:
                 answer = GenerateResponse.model_validate({**cached, "cost": 0.0, "cached": True})
                 call.first_token = time.perf_counter()
+                self._record(call, ctx, answer.usage, 0.0, True, messages, answer.message)
                 for chunk in _replay(answer):
                     yield chunk
-                self._record(call, ctx, answer.usage, 0.0, True, messages, answer.message)
                 return
         params = llm.params_of(req)
         state = llm.StreamState()
@@ -250,7 +250,7 @@ class Gateway:
         except (MeshError, asyncio.CancelledError, GeneratorExit) as exc:
             self._failed(call, ctx, exc, messages)
             raise
-        yield GenerateChunk(model=served.name, finish_reason=finish, usage=usage, cost=cost)
+        # Stored and recorded before the last chunk: a caller may stop reading after it.
         if write and key:
             response = GenerateResponse(
                 model=served.name, message=message, finish_reason=finish, usage=usage, cost=cost
@@ -258,6 +258,7 @@ class Gateway:
             ttl = req.cache.ttl if req.cache else None
             self.cache.put(key, response.model_dump(exclude={"cached"}), ttl, ctx)
         self._record(call, ctx, usage, cost, False, messages, message)
+        yield GenerateChunk(model=served.name, finish_reason=finish, usage=usage, cost=cost)
 
     # ---------------------------------------------------------------- embed
 
