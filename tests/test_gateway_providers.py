@@ -7,7 +7,6 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
 
-import litellm
 import pytest
 import yaml
 
@@ -33,6 +32,7 @@ from tests.gateway_support import EventTap, serve_gateway
 from tests.openai_mock import MockOpenAI, Reply
 from workers.gateway.background import Counters
 from workers.gateway.config import load_config
+from workers.gateway.llm import litellm
 from workers.gateway.service import Gateway
 
 pytestmark = pytest.mark.usefixtures("cache_worker")

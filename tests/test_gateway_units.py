@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-import litellm
 import pytest
 
+import workers.gateway  # noqa: F401  (sets litellm's offline variables before litellm loads)
 from bus.errors import InvalidRequest, RateLimited, Timeout, Unavailable, UpstreamError
 from schemas.gateway import GenerateRequest
 from workers.gateway.background import Background, running
@@ -21,6 +21,7 @@ from workers.gateway.config import (
     parse_config,
 )
 from workers.gateway.errors import ContextWindowExceeded, map_error
+from workers.gateway.llm import litellm
 
 
 def _entry(alias: str, model: str, **params: object) -> dict:
@@ -212,3 +213,26 @@ def test_error_details_are_scrubbed_of_secrets_and_urls():
     error = map_error(exc, ("sk-abcdef123",))
     text = str(error.details)
     assert "sk-abcdef123" not in text and "internal.example" not in text
+
+
+# ---------------------------------------------------------------- routes
+
+
+def test_every_route_names_an_endpoint_of_the_worker():
+    from bus.worker import subject_for
+    from schemas.gateway import ROUTES
+    from workers.gateway.service import Gateway, build_worker
+
+    gateway = Gateway(load_config(None), events=None, cache=None)  # type: ignore[arg-type]
+    worker = build_worker(gateway)
+    endpoints = {subject_for(worker.name, ep.operation): ep for ep in worker.endpoints}
+    for route in ROUTES:
+        ep = endpoints[route.subject]
+        assert route.request is ep.request
+        assert (route.streaming, route.idempotent) == (ep.streaming, ep.idempotent)
+    assert {r.path for r in ROUTES} >= {
+        "/api/v1/gateway/generate",
+        "/api/v1/gateway/stream",
+        "/api/v1/gateway/embed",
+        "/api/v1/gateway/models",
+    }
