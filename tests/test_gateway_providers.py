@@ -437,6 +437,20 @@ async def test_success_publishes_an_llmops_event(gateway, client, env, mock):
     assert event.prompt is None and event.completion is None  # content is off by default
 
 
+async def test_events_carry_content_only_when_configured(gateway, client, env, mock):
+    mock.script("m-chat", Reply(content="the secret answer"))
+    c = ctx()
+    gateway.log_content = True
+    try:
+        async with EventTap(env) as tap:
+            await generate(client, {"model": "chat", "messages": HI}, c)
+            event = await tap.find(c.correlation_id)
+    finally:
+        gateway.log_content = False
+    assert event.prompt == HI
+    assert event.completion == {"role": "assistant", "content": "the secret answer"}
+
+
 async def test_failure_publishes_an_llmops_event_with_its_error_code(gateway, client, env, mock):
     mock.script("m-429-events", Reply(status=429))
     c = ctx()
