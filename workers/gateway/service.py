@@ -12,17 +12,14 @@ from typing import Any, TypeVar
 
 import litellm
 import structlog
-from nats.js import JetStreamContext
 
-from bus import jetstream
 from bus.codec import Codec
-from bus.context import new_id, remaining
+from bus.context import remaining
 from bus.errors import InvalidRequest, MeshError, NotFound
 from bus.settings import DEFAULT_MAX_CONCURRENCY
 from bus.worker import Endpoint, Worker, WorkerEnv
 from schemas.context import Context
 from schemas.gateway import (
-    LLMOPS_SUBJECT,
     CountTokensRequest,
     CountTokensResponse,
     Delta,
@@ -32,7 +29,6 @@ from schemas.gateway import (
     GenerateChunk,
     GenerateRequest,
     GenerateResponse,
-    LLMOpsEvent,
     ModelInfo,
     ModelsRequest,
     ModelsResponse,
@@ -45,101 +41,13 @@ from workers.gateway.cache import DEFAULT_TTL_S, ResponseCache, cache_key, cache
 from workers.gateway.config import Alias, Deployment, GatewayConfig, load_config
 from workers.gateway.dispatch import AttemptsFailed, Dispatcher, Outcome
 from workers.gateway.errors import map_error
+from workers.gateway.events import CallRecord, Events
 
 _log = structlog.get_logger("workers.gateway")
 
 VERSION = "0.1.0"
-#: How long one LLMOps event publish waits for JetStream's ack.
-PUBLISH_TIMEOUT_S = 2.0
 
 T = TypeVar("T")
-
-
-class Events:
-    """LLMOps events, published in the background: never slows or fails a request."""
-
-    def __init__(
-        self,
-        js: JetStreamContext,
-        background: Background,
-        codec: Codec,
-        subject: str = LLMOPS_SUBJECT,
-    ) -> None:
-        self.js = js
-        self.background = background
-        self.codec = codec
-        self.subject = subject
-
-    def publish(self, event: LLMOpsEvent, ctx: Context) -> None:
-        async def send() -> None:
-            # The request id is the message id: a retried publish is deduplicated.
-            await jetstream.publish(
-                self.js,
-                self.subject,
-                event,
-                ctx,
-                msg_id=event.event_id,
-                codec=self.codec,
-                timeout=PUBLISH_TIMEOUT_S,
-            )
-
-        self.background.submit("llmops_event", send)
-
-
-class _Call:
-    """One LLM call being measured, for its LLMOps event."""
-
-    def __init__(self, operation: str, alias: str, ctx: Context) -> None:
-        self.operation = operation
-        self.alias = alias
-        self.ctx = ctx
-        self.started = time.perf_counter()
-        self.time_ms = int(time.time() * 1000)
-        self.first_token: float | None = None
-        self.outcome: Outcome[Any] | None = None
-        self.attempts = 0
-
-    def event(
-        self,
-        *,
-        usage: Usage | None = None,
-        cost: float = 0.0,
-        cache_hit: bool = False,
-        error_code: str | None = None,
-        prompt: Any = None,
-        completion: Any = None,
-    ) -> LLMOpsEvent:
-        ctx = self.ctx
-        served = self.outcome.alias.name if self.outcome else None
-        deployment = self.outcome.deployment if self.outcome else None
-        return LLMOpsEvent(
-            event_id=ctx.request_id or new_id(),
-            time_ms=self.time_ms,
-            operation=self.operation,  # type: ignore[arg-type]
-            tenant=ctx.tenant,
-            user=ctx.user,
-            correlation_id=ctx.correlation_id,
-            request_id=ctx.request_id,
-            model=self.alias,
-            served_by=served,
-            provider=deployment.provider if deployment else None,
-            provider_model=deployment.model if deployment else None,
-            tokens_in=usage.prompt_tokens if usage else 0,
-            tokens_out=usage.completion_tokens if usage else 0,
-            cost=cost,
-            latency_ms=round((time.perf_counter() - self.started) * 1000, 3),
-            ttft_ms=(
-                round((self.first_token - self.started) * 1000, 3)
-                if self.first_token is not None
-                else None
-            ),
-            cache_hit=cache_hit,
-            attempts=self.attempts if self.outcome is None else self.outcome.attempts,
-            status="error" if error_code else "ok",
-            error_code=error_code,
-            prompt=prompt,
-            completion=completion,
-        )
 
 
 class Gateway:
@@ -161,7 +69,7 @@ class Gateway:
 
     async def generate(self, req: GenerateRequest, ctx: Context) -> GenerateResponse:
         alias = self.dispatcher.resolve(req.model, "chat")
-        call = _Call("generate", alias.name, ctx)
+        call = CallRecord("generate", alias.name, ctx)
         messages = llm.messages_of(req)
         read, write = cache_policy(req)
         key = cache_key(ctx.tenant or "", alias.name, req) if read or write else None
@@ -202,7 +110,7 @@ class Gateway:
 
     async def stream(self, req: GenerateRequest, ctx: Context) -> AsyncIterator[GenerateChunk]:
         alias = self.dispatcher.resolve(req.model, "chat")
-        call = _Call("stream", alias.name, ctx)
+        call = CallRecord("stream", alias.name, ctx)
         messages = llm.messages_of(req)
         read, write = cache_policy(req)
         key = cache_key(ctx.tenant or "", alias.name, req) if read or write else None
@@ -264,7 +172,7 @@ class Gateway:
 
     async def embed(self, req: EmbedRequest, ctx: Context) -> EmbedResponse:
         alias = self.dispatcher.resolve(req.model, "embedding")
-        call = _Call("embed", alias.name, ctx)
+        call = CallRecord("embed", alias.name, ctx)
         dimensions = req.dimensions
         if dimensions is not None and alias.provider == local.PROVIDER:
             if dimensions != alias.dimensions:
@@ -325,7 +233,7 @@ class Gateway:
 
     async def _dispatch(
         self,
-        call: _Call,
+        call: CallRecord,
         alias: Alias,
         ctx: Context,
         attempt: Callable[[Deployment, float], Awaitable[T]],
@@ -340,7 +248,7 @@ class Gateway:
 
     def _record(
         self,
-        call: _Call,
+        call: CallRecord,
         ctx: Context,
         usage: Usage,
         cost: float,
@@ -358,7 +266,7 @@ class Gateway:
         )
         self.events.publish(event, ctx)
 
-    def _failed(self, call: _Call, ctx: Context, exc: BaseException, prompt: Any) -> None:
+    def _failed(self, call: CallRecord, ctx: Context, exc: BaseException, prompt: Any) -> None:
         if isinstance(exc, MeshError):
             code = exc.code
         elif isinstance(exc, asyncio.CancelledError) and (remaining(ctx) or 1.0) <= 0:
