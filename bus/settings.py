@@ -42,6 +42,7 @@ def _check_quota(text: str) -> str:
 QuotaText = Annotated[str, AfterValidator(_check_quota)]
 #: Largest file one upload may hold (the bridge answers 413 above it; ingestion fails it).
 DEFAULT_UPLOAD_MAX_BYTES = 25 * 1024 * 1024
+DEFAULT_GATEWAY_CACHE_TTL_S = 3600
 
 
 class Settings(BaseSettings):
@@ -114,4 +115,12 @@ class Settings(BaseSettings):
 
     gateway_models: str | None = Field(
         default=None, description="path to a LiteLLM proxy model_list file"
+    )
+    gateway_log_content: bool = Field(
+        default=False, description="put prompt and completion text in LLMOps events"
+    )
+    gateway_cache_ttl: int = Field(
+        default=DEFAULT_GATEWAY_CACHE_TTL_S,
+        ge=1,
+        description="seconds a cached gateway answer lives unless the request says",
     )

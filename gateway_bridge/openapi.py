@@ -190,7 +190,17 @@ def _operation(route: Route, ref: Any, model_schema: dict[str, Any]) -> dict[str
     if route.streaming:
         ok_content: dict[str, Any] = {
             "text/event-stream": {
-                "schema": {"type": "string"},
+                # One schema per event, as tools that parse SSE (schemathesis) read it; the
+                # chunk schema is the route's response model, carried as JSON in `data`.
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "event": {"type": "string"},
+                        "id": {"type": "string"},
+                        "data": {"type": "string", "contentMediaType": "application/json"},
+                        "retry": {"type": "integer"},
+                    },
+                },
                 "description": "`data:` events each holding one chunk as JSON, then "
                 "`event: end`; a failure mid-stream is `event: error` with problem details.",
             }

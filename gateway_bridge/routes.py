@@ -6,7 +6,13 @@ adding a service to the edge is adding its tuple here.
 
 from __future__ import annotations
 
-from schemas import cache, prompt
+from schemas import cache, gateway, ingestion, prompt, rag
 from schemas.routes import Route
 
-ROUTES: tuple[Route, ...] = (*cache.ROUTES, *prompt.ROUTES)
+ROUTES: tuple[Route, ...] = (
+    *cache.ROUTES,
+    *gateway.ROUTES,
+    *prompt.ROUTES,
+    *rag.ROUTES,
+    *ingestion.ROUTES,
+)

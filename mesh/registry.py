@@ -13,6 +13,7 @@ WORKERS: dict[str, str] = {
     "prompt": "workers.prompt",
     "ingestion": "workers.ingestion",
     "rag": "workers.rag",
+    "gateway": "workers.gateway",
 }
 
 

@@ -1,0 +1,410 @@
+"""Gateway Service endpoints: ``gateway.{generate,stream,embed,models,count_tokens}.request``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import litellm
+import structlog
+
+from bus.codec import Codec
+from bus.context import remaining
+from bus.errors import InvalidRequest, MeshError, NotFound
+from bus.settings import DEFAULT_MAX_CONCURRENCY
+from bus.worker import Endpoint, Worker, WorkerEnv
+from schemas.context import Context
+from schemas.gateway import (
+    CountTokensRequest,
+    CountTokensResponse,
+    Delta,
+    EmbedRequest,
+    EmbedResponse,
+    FunctionCallDelta,
+    GenerateChunk,
+    GenerateRequest,
+    GenerateResponse,
+    ModelInfo,
+    ModelsRequest,
+    ModelsResponse,
+    ToolCallDelta,
+    Usage,
+)
+from workers.gateway import llm, local, tokens
+from workers.gateway.background import Background, running
+from workers.gateway.cache import DEFAULT_TTL_S, ResponseCache, cache_key, cache_policy
+from workers.gateway.config import Alias, Deployment, GatewayConfig, load_config
+from workers.gateway.dispatch import AttemptsFailed, Dispatcher, Outcome
+from workers.gateway.errors import map_error
+from workers.gateway.events import CallRecord, Events
+
+_log = structlog.get_logger("workers.gateway")
+
+VERSION = "0.1.0"
+
+T = TypeVar("T")
+
+
+class Gateway:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        events: Events,
+        cache: ResponseCache,
+        log_content: bool = False,
+    ) -> None:
+        self.config = config
+        self.dispatcher = Dispatcher(config)
+        self.events = events
+        self.cache = cache
+        self.log_content = log_content
+
+    # ---------------------------------------------------------------- generate
+
+    async def generate(self, req: GenerateRequest, ctx: Context) -> GenerateResponse:
+        alias = self.dispatcher.resolve(req.model, "chat")
+        call = CallRecord("generate", alias.name, ctx)
+        messages = llm.messages_of(req)
+        read, write = cache_policy(req)
+        key = cache_key(ctx.tenant or "", alias.name, req) if read or write else None
+        try:
+            if read and key:
+                cached = await self.cache.get(key, ctx)
+                if cached is not None:
+                    answer = GenerateResponse.model_validate(
+                        {**cached, "cost": 0.0, "cached": True}
+                    )
+                    self._record(call, ctx, answer.usage, 0.0, True, messages, answer.message)
+                    return answer
+            params = llm.params_of(req)
+
+            async def attempt(deployment: Deployment, timeout: float) -> llm.Answer:
+                # Parsed inside the attempt: a malformed answer is retried like a 5xx.
+                return llm.answer_of(await llm.complete(deployment, messages, params, timeout))
+
+            outcome = await self._dispatch(call, alias, ctx, attempt)
+        except (MeshError, asyncio.CancelledError) as exc:
+            self._failed(call, ctx, exc, messages)
+            raise
+        served, result = outcome.alias, outcome.value
+        response = GenerateResponse(
+            model=served.name,
+            message=result.message,
+            finish_reason=result.finish_reason,
+            usage=result.usage,
+            cost=served.cost(result.usage.prompt_tokens, result.usage.completion_tokens),
+        )
+        if write and key:
+            ttl = req.cache.ttl if req.cache else None
+            self.cache.put(key, response.model_dump(exclude={"cached"}), ttl, ctx)
+        self._record(call, ctx, response.usage, response.cost, False, messages, response.message)
+        return response
+
+    # ---------------------------------------------------------------- stream
+
+    async def stream(self, req: GenerateRequest, ctx: Context) -> AsyncIterator[GenerateChunk]:
+        alias = self.dispatcher.resolve(req.model, "chat")
+        call = CallRecord("stream", alias.name, ctx)
+        messages = llm.messages_of(req)
+        read, write = cache_policy(req)
+        key = cache_key(ctx.tenant or "", alias.name, req) if read or write else None
+        if read and key:
+            cached = await self.cache.get(key, ctx)
+            if cached is not None:
+                answer = GenerateResponse.model_validate({**cached, "cost": 0.0, "cached": True})
+                call.first_token = time.perf_counter()
+                self._record(call, ctx, answer.usage, 0.0, True, messages, answer.message)
+                for chunk in _replay(answer):
+                    yield chunk
+                return
+        params = llm.params_of(req)
+        state = llm.StreamState()
+        try:
+            outcome = await self._dispatch(
+                call, alias, ctx, lambda d, t: llm.open_stream(d, messages, params, t)
+            )
+            first, rest = outcome.value
+            served = outcome.alias
+            delta = state.take(first)
+            if delta is not None:
+                call.first_token = time.perf_counter()
+                yield GenerateChunk(delta=delta, model=served.name)
+            try:
+                async for chunk in rest:
+                    delta = state.take(chunk)
+                    if delta is not None:
+                        if call.first_token is None:
+                            call.first_token = time.perf_counter()
+                        yield GenerateChunk(delta=delta, model=served.name)
+            except (MeshError, asyncio.CancelledError, GeneratorExit):
+                raise
+            except Exception as exc:
+                raise map_error(exc, self.config.secrets) from exc
+            finally:
+                with contextlib.suppress(Exception):
+                    await rest.aclose()  # type: ignore[attr-defined]
+            message = state.message()
+            usage = state.usage or llm.count_usage(
+                outcome.deployment, messages, "".join(state.text)
+            )
+            cost = served.cost(usage.prompt_tokens, usage.completion_tokens)
+            finish = state.finish_reason or ("tool_calls" if message.tool_calls else "stop")
+        except (MeshError, asyncio.CancelledError, GeneratorExit) as exc:
+            self._failed(call, ctx, exc, messages)
+            raise
+        # Stored and recorded before the last chunk: a caller may stop reading after it.
+        if write and key:
+            response = GenerateResponse(
+                model=served.name, message=message, finish_reason=finish, usage=usage, cost=cost
+            )
+            ttl = req.cache.ttl if req.cache else None
+            self.cache.put(key, response.model_dump(exclude={"cached"}), ttl, ctx)
+        self._record(call, ctx, usage, cost, False, messages, message)
+        yield GenerateChunk(model=served.name, finish_reason=finish, usage=usage, cost=cost)
+
+    # ---------------------------------------------------------------- embed
+
+    async def embed(self, req: EmbedRequest, ctx: Context) -> EmbedResponse:
+        alias = self.dispatcher.resolve(req.model, "embedding")
+        call = CallRecord("embed", alias.name, ctx)
+        dimensions = req.dimensions
+        if dimensions is not None and alias.provider == local.PROVIDER:
+            if dimensions != alias.dimensions:
+                raise InvalidRequest(
+                    f"{alias.name!r} makes {alias.dimensions}-dimensional vectors only"
+                )
+            dimensions = None  # the local provider takes no such parameter
+        try:
+            outcome = await self._dispatch(
+                call, alias, ctx, lambda d, t: llm.embed(d, req.texts, dimensions, t)
+            )
+        except (MeshError, asyncio.CancelledError) as exc:
+            self._failed(call, ctx, exc, req.texts)
+            raise
+        vectors, usage = outcome.value
+        cost = outcome.alias.cost(usage.prompt_tokens, 0)
+        self._record(call, ctx, usage, cost, False, req.texts, None)
+        return EmbedResponse(model=outcome.alias.name, vectors=vectors, usage=usage, cost=cost)
+
+    # ---------------------------------------------------------------- models, tokens
+
+    async def models(self, req: ModelsRequest, ctx: Context) -> ModelsResponse:
+        defaults = {self.config.default_chat, self.config.default_embedding}
+        return ModelsResponse(
+            models=[
+                ModelInfo(
+                    alias=a.name,
+                    provider=a.provider,
+                    mode=a.mode,
+                    context_window=a.context_window,
+                    max_output_tokens=a.max_output_tokens,
+                    input_cost_per_token=a.input_cost_per_token,
+                    output_cost_per_token=a.output_cost_per_token,
+                    dimensions=a.dimensions,
+                    default=a.name in defaults,
+                    fallbacks=list(a.fallbacks),
+                )
+                for a in self.config.aliases.values()
+            ]
+        )
+
+    async def count_tokens(self, req: CountTokensRequest, ctx: Context) -> CountTokensResponse:
+        name = req.model or self.config.default_chat
+        if name is None:
+            raise NotFound("no chat model is configured")
+        alias = self.config.aliases.get(name)
+        if alias is not None:
+            deployment = alias.deployments[0]
+        elif name in litellm.model_cost:  # a model litellm knows, asked for by its own name
+            deployment = Deployment(alias=name, model=name, provider="litellm", params={})
+        else:
+            raise NotFound(f"unknown model alias {name!r}; gateway.models lists them")
+        messages = [m.model_dump() for m in req.messages] if req.messages is not None else None
+        total, counts = await tokens.count(deployment, messages, req.texts)
+        return CountTokensResponse(model=name, total=total, counts=counts)
+
+    # ---------------------------------------------------------------- helpers
+
+    async def _dispatch(
+        self,
+        call: CallRecord,
+        alias: Alias,
+        ctx: Context,
+        attempt: Callable[[Deployment, float], Awaitable[T]],
+    ) -> Outcome[T]:
+        try:
+            outcome = await self.dispatcher.call(alias, ctx, attempt)
+        except AttemptsFailed as failed:
+            call.attempts = failed.attempts
+            raise failed.error from None
+        call.outcome = outcome
+        return outcome
+
+    def _record(
+        self,
+        call: CallRecord,
+        ctx: Context,
+        usage: Usage,
+        cost: float,
+        cache_hit: bool,
+        prompt: Any,
+        completion: Any,
+    ) -> None:
+        content = self.log_content
+        event = call.event(
+            usage=usage,
+            cost=cost,
+            cache_hit=cache_hit,
+            prompt=prompt if content else None,
+            completion=_dump(completion) if content else None,
+        )
+        self.events.publish(event, ctx)
+
+    def _failed(self, call: CallRecord, ctx: Context, exc: BaseException, prompt: Any) -> None:
+        if isinstance(exc, MeshError):
+            code = exc.code
+        elif isinstance(exc, asyncio.CancelledError) and (remaining(ctx) or 1.0) <= 0:
+            code = "timeout"  # the runtime cancels a handler at its deadline
+        else:
+            code = "cancelled"  # the caller went away (stream closed, worker stopping)
+        event = call.event(error_code=code, prompt=prompt if self.log_content else None)
+        self.events.publish(event, ctx)
+
+
+def _dump(value: Any) -> Any:
+    return value.model_dump(exclude_none=True) if hasattr(value, "model_dump") else value
+
+
+def _replay(answer: GenerateResponse) -> list[GenerateChunk]:
+    """A cached answer as a stream: its whole content, then the final chunk."""
+    message = answer.message
+    calls = [
+        ToolCallDelta(
+            index=i,
+            id=tc.id,
+            type="function",
+            function=FunctionCallDelta(name=tc.function.name, arguments=tc.function.arguments),
+        )
+        for i, tc in enumerate(message.tool_calls or [])
+    ]
+    chunks = []
+    if message.content or calls:
+        chunks.append(
+            GenerateChunk(
+                delta=Delta(content=message.content, tool_calls=calls or None),
+                model=answer.model,
+                cached=True,
+            )
+        )
+    chunks.append(
+        GenerateChunk(
+            model=answer.model,
+            finish_reason=answer.finish_reason,
+            usage=answer.usage,
+            cost=0.0,
+            cached=True,
+        )
+    )
+    return chunks
+
+
+def build_worker(
+    gateway: Gateway, codec: Codec | None = None, max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+) -> Worker:
+    g = gateway
+    return Worker(
+        "gateway",
+        endpoints=[
+            Endpoint(
+                "generate",
+                g.generate,
+                GenerateRequest,
+                idempotent=False,
+                description="chat completion from a model alias",
+            ),
+            Endpoint(
+                "stream",
+                g.stream,
+                GenerateRequest,
+                idempotent=False,
+                streaming=True,
+                description="chat completion as chunks, the last with usage",
+            ),
+            Endpoint("embed", g.embed, EmbedRequest, description="vectors for a batch of texts"),
+            Endpoint("models", g.models, ModelsRequest, description="the configured aliases"),
+            Endpoint(
+                "count_tokens",
+                g.count_tokens,
+                CountTokensRequest,
+                description="token counts with the alias's tokenizer",
+            ),
+        ],
+        version=VERSION,
+        description="One door to LLMs through litellm",
+        codec=codec or Codec(),
+        max_concurrency=max_concurrency,
+    )
+
+
+async def _warm_up() -> None:
+    """litellm imports most of itself lazily, on the first call (~1 s): pay that at start."""
+    with contextlib.suppress(Exception):
+        await litellm.acompletion(
+            model="openai/gpt-4o-mini",
+            messages=[{"role": "user", "content": "warm-up"}],
+            mock_response="ok",
+        )
+    with contextlib.suppress(Exception):
+        await asyncio.to_thread(litellm.token_counter, model="gpt-4o-mini", text="warm-up")
+
+
+@asynccontextmanager
+async def gateway_running(
+    config: GatewayConfig,
+    env: WorkerEnv,
+    *,
+    log_content: bool = False,
+    cache_ttl: int = DEFAULT_TTL_S,
+) -> AsyncIterator[Gateway]:
+    """A gateway with its background publisher running; pending events drain on exit."""
+    codec = Codec(env.settings.codec_type)
+    background = Background()
+    async with running(background):
+        gateway = Gateway(
+            config,
+            events=Events(env.js, background, codec),
+            cache=ResponseCache(env.client, background, cache_ttl),
+            log_content=log_content,
+        )
+        yield gateway
+
+
+@asynccontextmanager
+async def lifespan(env: WorkerEnv) -> AsyncIterator[Worker]:
+    settings = env.settings
+    config = load_config(settings.gateway_models)
+    local.register()
+    await _warm_up()
+    # litellm leaves ~420 000 long-lived tracked objects after import and warm-up, and every
+    # full collection walks them all: 300-500 ms p99 under load in bench_gateway.py. Frozen,
+    # they are out of the collector's way (p99 ~190 ms in the same bench).
+    gc.freeze()
+    _log.info(
+        "gateway_models",
+        aliases=sorted(config.aliases),
+        default_chat=config.default_chat,
+        default_embedding=config.default_embedding,
+    )
+    async with gateway_running(
+        config,
+        env,
+        log_content=settings.gateway_log_content,
+        cache_ttl=settings.gateway_cache_ttl,
+    ) as gateway:
+        yield build_worker(gateway, Codec(settings.codec_type), settings.max_concurrency)
