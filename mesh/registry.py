@@ -10,6 +10,7 @@ from typing import Any
 #: Service name → module exposing ``lifespan(env) -> async context manager of Worker``.
 WORKERS: dict[str, str] = {
     "cache": "workers.cache",
+    "agent": "workers.agent",
 }
 
 
