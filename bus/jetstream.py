@@ -180,7 +180,7 @@ class JobConsumer:
             while not stop.is_set():
                 try:
                     msgs = await sub.fetch(self.spec.batch, timeout=1.0)
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # nats.errors.TimeoutError, or asyncio's from _fetch_n
                     continue
                 except (
                     nats.errors.ConnectionClosedError,

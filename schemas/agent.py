@@ -226,6 +226,8 @@ class Step(BaseModel):
     arguments: Any = None
     result: Any = None
     """A tool's result; for a model call, the assistant message it returned."""
+    content: str | None = None
+    """For a tool call: the tool message the model was shown (result wrapped as data)."""
     usage: dict[str, int] | None = None
     finish_reason: str | None = None
     error: StepError | None = None
@@ -261,6 +263,9 @@ class RunResult(BaseModel):
     user: str | None = None
     created_at: datetime
     finished_at: datetime | None = None
+    input_messages: list[dict[str, Any]] | None = None
+    """The first model call's messages (``include_messages``); with the steps, every
+    model call of the run can be rebuilt exactly."""
 
 
 class RunSummary(BaseModel):
@@ -280,6 +285,7 @@ class RunSummary(BaseModel):
 class RunGetRequest(_Request):
     run_id: Id
     agent_id: Id | None = None
+    include_messages: bool = False
 
 
 class RunListRequest(_Page):

@@ -316,7 +316,10 @@ class AgentService:
 
     async def get_run(self, req: RunGetRequest, ctx: Context) -> RunResult:
         run = await self._visible_run(req.run_id, req.agent_id, ctx)
-        return views.run(run, await self.store.steps(_tenant(ctx), req.run_id))
+        result = views.run(run, await self.store.steps(_tenant(ctx), req.run_id))
+        if req.include_messages:
+            result.input_messages = run["input_messages"]
+        return result
 
     async def list_runs(self, req: RunListRequest, ctx: Context) -> RunList:
         tenant = _tenant(ctx)

@@ -33,6 +33,7 @@ def step(row: Row) -> Step:
         tool_call_id=row["tool_call_id"],
         arguments=row["arguments"],
         result=row["result"],
+        content=row["content"],
         usage=row["usage"],
         finish_reason=row["finish_reason"],
         error=row["error"],
