@@ -284,3 +284,191 @@ async def test_rejected_tool_call_is_told_to_the_model_which_answers_without_it(
     assert (await api("list_memories", {"agent_id": agent["agent_id"]}))["items"] == []
     with pytest.raises(Conflict):  # decided once only
         await api("approve", {"run_id": run["run_id"]})
+
+
+async def _until_done(api: Api, run_id: str, timeout: float = 15.0) -> dict:
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        run = await api("get_run", {"run_id": run_id})
+        if run["status"] not in ("queued", "running"):
+            return run
+        assert loop.time() < end, f"run still {run['status']}"
+        await asyncio.sleep(0.1)
+
+
+async def test_background_run_is_queued_then_polled_to_its_answer(api: Api, fake):
+    agent = await api.agent(tools=["calculator"])
+    fake.play(call("calculator", {"expression": "40+2"}), answer("It is 42."))
+    queued = await api(
+        "execute", {"agent_id": agent["agent_id"], "task": "40+2?", "background": True}
+    )
+    assert queued["status"] == "queued" and queued["background"] is True
+    run = await _until_done(api, queued["run_id"])
+    assert run["status"] == "succeeded" and run["output"] == "It is 42."
+    assert _kinds(run) == [
+        ("model_call", "ok", "local-chat"),
+        ("tool_call", "ok", "calculator"),
+        ("model_call", "ok", "local-chat"),
+    ]
+    assert fake.streamed == [True, True]  # background runs stream tokens to watchers
+    listed = await api("list_runs", {"agent_id": agent["agent_id"]})
+    assert [r["run_id"] for r in listed["items"]] == [queued["run_id"]]
+
+
+async def test_async_flag_is_accepted_for_background(api: Api, fake):
+    agent = await api.agent()
+    fake.play(answer("later"))
+    queued = await api("execute", {"agent_id": agent["agent_id"], "task": "x", "async": True})
+    assert queued["status"] == "queued"
+    assert (await _until_done(api, queued["run_id"]))["output"] == "later"
+
+
+async def test_watch_streams_the_steps_and_tokens_of_a_background_run(api: Api, fake):
+    agent = await api.agent(tools=["calculator"])
+    fake.play(
+        {**call("calculator", {"expression": "6*7"}), "delay": 0.5},
+        answer("The answer is 42."),
+    )
+    queued = await api(
+        "execute", {"agent_id": agent["agent_id"], "task": "6*7?", "background": True}
+    )
+    events = await api.stream("watch", {"run_id": queued["run_id"]})
+    assert events[0]["event"] == "run" and events[-1]["event"] == "done"
+    assert events[-1]["result"]["status"] == "succeeded"
+    steps = [e["step"]["index"] for e in events if e["event"] == "step"]
+    assert steps == [0, 1, 2]
+    tokens = "".join(e["delta"] for e in events if e["event"] == "token")
+    assert tokens == "The answer is 42."
+
+
+async def test_stream_endpoint_yields_run_steps_tokens_and_done_in_order(api: Api, fake):
+    agent = await api.agent(tools=["calculator"])
+    fake.play(call("calculator", {"expression": "1+2"}), answer("Three, as computed."))
+    events = await api.stream("stream", {"agent_id": agent["agent_id"], "task": "1+2?"})
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "run" and kinds[-1] == "done"
+    assert kinds[1:3] == ["step", "step"]  # model call, then tool call
+    assert "".join(e["delta"] for e in events if e["event"] == "token") == "Three, as computed."
+    assert kinds.index("token") < len(kinds) - 2  # tokens arrive before the last step
+    assert events[-1]["result"]["output"] == "Three, as computed."
+
+
+async def test_cancel_stops_a_running_background_run(api: Api, fake):
+    import asyncio
+
+    agent = await api.agent(tools=["calculator"], limits={"max_steps": 50})
+    fake.play({**call("calculator", {"expression": "1"}), "delay": 0.3}, repeat_last=True)
+    queued = await api(
+        "execute", {"agent_id": agent["agent_id"], "task": "spin", "background": True}
+    )
+    for _ in range(100):
+        if (await api("get_run", {"run_id": queued["run_id"]}))["status"] == "running":
+            break
+        await asyncio.sleep(0.05)
+    run = await api("cancel", {"run_id": queued["run_id"]})
+    if run["status"] == "running":  # the driver saw the signal but had not stored it yet
+        run = await _until_done(api, queued["run_id"])
+    assert run["status"] == "cancelled"
+    calls_then = len(fake.requests)
+    await asyncio.sleep(0.8)
+    assert len(fake.requests) == calls_then  # nothing runs on
+
+
+async def test_cancel_of_a_paused_run_ends_it_and_approval_is_refused(api: Api, fake):
+    from bus.errors import Conflict
+
+    agent = await api.agent(tools=["memory_write"], approval_required=["memory_write"])
+    fake.play(call("memory_write", {"text": "x"}), answer("never"))
+    run = await api("execute", {"agent_id": agent["agent_id"], "task": "remember x"})
+    assert run["status"] == "requires_approval"
+    assert (await api("cancel", {"run_id": run["run_id"]}))["status"] == "cancelled"
+    with pytest.raises(Conflict):
+        await api("approve", {"run_id": run["run_id"]})
+
+
+async def test_deterministic_answer_is_cached_and_served_without_the_model(api: Api, fake):
+    agent = await api.agent(tools=["calculator"], parameters={"temperature": 0})
+    fake.play(call("calculator", {"expression": "2+2"}), answer("4"))
+    first = await api("execute", {"agent_id": agent["agent_id"], "task": "2+2?"})
+    assert first["status"] == "succeeded" and first["cached"] is False
+    second = await api("execute", {"agent_id": agent["agent_id"], "task": "2+2?"})
+    assert second["cached"] is True and second["output"] == "4"
+    assert _kinds(second) == [("cache_hit", "ok", "cache")]
+    assert second["steps"][0]["result"]["from_run"] == first["run_id"]
+    assert len(fake.requests) == 2  # the second run never reached the model
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"parameters": {"temperature": 0.7}, "tools": ["calculator"]},  # not deterministic
+        {"parameters": {"temperature": 0}, "tools": ["current_time"]},  # answer changes
+    ],
+)
+async def test_runs_that_are_not_repeatable_are_not_cached(api: Api, fake, fields):
+    agent = await api.agent(**fields)
+    fake.play(answer("one"), answer("two"))
+    await api("execute", {"agent_id": agent["agent_id"], "task": "same"})
+    second = await api("execute", {"agent_id": agent["agent_id"], "task": "same"})
+    assert second["cached"] is False and second["output"] == "two"
+
+
+async def test_model_error_fails_the_run_and_is_stored(api: Api, fake):
+    agent = await api.agent()
+    fake.play()  # the scripted model answers upstream_error
+    run = await api("execute", {"agent_id": agent["agent_id"], "task": "hi"})
+    assert run["status"] == "failed" and run["error"]["code"] == "model_error"
+    assert _kinds(run) == [("model_call", "error", "local-chat")]
+    assert run["steps"][0]["error"]["code"] == "upstream_error"
+
+
+async def test_rag_search_refuses_collections_not_granted_to_the_agent(api: Api, fake):
+    fake.collection(api.tenant, "public", Document("d1", "public text"))
+    fake.collection(api.tenant, "secret", Document("d2", "secret text"))
+    agent = await api.agent(tools=["rag_search"], rag_collections=["public"])
+    fake.play(call("rag_search", {"query": "text", "collection_ids": ["secret"]}), answer("no"))
+    run = await api("execute", {"agent_id": agent["agent_id"], "task": "find"})
+    assert run["steps"][1]["status"] == "refused"
+    assert fake.searches == []
+
+
+async def test_llm_tool_renders_its_prompt_and_makes_a_sub_call(api: Api, fake):
+    await api.as_(roles=("tools:write",))(
+        "create_tool",
+        {
+            "name": "summarize",
+            "description": "Summarize a text.",
+            "parameters": {
+                "type": "object",
+                "properties": {"text": {"type": "string"}},
+                "required": ["text"],
+            },
+            "implementation": {"kind": "llm", "prompt": {"name": "summary"}, "temperature": 0},
+        },
+    )
+    fake.template(api.tenant, "summary", "Summarize in one line: {{text}}")
+    agent = await api.agent(tools=["summarize"])
+    fake.play(
+        call("summarize", {"text": "a very long report"}),
+        answer("short report"),  # the sub-call
+        answer("Summary: short report"),
+    )
+    run = await api("execute", {"agent_id": agent["agent_id"], "task": "summarize it"})
+    assert run["output"] == "Summary: short report"
+    assert run["steps"][1]["result"] == {"text": "short report"}
+    assert run["steps"][1]["usage"]["total_tokens"] > 0
+    sub = fake.requests[1]
+    assert [m.content for m in sub.messages] == ["Summarize in one line: a very long report"]
+    assert sub.tools is None
+
+
+async def test_inactive_agent_does_not_run(api: Api, fake):
+    from bus.errors import Conflict
+
+    agent = await api.agent(status="inactive")
+    with pytest.raises(Conflict):
+        await api("execute", {"agent_id": agent["agent_id"], "task": "hi"})
+    assert fake.requests == []
