@@ -137,7 +137,8 @@ def main() -> None:
             f"   p99 {pct(lat[key], 0.99):6.2f} ms"
         )
     ratio = rt / raw
-    print(f"ratio runtime/raw: {ratio:.2f}x (target >= 0.70x) -> {'OK' if ratio >= 0.7 else 'BELOW'}")
+    verdict = "OK" if ratio >= 0.7 else "BELOW"
+    print(f"ratio runtime/raw: {ratio:.2f}x (target >= 0.70x) -> {verdict}")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from bus.errors import NotFound, Unavailable, UpstreamError
 from bus.worker import Endpoint, Worker
 from schemas.context import Context
 from schemas.gateway import CountTokensRequest, EmbedRequest, GenerateRequest
-from schemas.prompt import RenderRequest
+from schemas.prompt import PromptRenderRequest
 from schemas.rag import SearchRequest
 
 DIMENSIONS = 384
@@ -281,14 +281,14 @@ class FakeLLM:
             ]
         )
 
-    async def render(self, req: RenderRequest, ctx: Context) -> Raw:
+    async def render(self, req: PromptRenderRequest, ctx: Context) -> Raw:
         template = self.templates.get((str(ctx.tenant), req.name))
         if template is None:
             raise NotFound(f"prompt {req.name} not found")
         text = re.sub(
             r"\{\{\s*(\w+)\s*\}\}", lambda m: str(req.variables.get(m.group(1), "")), template
         )
-        return Raw(name=req.name, version=1, text=text)
+        return Raw(name=req.name, version=1, type="text", text=text)
 
     def workers(self) -> list[Worker]:
         gateway, rag, prompt = self.names
@@ -303,5 +303,5 @@ class FakeLLM:
                 ],
             ),
             Worker(rag, endpoints=[Endpoint("search", self.search, SearchRequest)]),
-            Worker(prompt, endpoints=[Endpoint("render", self.render, RenderRequest)]),
+            Worker(prompt, endpoints=[Endpoint("render", self.render, PromptRenderRequest)]),
         ]

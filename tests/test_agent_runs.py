@@ -1,4 +1,5 @@
 """Agent runs against the scripted model: tools, limits, replay, injection, roles, approval."""
+# ruff: noqa: F811 — fixtures are imported from tests.agent_env by name
 
 from __future__ import annotations
 
@@ -6,8 +7,7 @@ import json
 
 import pytest
 
-from tests.agent_env import Api, agent_worker, fake, fake_services, web  # noqa: F401
-from tests.agent_env import api, tenant  # noqa: F401
+from tests.agent_env import Api, agent_worker, api, fake, fake_services, tenant, web  # noqa: F401  # noqa: F401
 from tests.fake_llm import Document, answer, call
 
 pytestmark = pytest.mark.usefixtures("agent_worker")

@@ -3,6 +3,7 @@
 Each message is served by a different ``mesh worker agent`` process (the one before has
 stopped), so nothing but Postgres can carry the thread from one message to the next.
 """
+# ruff: noqa: F811 — fixtures are imported from tests.agent_env by name
 
 from __future__ import annotations
 
@@ -12,11 +13,8 @@ import signal
 import sys
 from pathlib import Path
 
-import pytest
-
 from bus.settings import Settings
-from tests.agent_env import AGENT_ENV, Api, fake, fake_services, web  # noqa: F401
-from tests.agent_env import api, tenant  # noqa: F401
+from tests.agent_env import AGENT_ENV, Api, api, fake, fake_services, tenant, web  # noqa: F401  # noqa: F401
 from tests.fake_llm import answer, call
 
 START_TIMEOUT_S = 60.0

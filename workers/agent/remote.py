@@ -28,7 +28,7 @@ from schemas.gateway import (
     ToolCall,
     Usage,
 )
-from schemas.prompt import RenderResponse
+from schemas.prompt import PromptRenderResponse
 from schemas.rag import SearchRequest, SearchResponse
 from workers.agent.settings import AgentConfig
 
@@ -146,12 +146,12 @@ class Remote:
             idempotent=True,
         )
 
-    async def render_prompt(self, payload: dict[str, Any], ctx: Context) -> RenderResponse:
+    async def render_prompt(self, payload: dict[str, Any], ctx: Context) -> PromptRenderResponse:
         return await self.client.request(
             self._subject(self.config.prompt_service, "render"),
             payload,
             ctx,
-            RenderResponse,
+            PromptRenderResponse,
             idempotent=True,
         )
 
