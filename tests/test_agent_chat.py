@@ -35,9 +35,9 @@ async def test_chat_keeps_the_thread_history_and_stores_each_reply(api: Api, fak
     ]
     thread = await api("get_thread", {"thread_id": first["thread_id"]})
     assert [(m["role"], m["content"], m["run_id"]) for m in thread["messages"]] == [
-        ("user", "Hi, I am Alice.", None),
+        ("user", "Hi, I am Alice.", first["run_id"]),
         ("assistant", "Hello Alice!", first["run_id"]),
-        ("user", "My name?", None),
+        ("user", "My name?", second["run_id"]),
         ("assistant", "Your name is Alice.", second["run_id"]),
     ]
     runs = await api("list_runs", {"agent_id": agent["agent_id"], "thread_id": first["thread_id"]})
@@ -90,11 +90,22 @@ async def test_trimming_falls_back_to_a_conservative_estimate(api: Api, fake):
     assert used + reserve <= window
 
 
-async def test_a_message_that_cannot_fit_the_window_is_refused(api: Api, fake):
-    agent = await api.agent(limits={"context_window": 300})
+async def test_a_message_that_cannot_fit_the_window_is_refused_and_not_stored(api: Api, fake):
+    agent = await api.agent(limits={"context_window": 300}, parameters={"max_tokens": 50})
+    fake.play(answer("hello"))
+    first = await api("chat", {"agent_id": agent["agent_id"], "message": "hi"})
     with pytest.raises(PayloadTooLarge):
-        await api("chat", {"agent_id": agent["agent_id"], "message": "word " * 2000})
-    assert fake.requests == []
+        await api(
+            "chat",
+            {
+                "agent_id": agent["agent_id"],
+                "thread_id": first["thread_id"],
+                "message": "word " * 2000,
+            },
+        )
+    assert len(fake.requests) == 1
+    thread = await api("get_thread", {"thread_id": first["thread_id"]})
+    assert [m["content"] for m in thread["messages"]] == ["hi", "hello"]
 
 
 async def test_chat_stream_yields_tokens_then_the_stored_reply(api: Api, fake):

@@ -14,6 +14,7 @@ pauses in ``requires_approval`` until a decision on the paused tool call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
@@ -249,9 +250,22 @@ class Runs:
                 "lease_until": None if background else self._lease(agent),
             },
         )
+        if thread_id is not None:
+            # Stored only once it fits the window, tagged with the run that answers it.
+            await self.store.add_message(tenant, thread_id, "user", task, run["run_id"])
         await emit(RunEvent(event="run", run_id=run["run_id"], thread_id=thread_id))
         if background:
-            await self.enqueue(run, ctx)
+            try:
+                await self.enqueue(run, ctx)
+            except MeshError as exc:
+                await self.store.transition(
+                    tenant,
+                    run["run_id"],
+                    ["queued"],
+                    "failed",
+                    error=_error(exc.code, "could not queue the run"),
+                )
+                raise
             return views.run(run, [])
         return await self.drive(run, agent_row, ctx, emit)
 
@@ -517,6 +531,12 @@ class Runs:
                     raise
                 task.uncancel()
                 outcome = Outcome("cancelled", error=_error("cancelled", "cancelled by a user"))
+            except Exception as exc:
+                # Storage or a bug: try to leave the run failed rather than running.
+                code = exc.code if isinstance(exc, MeshError) else "internal"
+                with contextlib.suppress(Exception):
+                    await self._finish(state, Outcome("failed", error=_error(code, "run failed")))
+                raise
         finally:
             if not self.nc.is_closed:
                 await sub.unsubscribe()
@@ -738,6 +758,7 @@ class Runs:
             "arguments": decision.arguments if decision.spec else _loads(raw),
             "started_at": started,
         }
+        fields: dict[str, Any]
         if decision.refusal is not None:
             _log.warning("tool_call_refused", tool=name, reason=decision.refusal)
             fields = {

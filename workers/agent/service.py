@@ -86,6 +86,8 @@ RUNS_CONSUMER = ConsumerSpec(
 #: How long ``cancel`` waits for a running run to stop before answering.
 CANCEL_WAIT_S = 3.0
 WATCH_POLL_S = 1.0
+#: Agent fields an update may set to null.
+NULLABLE = frozenset({"description", "llm_provider"})
 
 
 def _tenant(ctx: Context) -> str:
@@ -164,7 +166,7 @@ class AgentService:
     async def get(self, req: AgentGetRequest, ctx: Context) -> Agent:
         return views.agent(await self.store.get_agent(_tenant(ctx), req.agent_id))
 
-    async def list(self, req: AgentListRequest, ctx: Context) -> AgentList:
+    async def list_agents(self, req: AgentListRequest, ctx: Context) -> AgentList:
         rows, cursor = await self.store.list_agents(
             _tenant(ctx),
             status=req.status,
@@ -180,6 +182,9 @@ class AgentService:
         fields = req.model_dump(exclude_unset=True, exclude={"agent_id", "version"})
         if not fields:
             raise InvalidRequest("nothing to change")
+        nulls = sorted(k for k, v in fields.items() if v is None and k not in NULLABLE)
+        if nulls:
+            raise InvalidRequest(f"{', '.join(nulls)} cannot be null")
         current = await self.store.get_agent(tenant, req.agent_id)
         if "tools" in fields:
             await self._check_attach(tenant, fields["tools"], ctx, current["tools"])
@@ -188,9 +193,6 @@ class AgentService:
             fields.get("approval_required", current["approval_required"]),
             fields.get("tools", current["tools"]),
         )
-        for required in ("name", "system_prompt", "llm_model", "status"):
-            if required in fields and fields[required] is None:
-                raise InvalidRequest(f"{required} cannot be null")
         row = await self.store.update_agent(tenant, req.agent_id, req.version, fields)
         return views.agent(row)
 
@@ -432,7 +434,6 @@ class AgentService:
         else:
             thread = await self.store.create_thread(tenant, req.agent_id, user, req.message[:80])
             earlier = []
-        await self.store.add_message(tenant, thread["thread_id"], "user", req.message, None)
         kwargs: dict[str, Any] = {"emit": emit} if emit else {}
         result = await self.runs.start(
             agent_row,
@@ -516,8 +517,10 @@ class AgentService:
         return Deleted(deleted=await self.store.delete_memory(tenant, req.agent_id, req.memory_id))
 
 
-def _check_approval_list(approval_required: list[str], attached: list[str]) -> None:
-    stray = sorted(set(approval_required) - set(attached))
+def _check_approval_list(
+    approval_required: Sequence[str] | None, attached: Sequence[str] | None
+) -> None:
+    stray = sorted(set(approval_required or ()) - set(attached or ()))
     if stray:
         raise InvalidRequest(f"approval_required names tools not attached: {stray}")
 
@@ -585,7 +588,7 @@ def build_worker(
                 description="create an agent",
             ),
             ep("get", s.get, AgentGetRequest, description="read an agent"),
-            ep("list", s.list, AgentListRequest, description="list agents"),
+            ep("list", s.list_agents, AgentListRequest, description="list agents"),
             ep(
                 "update",
                 s.update,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from schemas.agent import (
@@ -51,7 +51,7 @@ def pending(steps: Iterable[Row]) -> list[PendingApproval]:
     ]
 
 
-def run(row: Row, steps: list[Row]) -> RunResult:
+def run(row: Row, steps: Sequence[Row]) -> RunResult:
     return RunResult(
         run_id=row["run_id"],
         agent_id=row["agent_id"],
@@ -86,7 +86,7 @@ def run_summary(row: Row) -> RunSummary:
     )
 
 
-def thread(row: Row, messages: list[Row] | None = None) -> Thread:
+def thread(row: Row, messages: Sequence[Row] | None = None) -> Thread:
     return Thread(
         thread_id=row["thread_id"],
         agent_id=row["agent_id"],
