@@ -472,3 +472,38 @@ async def test_inactive_agent_does_not_run(api: Api, fake):
     with pytest.raises(Conflict):
         await api("execute", {"agent_id": agent["agent_id"], "task": "hi"})
     assert fake.requests == []
+
+
+async def test_a_running_run_whose_driver_died_is_reported_failed(api: Api, fake, settings):
+    import asyncpg
+
+    agent = await api.agent()
+    fake.play(answer("done"))
+    run = await api("execute", {"agent_id": agent["agent_id"], "task": "hi"})
+    # Make it look like a replica died mid-run: running, and its lease ran out.
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute(
+            "UPDATE agent.runs SET status = 'running', finished_at = NULL,"
+            " lease_until = now() - interval '1 second' WHERE run_id = $1",
+            run["run_id"],
+        )
+    finally:
+        await conn.close()
+    stored = await api("get_run", {"run_id": run["run_id"]})
+    assert stored["status"] == "failed" and stored["error"]["code"] == "abandoned"
+
+
+async def test_invalid_tool_arguments_are_told_to_the_model_which_can_retry(api: Api, fake):
+    agent = await api.agent(tools=["calculator"])
+    fake.play(
+        call("calculator", {"expr": "1+1"}),
+        call("calculator", {"expression": "1+1"}),
+        answer("2"),
+    )
+    run = await api("execute", {"agent_id": agent["agent_id"], "task": "1+1"})
+    assert [s["status"] for s in run["steps"] if s["type"] == "tool_call"] == ["error", "ok"]
+    told = json.loads(fake.requests[1].messages[-1].content)
+    assert told["error"]["code"] == "invalid_arguments"
+    assert "expression" in told["error"]["message"]
+    assert run["output"] == "2"
