@@ -86,6 +86,8 @@ RUNS_CONSUMER = ConsumerSpec(
 #: How long ``cancel`` waits for a running run to stop before answering.
 CANCEL_WAIT_S = 3.0
 WATCH_POLL_S = 1.0
+#: Newest thread messages considered for a chat turn's history (then trimmed to fit).
+MAX_HISTORY_MESSAGES = 400
 #: Agent fields an update may set to null.
 NULLABLE = frozenset({"description", "llm_provider"})
 
@@ -427,9 +429,12 @@ class AgentService:
             thread = await self.store.get_thread(tenant, req.thread_id)
             if thread["agent_id"] != req.agent_id or thread["user_id"] != user:
                 raise NotFound(f"thread {req.thread_id} not found")
+            # Only the newest messages can fit any window; older ones are not even counted.
             earlier = [
                 {"role": m["role"], "content": m["content"]}
-                for m in await self.store.messages(tenant, thread["thread_id"])
+                for m in await self.store.messages(
+                    tenant, thread["thread_id"], last=MAX_HISTORY_MESSAGES
+                )
             ]
         else:
             thread = await self.store.create_thread(tenant, req.agent_id, user, req.message[:80])

@@ -356,12 +356,15 @@ class Store:
             )
         return dict(row)
 
-    async def messages(self, tenant: str, thread_id: str) -> list[Row]:
+    async def messages(self, tenant: str, thread_id: str, last: int | None = None) -> list[Row]:
+        """A thread's messages in order; with ``last``, only the newest ``last``."""
         async with self.db.connection() as conn:
             rows = await conn.fetch(
-                "SELECT * FROM agent.messages WHERE tenant_id = $1 AND thread_id = $2 ORDER BY seq",
+                "SELECT * FROM (SELECT * FROM agent.messages WHERE tenant_id = $1"
+                " AND thread_id = $2 ORDER BY seq DESC LIMIT $3) m ORDER BY seq",
                 tenant,
                 thread_id,
+                last,
             )
         return [dict(r) for r in rows]
 
