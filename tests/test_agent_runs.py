@@ -507,3 +507,19 @@ async def test_invalid_tool_arguments_are_told_to_the_model_which_can_retry(api:
     assert told["error"]["code"] == "invalid_arguments"
     assert "expression" in told["error"]["message"]
     assert run["output"] == "2"
+
+
+async def test_a_streaming_caller_that_goes_away_cancels_its_run(api: Api, fake):
+    import contextlib
+
+    agent = await api.agent(tools=["calculator"], limits={"max_steps": 50})
+    fake.play({**call("calculator", {"expression": "1"}), "delay": 0.2}, repeat_last=True)
+    stream = api.client.stream(
+        "agent.stream.request", {"agent_id": agent["agent_id"], "task": "spin"}, api.ctx()
+    )
+    async with contextlib.aclosing(stream):
+        first = await anext(stream)
+        assert first["event"] == "run"
+        await anext(stream)  # a step: the run is under way
+    run = await _until_done(api, first["run_id"])
+    assert run["status"] == "cancelled"

@@ -123,6 +123,7 @@ class _State:
     ctx: Context
     emit: Emit
     cancelled: bool = False
+    finishing: bool = False
     by_call: dict[str, Row] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -509,7 +510,7 @@ class Runs:
         assert task is not None
 
         async def on_cancel(_msg: Any) -> None:
-            if not state.cancelled:
+            if not state.cancelled and not state.finishing:
                 state.cancelled = True
                 task.cancel()
 
@@ -517,7 +518,9 @@ class Runs:
         try:
             try:
                 outcome = await self._loop(state)
+                state.finishing = True  # a late cancel signal must not cut the ending short
             except _Stop as stop:
+                state.finishing = True
                 outcome = stop.outcome
             except asyncio.CancelledError:
                 if not state.cancelled:
