@@ -523,3 +523,24 @@ async def test_a_streaming_caller_that_goes_away_cancels_its_run(api: Api, fake)
         await anext(stream)  # a step: the run is under way
     run = await _until_done(api, first["run_id"])
     assert run["status"] == "cancelled"
+
+
+async def test_prompt_render_and_current_time_tools(api: Api, fake):
+    from tests.fake_llm import calls
+
+    fake.template(api.tenant, "greeting", "Hello {{name}}!")
+    agent = await api.agent(tools=["prompt_render", "current_time"])
+    fake.play(
+        calls(
+            ("prompt_render", {"name": "greeting", "variables": {"name": "Ada"}}, None),
+            ("current_time", {}, None),
+            ("current_time", {"timezone": "Mars/Olympus_Mons"}, None),
+        ),
+        answer("Hello Ada!"),
+    )
+    run = await api("execute", {"agent_id": agent["agent_id"], "task": "greet Ada"})
+    rendered, now, bad = run["steps"][1:4]
+    assert rendered["result"]["text"] == "Hello Ada!"
+    assert now["status"] == "ok" and now["result"]["timezone"] == "UTC"
+    assert now["result"]["iso"].endswith("+00:00")
+    assert bad["status"] == "error" and "unknown time zone" in bad["error"]["message"]

@@ -14,7 +14,7 @@ import json
 import zoneinfo
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 import jsonschema
@@ -340,10 +340,12 @@ def wrap_error(name: str, code: str, message: str) -> str:
 
 def current_time(arguments: Mapping[str, Any]) -> dict[str, Any]:
     zone = arguments.get("timezone") or "UTC"
-    try:
-        tz = zoneinfo.ZoneInfo(zone)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ToolFailed(f"unknown time zone {zone!r}") from None
+    tz: tzinfo = UTC
+    if zone.upper() != "UTC":  # UTC needs no time zone database
+        try:
+            tz = zoneinfo.ZoneInfo(zone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ToolFailed(f"unknown time zone {zone!r}") from None
     now = datetime.now(UTC).astimezone(tz)
     return {"timezone": zone, "iso": now.isoformat(), "weekday": now.strftime("%A")}
 
