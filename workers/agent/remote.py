@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 
 from bus.client import Client
+from bus.context import child
 from bus.errors import MeshError
 from schemas.cache import CacheGetResponse, CacheSetResponse
 from schemas.context import Context
@@ -35,6 +36,9 @@ from workers.agent.settings import AgentConfig
 _log = structlog.get_logger("agent.remote")
 
 CACHE_NAMESPACE = "agent"
+#: Optional calls get a short leash: a slow cache or counter must not eat the run's time.
+CACHE_TIMEOUT_S = 2.0
+COUNT_TIMEOUT_S = 5.0
 #: Called with each text fragment while a streamed generation arrives.
 OnToken = Callable[[str], Awaitable[None]]
 
@@ -126,7 +130,7 @@ class Remote:
             out = await self.client.request(
                 self._subject(self.config.gateway_service, "count_tokens"),
                 {"model": model, "texts": texts},
-                ctx,
+                child(ctx, timeout=COUNT_TIMEOUT_S),
                 CountTokensResponse,
                 idempotent=True,
             )
@@ -161,7 +165,7 @@ class Remote:
             out = await self.client.request(
                 self._subject(self.config.cache_service, "get"),
                 {"namespace": CACHE_NAMESPACE, "key": key},
-                ctx,
+                child(ctx, timeout=CACHE_TIMEOUT_S),
                 CacheGetResponse,
                 idempotent=True,
             )
@@ -181,7 +185,7 @@ class Remote:
                     "ttl_seconds": self.config.cache_ttl_seconds,
                     "tags": tags,
                 },
-                ctx,
+                child(ctx, timeout=CACHE_TIMEOUT_S),
                 CacheSetResponse,
                 idempotent=True,
             )
@@ -193,7 +197,7 @@ class Remote:
             await self.client.request(
                 self._subject(self.config.cache_service, "invalidate"),
                 {"tags": [tag]},
-                ctx,
+                child(ctx, timeout=CACHE_TIMEOUT_S),
                 idempotent=True,
             )
         except MeshError as exc:
