@@ -35,8 +35,8 @@ from bus.jetstream import publish
 from schemas.agent import Agent, RunEvent, RunResult
 from schemas.context import Context
 from schemas.gateway import GenerateRequest, GenerateResponse
-from schemas.rag import SearchRequest
 from workers.agent import history, netguard, tools, views
+from workers.agent.executor import Call, Executor
 from workers.agent.remote import Remote
 from workers.agent.settings import AgentConfig
 from workers.agent.store import Row, Store, new_id
@@ -53,7 +53,6 @@ CONTROL_PREFIX = "agent.control."
 ANSWER_MARGIN_S = 1.0
 #: A driving replica's lease on a run outlives the run's own timeout by this much.
 LEASE_GRACE_S = 30.0
-MAX_RAG_TEXT = 4000
 
 Emit = Callable[[RunEvent], Awaitable[None]]
 
@@ -179,6 +178,7 @@ class Runs:
         self.nc = nc
         self.js = js
         self.codec = codec
+        self.executor = Executor(store, remote, fetcher, config.default_model)
 
     # --- tools of a run ------------------------------------------------------------
 
@@ -788,7 +788,11 @@ class Runs:
         usage: dict[str, int] | None = None
         try:
             async with asyncio.timeout(min(self.config.tool_timeout_seconds, state.remaining())):
-                result, usage = await self._builtin(state, spec, arguments)
+                result, usage = await self.executor.run(
+                    spec,
+                    arguments,
+                    Call(state.tenant, state.agent, state.run_id, state.hop(), state.remaining()),
+                )
         except tools.ToolRefused as exc:
             _log.warning("tool_call_refused", tool=spec.name, reason=str(exc))
             return {
@@ -814,116 +818,6 @@ class Runs:
             "content": tools.wrap_result(spec, spec.name, result, limit),
             "usage": usage,
         }
-
-    async def _builtin(
-        self, state: _State, spec: tools.ToolSpec, args: dict[str, Any]
-    ) -> tuple[Any, dict[str, int] | None]:
-        kind = spec.kind
-        ctx = state.hop()
-        if kind == "calculator":
-            return tools.calculate(args), None
-        if kind == "current_time":
-            return tools.current_time(args), None
-        if kind == "rag_search":
-            return await self._rag_search(state, args, ctx), None
-        if kind == "http_get":
-            settings = await self.store.get_settings(state.tenant)
-            try:
-                page = await self.fetcher.fetch(
-                    args["url"], settings["http_allowlist"], timeout=state.remaining()
-                )
-            except (netguard.Refused, netguard.FetchError) as exc:
-                raise tools.fetch_refusal(exc) from None
-            return {
-                "url": page.url,
-                "status": page.status,
-                "content_type": page.content_type,
-                "text": page.text,
-                "truncated": page.truncated,
-            }, None
-        if kind == "memory_search":
-            vector = (await self.remote.embed([args["query"]], ctx))[0]
-            rows = await self.store.search_memories(
-                state.tenant, state.agent.agent_id, vector, int(args.get("top_k") or 5)
-            )
-            return {
-                "items": [
-                    {"memory_id": r["memory_id"], "text": r["text"], "score": round(r["score"], 4)}
-                    for r in rows
-                ]
-            }, None
-        if kind == "memory_write":
-            vector = (await self.remote.embed([args["text"]], ctx))[0]
-            row = await self.store.insert_memory(
-                state.tenant, state.agent.agent_id, args["text"], vector, {}, "run", state.run_id
-            )
-            return {"memory_id": row["memory_id"], "stored": True}, None
-        if kind == "prompt_render":
-            out = await self.remote.render_prompt(args, ctx)
-            return out.model_dump(exclude_none=True), None
-        if kind == "llm":
-            return await self._llm_tool(state, spec, args, ctx)
-        raise tools.ToolFailed(f"unknown tool kind {kind}")
-
-    async def _rag_search(self, state: _State, args: dict[str, Any], ctx: Context) -> Any:
-        granted = list(state.agent.rag_collections)
-        if not granted:
-            raise tools.ToolRefused("this agent has no document collections")
-        wanted = list(args.get("collection_ids") or granted)
-        foreign = [c for c in wanted if c not in granted]
-        if foreign:
-            raise tools.ToolRefused(f"collections {foreign} are not granted to this agent")
-        try:
-            out = await self.remote.rag_search(
-                SearchRequest(
-                    collection_ids=wanted,
-                    query=args["query"],
-                    mode=args.get("mode"),
-                    top_k=args.get("top_k") or 5,
-                ),
-                ctx,
-            )
-        except NotFound as exc:
-            raise tools.ToolFailed(f"collection not found: {exc.message}") from None
-        return {
-            "results": [
-                {
-                    "document_id": r.document_id,
-                    "source_id": r.source_id,
-                    "chunk_id": r.chunk_id,
-                    "score": round(r.score, 4),
-                    "text": r.text[:MAX_RAG_TEXT],
-                    "metadata": r.metadata,
-                }
-                for r in out.results
-            ]
-        }
-
-    async def _llm_tool(
-        self, state: _State, spec: tools.ToolSpec, args: dict[str, Any], ctx: Context
-    ) -> tuple[Any, dict[str, int] | None]:
-        impl = spec.llm
-        assert impl is not None
-        rendered = await self.remote.render_prompt(
-            {**impl.prompt.model_dump(exclude_none=True), "variables": args}, ctx
-        )
-        messages = (
-            [m.model_dump(exclude_none=True) for m in rendered.messages]
-            if rendered.messages
-            else [{"role": "user", "content": rendered.text or ""}]
-        )
-        out = await self.remote.generate(
-            GenerateRequest.model_validate(
-                {
-                    "model": impl.model or self._model(state.agent),
-                    "messages": messages,
-                    "temperature": impl.temperature,
-                    "max_tokens": impl.max_tokens,
-                }
-            ),
-            ctx,
-        )
-        return {"text": out.message.content or ""}, out.usage.model_dump()
 
     async def _record(
         self, state: _State, fields: dict[str, Any], update: Row | None = None
