@@ -60,6 +60,17 @@ STREAMS: tuple[api.StreamConfig, ...] = (
         duplicate_window=DUPLICATE_WINDOW_S,
         description="domain events",
     ),
+    # Agent runs queued with `background: true` (workers/agent): one small job per run.
+    api.StreamConfig(
+        name="AGENT_RUNS",
+        subjects=["agent.runs.>"],
+        retention=api.RetentionPolicy.WORK_QUEUE,
+        storage=api.StorageType.FILE,
+        max_age=DAY_S,
+        max_bytes=64 * 1024**2,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        description="queued agent runs",
+    ),
 )
 
 

@@ -14,6 +14,7 @@ WORKERS: dict[str, str] = {
     "ingestion": "workers.ingestion",
     "rag": "workers.rag",
     "gateway": "workers.gateway",
+    "agent": "workers.agent",
 }
 
 

@@ -15,6 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from schemas.routes import Route
 
+#: The aliases served with no GATEWAY_MODELS configured (offline local models), and the
+#: dimension of the local embedding model. Callers may omit ``model`` to get the default.
+DEFAULT_CHAT_MODEL = "local-chat"
+DEFAULT_EMBED_MODEL = "local-embed"
+DEFAULT_EMBED_DIMENSIONS = 384
+
 #: Most messages one generate/stream request may carry.
 MAX_MESSAGES = 1_000
 #: Most texts one embed request may carry (OpenAI's limit for one embeddings call).
@@ -67,7 +73,9 @@ class ContentPart(_Request):
 
 
 class FunctionCall(_Request):
-    name: str = Field(max_length=256)
+    # OpenAI's rule for function names; providers (and litellm's own transforms) fail on
+    # anything else, so it is refused here as invalid_request instead.
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     arguments: str = Field(max_length=1_000_000, description="JSON text, as the model wrote it")
 
 
@@ -85,6 +93,14 @@ class Message(_Request):
     name: str | None = Field(default=None, max_length=256)
     tool_calls: list[ToolCall] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_call_id: str | None = Field(default=None, max_length=256)
+
+    @model_validator(mode="after")
+    def _has_content(self) -> Message:
+        # As OpenAI: only an assistant message carrying tool calls may omit content
+        # (litellm's transforms fail on the others, far from the caller's input).
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError(f"a {self.role} message needs content")
+        return self
 
 
 class FunctionSpec(_Request):

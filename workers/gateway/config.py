@@ -38,12 +38,13 @@ from typing import Any, Literal
 
 import yaml
 
+from schemas.gateway import DEFAULT_CHAT_MODEL, DEFAULT_EMBED_MODEL
 from workers.gateway import local
 
 Mode = Literal["chat", "embedding"]
 
-DEFAULT_CHAT_ALIAS = "local-chat"
-DEFAULT_EMBED_ALIAS = "local-embed"
+DEFAULT_CHAT_ALIAS = DEFAULT_CHAT_MODEL
+DEFAULT_EMBED_ALIAS = DEFAULT_EMBED_MODEL
 DEFAULT_NUM_RETRIES = 2
 #: Per-attempt timeout when the configuration gives none (the deadline caps it anyway).
 DEFAULT_TIMEOUT_S = 600.0

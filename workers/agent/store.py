@@ -1,0 +1,591 @@
+"""Postgres storage of the Agent Service (schema ``agent``).
+
+Every statement filters on ``tenant_id``: a row of another tenant is indistinguishable
+from a row that does not exist. Rows come back as plain dicts (jsonb decoded); the
+service turns them into the contract models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from bus.errors import Conflict, NotFound
+from bus.postgres import (
+    COMMAND_TIMEOUT_S,
+    CONNECT_TIMEOUT_S,
+    Database,
+    migrate,
+    migrations_of,
+)
+
+SCHEMA = "agent"
+Row = dict[str, Any]
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+async def _init(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def open_database(dsn: str, *, max_size: int = 10) -> Database:
+    """A pool like ``bus.postgres.create_database``'s, with jsonb decoded to Python."""
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=1,
+        max_size=max_size,
+        command_timeout=COMMAND_TIMEOUT_S,
+        timeout=CONNECT_TIMEOUT_S,
+        init=_init,
+    )
+    return Database(pool)
+
+
+async def prepare(db: Database) -> None:
+    """Create the ``vector`` extension (services race for it at start), then migrate."""
+    for attempt in range(10):
+        try:
+            async with db.connection() as conn:
+                await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            break
+        except (asyncpg.UniqueViolationError, asyncpg.DuplicateObjectError):
+            # Another service created it in the same instant; look again.
+            await asyncio.sleep(0.1 * (attempt + 1))
+    await migrate(db, SCHEMA, migrations_of("workers.agent"))
+
+
+def encode_cursor(created_at: datetime, key: str) -> str:
+    raw = json.dumps([created_at.isoformat(), key]).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def decode_cursor(cursor: str | None) -> tuple[datetime, str] | None:
+    if not cursor:
+        return None
+    try:
+        created, key = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return datetime.fromisoformat(created), str(key)
+    except (ValueError, TypeError):
+        from bus.errors import InvalidRequest
+
+        raise InvalidRequest("invalid cursor") from None
+
+
+def _page(rows: Sequence[asyncpg.Record], limit: int, key: str) -> tuple[list[Row], str | None]:
+    items = [dict(r) for r in rows[:limit]]
+    more = len(rows) > limit
+    cursor = encode_cursor(items[-1]["created_at"], items[-1][key]) if more else None
+    return items, cursor
+
+
+def vector_literal(vector: Sequence[float]) -> str:
+    return "[" + ",".join(f"{x:.7g}" for x in vector) + "]"
+
+
+def _like(text: str) -> str:
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+class Store:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # --- agents ----------------------------------------------------------------------
+
+    async def insert_agent(self, tenant: str, fields: Row) -> Row:
+        agent_id = new_id("agt")
+        cols = ["agent_id", "tenant_id", *fields]
+        values = [agent_id, tenant, *fields.values()]
+        sql = (
+            f"INSERT INTO agent.agents ({', '.join(cols)}) VALUES "
+            f"({', '.join(f'${i + 1}' for i in range(len(cols)))}) RETURNING *"
+        )
+        try:
+            async with self.db.connection() as conn:
+                return dict(await conn.fetchrow(sql, *values))
+        except asyncpg.UniqueViolationError:
+            raise Conflict(f"an agent named {fields.get('name')!r} exists") from None
+
+    async def get_agent(self, tenant: str, agent_id: str) -> Row:
+        async with self.db.connection() as conn:
+            row = await conn.fetchrow(
+                "SELECT * FROM agent.agents WHERE tenant_id = $1 AND agent_id = $2",
+                tenant,
+                agent_id,
+            )
+        if row is None:
+            raise NotFound(f"agent {agent_id} not found")
+        return dict(row)
+
+    async def list_agents(
+        self,
+        tenant: str,
+        *,
+        status: str | None,
+        search: str | None,
+        include_archived: bool,
+        cursor: str | None,
+        limit: int,
+    ) -> tuple[list[Row], str | None]:
+        after = decode_cursor(cursor)
+        async with self.db.connection() as conn:
+            rows = await conn.fetch(
+                """
+                SELECT * FROM agent.agents
+                WHERE tenant_id = $1
+                  AND ($2::text IS NULL OR status = $2)
+                  AND ($3::boolean OR status <> 'archived' OR $2::text = 'archived')
+                  AND ($4::text IS NULL OR name ILIKE $4)
+                  AND ($5::timestamptz IS NULL OR (created_at, agent_id) < ($5, $6))
+                ORDER BY created_at DESC, agent_id DESC
+                LIMIT $7
+                """,
+                tenant,
+                status,
+                include_archived,
+                _like(search) if search else None,
+                after[0] if after else None,
+                after[1] if after else None,
+                limit + 1,
+            )
+        return _page(rows, limit, "agent_id")
+
+    async def update_agent(self, tenant: str, agent_id: str, version: int, fields: Row) -> Row:
+        """Apply ``fields`` if the stored version is ``version``; bump it. Else conflict."""
+        sets = [f"{name} = ${i + 4}" for i, name in enumerate(fields)]
+        sets += ["version = version + 1", "updated_at = now()"]
+        sql = (
+            f"UPDATE agent.agents SET {', '.join(sets)} "
+            "WHERE tenant_id = $1 AND agent_id = $2 AND version = $3 RETURNING *"
+        )
+        try:
+            async with self.db.connection() as conn:
+                row = await conn.fetchrow(sql, tenant, agent_id, version, *fields.values())
+        except asyncpg.UniqueViolationError:
+            raise Conflict(f"an agent named {fields.get('name')!r} exists") from None
+        if row is None:
+            current = await self.get_agent(tenant, agent_id)  # NotFound if it is not ours
+            raise Conflict(
+                f"agent {agent_id} is at version {current['version']}, not {version}",
+                {"version": current["version"]},
+            )
+        return dict(row)
+
+    async def delete_agent(self, tenant: str, agent_id: str) -> bool:
+        async with self.db.connection() as conn:
+            done = await conn.execute(
+                "DELETE FROM agent.agents WHERE tenant_id = $1 AND agent_id = $2",
+                tenant,
+                agent_id,
+            )
+        return done != "DELETE 0"
+
+    async def agents_using_tool(self, tenant: str, name: str) -> list[str]:
+        async with self.db.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT agent_id FROM agent.agents WHERE tenant_id = $1 AND $2 = ANY(tools)"
+                " AND status <> 'archived'",
+                tenant,
+                name,
+            )
+        return [r["agent_id"] for r in rows]
+
+    # --- tools and settings ----------------------------------------------------------
+
+    async def list_tools(self, tenant: str, names: Sequence[str] | None = None) -> list[Row]:
+        async with self.db.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT * FROM agent.tools WHERE tenant_id = $1"
+                " AND ($2::text[] IS NULL OR name = ANY($2)) ORDER BY name",
+                tenant,
+                list(names) if names is not None else None,
+            )
+        return [dict(r) for r in rows]
+
+    async def get_tool(self, tenant: str, name: str) -> Row:
+        rows = await self.list_tools(tenant, [name])
+        if not rows:
+            raise NotFound(f"tool {name} not found")
+        return rows[0]
+
+    async def insert_tool(self, tenant: str, fields: Row) -> Row:
+        cols = ["tool_id", "tenant_id", *fields]
+        values = [new_id("tool"), tenant, *fields.values()]
+        sql = (
+            f"INSERT INTO agent.tools ({', '.join(cols)}) VALUES "
+            f"({', '.join(f'${i + 1}' for i in range(len(cols)))}) RETURNING *"
+        )
+        try:
+            async with self.db.connection() as conn:
+                return dict(await conn.fetchrow(sql, *values))
+        except asyncpg.UniqueViolationError:
+            raise Conflict(f"a tool named {fields['name']!r} exists") from None
+
+    async def update_tool(self, tenant: str, name: str, version: int, fields: Row) -> Row:
+        sets = [f"{col} = ${i + 4}" for i, col in enumerate(fields)]
+        sets += ["version = version + 1", "updated_at = now()"]
+        sql = (
+            f"UPDATE agent.tools SET {', '.join(sets)} "
+            "WHERE tenant_id = $1 AND name = $2 AND version = $3 RETURNING *"
+        )
+        async with self.db.connection() as conn:
+            row = await conn.fetchrow(sql, tenant, name, version, *fields.values())
+        if row is None:
+            current = await self.get_tool(tenant, name)
+            raise Conflict(
+                f"tool {name} is at version {current['version']}, not {version}",
+                {"version": current["version"]},
+            )
+        return dict(row)
+
+    async def delete_tool(self, tenant: str, name: str) -> bool:
+        async with self.db.connection() as conn:
+            done = await conn.execute(
+                "DELETE FROM agent.tools WHERE tenant_id = $1 AND name = $2", tenant, name
+            )
+        return done != "DELETE 0"
+
+    async def get_settings(self, tenant: str) -> Row:
+        async with self.db.connection() as conn:
+            row = await conn.fetchrow("SELECT * FROM agent.settings WHERE tenant_id = $1", tenant)
+        return dict(row) if row else {"http_allowlist": [], "version": 0, "updated_at": None}
+
+    async def put_settings(self, tenant: str, allowlist: list[str], version: int | None) -> Row:
+        async with self.db.connection() as conn:
+            row = await conn.fetchrow(
+                """
+                INSERT INTO agent.settings AS s (tenant_id, http_allowlist) VALUES ($1, $2)
+                ON CONFLICT (tenant_id) DO UPDATE
+                  SET http_allowlist = $2, version = s.version + 1, updated_at = now()
+                  WHERE $3::integer IS NULL OR s.version = $3
+                RETURNING *
+                """,
+                tenant,
+                allowlist,
+                version,
+            )
+        if row is None or (version is not None and row["version"] != version + 1):
+            raise Conflict("settings changed since they were read")
+        return dict(row)
+
+    # --- threads and messages --------------------------------------------------------
+
+    async def create_thread(self, tenant: str, agent_id: str, user: str, title: str) -> Row:
+        async with self.db.connection() as conn:
+            row = await conn.fetchrow(
+                "INSERT INTO agent.threads (thread_id, tenant_id, agent_id, user_id, title)"
+                " VALUES ($1, $2, $3, $4, $5) RETURNING *",
+                new_id("thr"),
+                tenant,
+                agent_id,
+                user,
+                title,
+            )
+        return dict(row)
+
+    async def get_thread(self, tenant: str, thread_id: str) -> Row:
+        async with self.db.connection() as conn:
+            row = await conn.fetchrow(
+                "SELECT * FROM agent.threads WHERE tenant_id = $1 AND thread_id = $2",
+                tenant,
+                thread_id,
+            )
+        if row is None:
+            raise NotFound(f"thread {thread_id} not found")
+        return dict(row)
+
+    async def list_threads(
+        self, tenant: str, agent_id: str, user: str | None, cursor: str | None, limit: int
+    ) -> tuple[list[Row], str | None]:
+        after = decode_cursor(cursor)
+        async with self.db.connection() as conn:
+            rows = await conn.fetch(
+                """
+                SELECT * FROM agent.threads
+                WHERE tenant_id = $1 AND agent_id = $2 AND ($3::text IS NULL OR user_id = $3)
+                  AND ($4::timestamptz IS NULL OR (created_at, thread_id) < ($4, $5))
+                ORDER BY created_at DESC, thread_id DESC LIMIT $6
+                """,
+                tenant,
+                agent_id,
+                user,
+                after[0] if after else None,
+                after[1] if after else None,
+                limit + 1,
+            )
+        return _page(rows, limit, "thread_id")
+
+    async def delete_thread(self, tenant: str, thread_id: str) -> bool:
+        async with self.db.connection() as conn:
+            done = await conn.execute(
+                "DELETE FROM agent.threads WHERE tenant_id = $1 AND thread_id = $2",
+                tenant,
+                thread_id,
+            )
+        return done != "DELETE 0"
+
+    async def add_message(
+        self, tenant: str, thread_id: str, role: str, content: str, run_id: str | None
+    ) -> Row:
+        async with self.db.transaction() as conn:
+            row = await conn.fetchrow(
+                "INSERT INTO agent.messages (message_id, tenant_id, thread_id, role, content,"
+                " run_id) VALUES ($1, $2, $3, $4, $5, $6) RETURNING *",
+                new_id("msg"),
+                tenant,
+                thread_id,
+                role,
+                content,
+                run_id,
+            )
+            await conn.execute(
+                "UPDATE agent.threads SET updated_at = now()"
+                " WHERE tenant_id = $1 AND thread_id = $2",
+                tenant,
+                thread_id,
+            )
+        return dict(row)
+
+    async def messages(self, tenant: str, thread_id: str, last: int | None = None) -> list[Row]:
+        """A thread's messages in order; with ``last``, only the newest ``last``."""
+        async with self.db.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT * FROM (SELECT * FROM agent.messages WHERE tenant_id = $1"
+                " AND thread_id = $2 ORDER BY seq DESC LIMIT $3) m ORDER BY seq",
+                tenant,
+                thread_id,
+                last,
+            )
+        return [dict(r) for r in rows]
+
+    # --- runs and steps --------------------------------------------------------------
+
+    async def insert_run(self, tenant: str, fields: Row) -> Row:
+        cols = ["tenant_id", *fields]
+        values = [tenant, *fields.values()]
+        sql = (
+            f"INSERT INTO agent.runs ({', '.join(cols)}) VALUES "
+            f"({', '.join(f'${i + 1}' for i in range(len(cols)))}) RETURNING *"
+        )
+        async with self.db.connection() as conn:
+            return dict(await conn.fetchrow(sql, *values))
+
+    async def get_run(self, tenant: str, run_id: str) -> Row:
+        async with self.db.connection() as conn:
+            row = await conn.fetchrow(
+                "SELECT * FROM agent.runs WHERE tenant_id = $1 AND run_id = $2", tenant, run_id
+            )
+        if row is None:
+            raise NotFound(f"run {run_id} not found")
+        return dict(row)
+
+    async def list_runs(
+        self,
+        tenant: str,
+        agent_id: str,
+        *,
+        user: str | None,
+        status: str | None,
+        thread_id: str | None,
+        cursor: str | None,
+        limit: int,
+    ) -> tuple[list[Row], str | None]:
+        after = decode_cursor(cursor)
+        async with self.db.connection() as conn:
+            rows = await conn.fetch(
+                """
+                SELECT * FROM agent.runs
+                WHERE tenant_id = $1 AND agent_id = $2
+                  AND ($3::text IS NULL OR user_id = $3)
+                  AND ($4::text IS NULL OR status = $4)
+                  AND ($5::text IS NULL OR thread_id = $5)
+                  AND ($6::timestamptz IS NULL OR (created_at, run_id) < ($6, $7))
+                ORDER BY created_at DESC, run_id DESC LIMIT $8
+                """,
+                tenant,
+                agent_id,
+                user,
+                status,
+                thread_id,
+                after[0] if after else None,
+                after[1] if after else None,
+                limit + 1,
+            )
+        return _page(rows, limit, "run_id")
+
+    async def transition(
+        self, tenant: str, run_id: str, from_statuses: Sequence[str], to: str, **fields: Any
+    ) -> Row | None:
+        """Move a run to ``to`` if it is in one of ``from_statuses``; ``None`` if it is not.
+
+        The one place runs change status: the conditional update is what makes a
+        claim (queued → running, requires_approval → running) win exactly once.
+        """
+        sets = ["status = $4", "updated_at = now()"]
+        values: list[Any] = [tenant, run_id, list(from_statuses), to]
+        for name, value in fields.items():
+            values.append(value)
+            sets.append(f"{name} = ${len(values)}")
+        if to in ("succeeded", "failed", "timed_out", "cancelled"):
+            sets.append("finished_at = now()")
+        sql = (
+            f"UPDATE agent.runs SET {', '.join(sets)} "
+            "WHERE tenant_id = $1 AND run_id = $2 AND status = ANY($3) RETURNING *"
+        )
+        async with self.db.connection() as conn:
+            row = await conn.fetchrow(sql, *values)
+        return dict(row) if row else None
+
+    async def request_cancel(self, tenant: str, run_id: str) -> Row:
+        async with self.db.connection() as conn:
+            row = await conn.fetchrow(
+                """
+                UPDATE agent.runs SET cancel_requested = true, updated_at = now(),
+                  status = CASE WHEN status IN ('queued', 'requires_approval')
+                                THEN 'cancelled' ELSE status END,
+                  finished_at = CASE WHEN status IN ('queued', 'requires_approval')
+                                THEN now() ELSE finished_at END,
+                  error = CASE WHEN status IN ('queued', 'requires_approval')
+                          THEN '{"code": "cancelled", "message": "cancelled by a user"}'::jsonb
+                          ELSE error END
+                WHERE tenant_id = $1 AND run_id = $2 RETURNING *
+                """,
+                tenant,
+                run_id,
+            )
+        if row is None:
+            raise NotFound(f"run {run_id} not found")
+        return dict(row)
+
+    async def cancel_requested(self, tenant: str, run_id: str) -> bool:
+        async with self.db.connection() as conn:
+            value = await conn.fetchval(
+                "SELECT cancel_requested FROM agent.runs WHERE tenant_id = $1 AND run_id = $2",
+                tenant,
+                run_id,
+            )
+        return bool(value)
+
+    async def steps(self, tenant: str, run_id: str, after: int = -1) -> list[Row]:
+        async with self.db.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT * FROM agent.steps WHERE tenant_id = $1 AND run_id = $2 AND idx > $3"
+                " ORDER BY idx",
+                tenant,
+                run_id,
+                after,
+            )
+        return [dict(r) for r in rows]
+
+    async def insert_step(self, tenant: str, run_id: str, step: Row) -> Row:
+        cols = ["tenant_id", "run_id", *step]
+        values = [tenant, run_id, *step.values()]
+        sql = (
+            f"INSERT INTO agent.steps ({', '.join(cols)}) VALUES "
+            f"({', '.join(f'${i + 1}' for i in range(len(cols)))}) RETURNING *"
+        )
+        async with self.db.connection() as conn:
+            return dict(await conn.fetchrow(sql, *values))
+
+    async def update_step(
+        self, tenant: str, run_id: str, idx: int, *, only_status: str | None = None, **fields: Any
+    ) -> Row | None:
+        sets = [f"{name} = ${i + 4}" for i, name in enumerate(fields)]
+        guard = f" AND status = ${len(fields) + 4}" if only_status else ""
+        values = [tenant, run_id, idx, *fields.values()] + ([only_status] if only_status else [])
+        sql = (
+            f"UPDATE agent.steps SET {', '.join(sets)} "
+            f"WHERE tenant_id = $1 AND run_id = $2 AND idx = $3{guard} RETURNING *"
+        )
+        async with self.db.connection() as conn:
+            row = await conn.fetchrow(sql, *values)
+        return dict(row) if row else None
+
+    # --- memories --------------------------------------------------------------------
+
+    async def insert_memory(
+        self,
+        tenant: str,
+        agent_id: str,
+        text: str,
+        embedding: Sequence[float],
+        metadata: Row,
+        source: str,
+        run_id: str | None,
+    ) -> Row:
+        async with self.db.connection() as conn:
+            row = await conn.fetchrow(
+                "INSERT INTO agent.memories (memory_id, tenant_id, agent_id, text, embedding,"
+                " metadata, source, run_id) VALUES ($1, $2, $3, $4, $5::vector, $6, $7, $8)"
+                " RETURNING memory_id, agent_id, text, metadata, source, run_id, created_at",
+                new_id("mem"),
+                tenant,
+                agent_id,
+                text,
+                vector_literal(embedding),
+                metadata,
+                source,
+                run_id,
+            )
+        return dict(row)
+
+    async def list_memories(
+        self, tenant: str, agent_id: str, cursor: str | None, limit: int
+    ) -> tuple[list[Row], str | None]:
+        after = decode_cursor(cursor)
+        async with self.db.connection() as conn:
+            rows = await conn.fetch(
+                """
+                SELECT memory_id, agent_id, text, metadata, source, run_id, created_at
+                FROM agent.memories
+                WHERE tenant_id = $1 AND agent_id = $2
+                  AND ($3::timestamptz IS NULL OR (created_at, memory_id) < ($3, $4))
+                ORDER BY created_at DESC, memory_id DESC LIMIT $5
+                """,
+                tenant,
+                agent_id,
+                after[0] if after else None,
+                after[1] if after else None,
+                limit + 1,
+            )
+        return _page(rows, limit, "memory_id")
+
+    async def search_memories(
+        self, tenant: str, agent_id: str, embedding: Sequence[float], top_k: int
+    ) -> list[Row]:
+        # An exact scan of one agent's items (see the migration for why no HNSW index).
+        async with self.db.connection() as conn:
+            rows = await conn.fetch(
+                """
+                SELECT memory_id, agent_id, text, metadata, source, run_id, created_at,
+                       1 - (embedding <=> $3::vector) AS score
+                FROM agent.memories WHERE tenant_id = $1 AND agent_id = $2
+                ORDER BY embedding <=> $3::vector, memory_id LIMIT $4
+                """,
+                tenant,
+                agent_id,
+                vector_literal(embedding),
+                top_k,
+            )
+        return [dict(r) for r in rows]
+
+    async def delete_memory(self, tenant: str, agent_id: str, memory_id: str) -> bool:
+        async with self.db.connection() as conn:
+            done = await conn.execute(
+                "DELETE FROM agent.memories WHERE tenant_id = $1 AND agent_id = $2"
+                " AND memory_id = $3",
+                tenant,
+                agent_id,
+                memory_id,
+            )
+        return done != "DELETE 0"
