@@ -21,7 +21,8 @@ from bus.settings import Settings
 from bus.telemetry import setup_logging, setup_tracing
 
 #: Where ``mesh up`` keeps embedded data and the URLs it chose.
-DATA_DIR = Path(".mesh")
+#: Every `mesh` command looks there, so set MESH_DATA_DIR for all of them to move it.
+DATA_DIR = Path(os.environ.get("MESH_DATA_DIR") or ".mesh")
 ENV_FILE = "env"
 #: The development JWT secret `mesh up` generates (mode 0600; removed when it stops).
 SECRET_FILE = "jwt_secret"
@@ -152,7 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     up_p = sub.add_parser("up", help="run the whole mesh on embedded infrastructure")
-    up_p.add_argument("--data-dir", default=str(DATA_DIR))
+    up_p.add_argument(
+        "--data-dir", default=str(DATA_DIR), help="default: $MESH_DATA_DIR or .mesh"
+    )
     up_p.add_argument("--no-bridge", action="store_true", help="workers only")
     up_p.set_defaults(func=cmd_up)
 
