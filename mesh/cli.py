@@ -153,9 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     up_p = sub.add_parser("up", help="run the whole mesh on embedded infrastructure")
-    up_p.add_argument(
-        "--data-dir", default=str(DATA_DIR), help="default: $MESH_DATA_DIR or .mesh"
-    )
+    up_p.add_argument("--data-dir", default=str(DATA_DIR), help="default: $MESH_DATA_DIR or .mesh")
     up_p.add_argument("--no-bridge", action="store_true", help="workers only")
     up_p.set_defaults(func=cmd_up)
 
