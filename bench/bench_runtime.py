@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import nats
+import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -98,7 +99,8 @@ def main() -> None:
     ap.add_argument("--url")
     args = ap.parse_args()
     if args.serve:
-        asyncio.run(serve(args.serve, args.url))
+        # Both servers on uvloop, as `mesh worker` runs (mesh/cli.py).
+        uvloop.run(serve(args.serve, args.url))
         return
 
     from mesh.infra import NatsServer

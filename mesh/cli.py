@@ -16,6 +16,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from bus.settings import Settings
 from bus.telemetry import setup_logging, setup_tracing
@@ -51,7 +52,17 @@ def cmd_worker(args: argparse.Namespace) -> None:
     from mesh.runner import run_workers
 
     settings = _settings("+".join(args.names))
-    asyncio.run(run_workers(args.names, settings))
+    # uvloop (already the bridge's loop) makes the runtime's per-message task cheaper.
+    _run_loop(run_workers(args.names, settings))
+
+
+def _run_loop(main: Any) -> None:
+    try:
+        import uvloop
+    except ImportError:  # not on Windows
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 def cmd_up(args: argparse.Namespace) -> None:
