@@ -51,6 +51,7 @@ from gateway_bridge.edge import EdgeMiddleware, RequestInfo, request_info
 from gateway_bridge.encoding import dumps, loads
 from gateway_bridge.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway_bridge.metrics import BridgeMetrics
+from gateway_bridge.openai_routes import OpenAIRoutes
 from gateway_bridge.openapi import MIN_REQUEST_TIMEOUT_S, build_openapi
 from gateway_bridge.problems import problem_body, problem_response
 from gateway_bridge.ratelimit import TAKE_SCRIPT, RateLimiter
@@ -58,6 +59,7 @@ from gateway_bridge.redis_script import RedisScript
 from gateway_bridge.routes import ROUTES
 from gateway_bridge.sse import MEDIA_TYPE as SSE_MEDIA_TYPE
 from gateway_bridge.sse import EventStream, event
+from gateway_bridge.upload import UploadRoute
 from schemas.context import Context
 from schemas.routes import Route
 
@@ -423,7 +425,11 @@ def create_app(settings: Settings, routes: Iterable[Route] = ROUTES) -> Starlett
     """The bridge app for ``settings``; it connects to NATS and Redis in its lifespan."""
     bridge = Bridge(settings, routes)
     app = Starlette(
-        routes=bridge.http_routes(),
+        routes=[
+            *bridge.http_routes(),
+            *OpenAIRoutes(bridge).routes(),  # /v1/...: gateway_bridge/openai_routes.py
+            *UploadRoute(bridge).routes(),  # multipart: gateway_bridge/upload.py
+        ],
         middleware=[Middleware(EdgeMiddleware, metrics=bridge.metrics)],
         exception_handlers={
             HTTPException: bridge.on_http_exception,

@@ -35,6 +35,8 @@ class Reply:
     """Send these bytes as the body instead (malformed answers)."""
     pieces: list[str] | None = None
     """Stream these content pieces (default: the content split on spaces)."""
+    every: float = 0.0
+    """Seconds between streamed pieces (a slow stream)."""
     stream_error_after: int | None = None
     """Drop the connection after this many streamed pieces."""
     headers: dict[str, str] = field(default_factory=dict)
@@ -120,6 +122,8 @@ class MockOpenAI:
         for i, piece in enumerate(pieces):
             if reply.stream_error_after is not None and i >= reply.stream_error_after:
                 raise ConnectionResetError("mock drops the stream")
+            if reply.every:
+                await asyncio.sleep(reply.every)
             yield chunk({"content": piece})
         for i, call in enumerate(reply.tool_calls or []):
             yield chunk({"tool_calls": [{"index": i, **call}]})

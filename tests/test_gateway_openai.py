@@ -1,124 +1,24 @@
-"""The official ``openai`` client against ``/v1``: chat (plain, streamed), embeddings, models.
-
-The bridge's HTTP handlers are not on this branch, so a minimal ASGI edge under uvicorn
-on 127.0.0.1 does what the bridge's OpenAI routes do: call the pure translations in
-``schemas.openai_compat`` around requests to the gateway worker over NATS.
-"""
+"""The official ``openai`` client against the real bridge's ``/v1`` routes: chat (plain,
+streamed), embeddings, models, errors in OpenAI's shape, the bridge's JWT, rate limits and
+correlation ids, and a client that leaves mid-stream."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import time
 from collections.abc import AsyncIterator, Iterator
 
 import openai
 import pytest
-import uvicorn
 import yaml
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
 
-from bus.client import Client
-from bus.context import new_context, new_id
-from bus.errors import MeshError
-from mesh.infra import free_port
-from schemas.gateway import EmbedResponse, GenerateChunk, GenerateResponse, ModelsResponse
-from schemas.openai_compat import (
-    SSE_DONE,
-    OpenAIRequestError,
-    chat_chunks,
-    chat_completion,
-    chat_request,
-    embeddings_request,
-    embeddings_response,
-    error_body,
-    error_status,
-    models_list,
-    sse,
-)
+from gateway_bridge.app import create_app
+from tests.bridge_support import auth, bridge_settings, hs_token, http, serving
 from tests.gateway_support import serve_gateway
 from tests.openai_mock import MockOpenAI, Reply
 from workers.gateway.config import load_config
 
 TENANT = "openai-edge"
-
-
-def edge(client: Client) -> Starlette:
-    def failed(exc: MeshError) -> Response:
-        return JSONResponse(error_body(exc.code, exc.message), status_code=error_status(exc.code))
-
-    def bad(exc: OpenAIRequestError) -> Response:
-        return JSONResponse(error_body("invalid_request", exc.message, exc.param), status_code=400)
-
-    async def chat(request: Request) -> Response:
-        try:
-            call = chat_request(await request.json())
-        except OpenAIRequestError as exc:
-            return bad(exc)
-        ctx = new_context(TENANT, user="openai-client")
-        cid, created = f"chatcmpl-{new_id()}", int(time.time())
-        if not call.stream:
-            try:
-                resp = await client.request(
-                    "gateway.generate.request", call.request, ctx, GenerateResponse
-                )
-            except MeshError as exc:
-                return failed(exc)
-            return JSONResponse(chat_completion(resp, completion_id=cid, created=created))
-
-        async def events() -> AsyncIterator[bytes]:
-            first = True
-            try:
-                async for chunk in client.stream(
-                    "gateway.stream.request", call.request, ctx, GenerateChunk
-                ):
-                    for data in chat_chunks(
-                        chunk,
-                        completion_id=cid,
-                        created=created,
-                        model=call.request.model or "",
-                        first=first,
-                        include_usage=call.include_usage,
-                    ):
-                        yield sse(data)
-                    first = False
-            except MeshError as exc:
-                yield sse(error_body(exc.code, exc.message))
-                return
-            yield SSE_DONE
-
-        return StreamingResponse(events(), media_type="text/event-stream")
-
-    async def embeddings(request: Request) -> Response:
-        try:
-            call = embeddings_request(await request.json())
-        except OpenAIRequestError as exc:
-            return bad(exc)
-        try:
-            resp = await client.request(
-                "gateway.embed.request", call.request, new_context(TENANT), EmbedResponse
-            )
-        except MeshError as exc:
-            return failed(exc)
-        return JSONResponse(embeddings_response(resp, call.encoding_format))
-
-    async def models(request: Request) -> Response:
-        resp = await client.request(
-            "gateway.models.request", {}, new_context(TENANT), ModelsResponse
-        )
-        return JSONResponse(models_list(resp))
-
-    return Starlette(
-        routes=[
-            Route("/v1/chat/completions", chat, methods=["POST"]),
-            Route("/v1/embeddings", embeddings, methods=["POST"]),
-            Route("/v1/models", models, methods=["GET"]),
-        ]
-    )
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +30,12 @@ def mock() -> Iterator[MockOpenAI]:
 
 
 @pytest.fixture(scope="module")
-async def base_url(env, mock, tmp_path_factory) -> AsyncIterator[str]:
+def app(settings):
+    return create_app(bridge_settings(settings))
+
+
+@pytest.fixture(scope="module")
+async def base_url(app, env, mock, tmp_path_factory) -> AsyncIterator[str]:
     path = tmp_path_factory.mktemp("openai") / "models.yaml"
     models = {
         "model_list": [
@@ -151,27 +56,14 @@ async def base_url(env, mock, tmp_path_factory) -> AsyncIterator[str]:
         config = load_config(str(path))
     finally:
         del os.environ["EDGE_KEY"]
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            edge(Client(env.nc)), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
-        )
-    )
-    async with serve_gateway(config, env):
-        task = asyncio.create_task(server.serve())
-        try:
-            while not server.started:
-                await asyncio.sleep(0.02)
-            yield f"http://127.0.0.1:{port}/v1"
-        finally:
-            server.should_exit = True
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(task, 10)
+    async with serve_gateway(config, env), serving(app) as url:
+        yield url
 
 
 @pytest.fixture
 async def oai(base_url) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(base_url=base_url, api_key="test", max_retries=0) as c:
+    token = hs_token(tenant=TENANT, user="openai-client")
+    async with openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key=token, max_retries=0) as c:
         yield c
 
 
@@ -233,6 +125,91 @@ async def test_openai_client_models(oai):
     assert {m.id for m in out.data} == {"chat", "local-embed"}
 
 
+async def test_a_request_without_a_valid_token_is_an_openai_authentication_error(base_url):
+    async with openai.AsyncOpenAI(
+        base_url=f"{base_url}/v1", api_key="not-a-jwt", max_retries=0
+    ) as bad:
+        with pytest.raises(openai.AuthenticationError) as caught:
+            await bad.models.list()
+    assert caught.value.response.headers["www-authenticate"].startswith("Bearer")
+    assert caught.value.body["type"] == "authentication_error"
+
+
+async def test_errors_carry_openai_shape_and_the_bridge_ids(base_url):
+    async with http(base_url) as c:
+        r = await c.post(
+            "/v1/chat/completions",
+            json={"model": "chat", "messages": [], "frequency_penalty": 1},
+            headers={**auth(hs_token(tenant=TENANT)), "X-Correlation-ID": "corr-openai-1"},
+        )
+    assert r.status_code == 400
+    assert r.json() == {
+        "error": {
+            "message": "unsupported parameter: frequency_penalty",
+            "type": "invalid_request_error",
+            "param": "frequency_penalty",
+            "code": "invalid_request",
+        }
+    }
+    assert r.headers["x-correlation-id"] == "corr-openai-1"
+    assert r.headers["x-request-id"]
+
+
+async def test_the_bridge_body_limit_applies_to_openai_routes(settings, env):
+    app = create_app(bridge_settings(settings, bridge_max_body_bytes=1024))
+    async with serving(app) as url, http(url) as c:
+        big = {"model": "chat", "messages": [{"role": "user", "content": "x" * 4096}]}
+        r = await c.post("/v1/chat/completions", json=big, headers=auth(hs_token()))
+    assert r.status_code == 413
+    assert r.json()["error"]["code"] == "payload_too_large"
+
+
+async def test_openai_routes_share_the_bridge_rate_limit(settings, env, base_url):
+    app = create_app(bridge_settings(settings, rate_limit_user="2/60"))
+    token = hs_token(tenant=TENANT, user="limited-" + os.urandom(4).hex())
+    async with (
+        serving(app) as url,
+        openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=token, max_retries=0) as client,
+    ):
+        await client.models.list()
+        await client.models.list()
+        with pytest.raises(openai.RateLimitError) as caught:
+            await client.models.list()
+    assert int(caught.value.response.headers["retry-after"]) >= 1
+    assert caught.value.response.headers["ratelimit-remaining"] == "0"
+
+
+async def test_openai_routes_are_measured_by_route_template(base_url, oai):
+    await oai.models.list()
+    async with http(base_url) as c:
+        text = (await c.get("/metrics")).text
+    assert 'route="/v1/models"' in text
+
+
+async def test_client_leaving_mid_stream_closes_the_bus_stream(app, base_url, mock):
+    mock.script("m-edge", Reply(content="tick " * 400, every=0.05))
+    nc = app.state.bridge.nc
+    baseline = len(nc._subs)
+    body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    async with (
+        http(base_url) as c,
+        c.stream(
+            "POST", "/v1/chat/completions", json=body, headers=auth(hs_token(tenant=TENANT))
+        ) as r,
+    ):
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        async for line in r.aiter_lines():
+            if line.startswith("data: {"):
+                break  # one chunk seen; now hang up
+        assert len(nc._subs) == baseline + 1  # the stream's inbox subscription
+    async with asyncio.timeout(5):  # the stream had ~20 s left to run
+        while len(nc._subs) != baseline:
+            await asyncio.sleep(0.02)
+    assert app.state.bridge.metrics.in_flight._value.get() == 0
+
+
+# Last: the 429 puts the provider deployment in the gateway's cooldown.
 async def test_openai_client_sees_errors_as_its_own_types(oai, mock):
     with pytest.raises(openai.NotFoundError):
         await oai.chat.completions.create(
