@@ -3,6 +3,8 @@ started through the same module as ``mesh up`` (mesh.infra)."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -37,9 +39,15 @@ def spans() -> Iterator[InMemorySpanExporter]:
 
 
 @pytest.fixture(scope="session")
-def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infrastructure]:
-    with embedded(Path(tmp_path_factory.mktemp("infra")), durable=False) as servers:
-        yield servers
+def infra() -> Iterator[Infrastructure]:
+    # Not under pytest's basetemp: every pytest start resets /tmp/pytest-of-<user> to mode
+    # 0700, which would cut the Postgres system user off from a session already running.
+    base = Path(tempfile.mkdtemp(prefix="mesh-tests-"))
+    try:
+        with embedded(base, durable=False) as servers:
+            yield servers
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

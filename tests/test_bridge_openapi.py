@@ -27,8 +27,8 @@ pytestmark = pytest.mark.usefixtures("cache_worker")
 #: What uvicorn answers, before any application code, to a request that is not valid HTTP.
 _UVICORN_REJECTED = "Invalid HTTP request received."
 
-#: Examples per operation and mode: bounded so the whole run stays well under a minute.
-MAX_EXAMPLES = 40
+#: Examples per operation and mode: bounded so the whole run stays around a minute.
+MAX_EXAMPLES = 25
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +152,7 @@ def _run_schemathesis(base_url: str, token: str) -> tuple[int, list[str]]:
     return operations, failures
 
 
+@pytest.mark.timeout(600)  # ~70 operations x 2 modes; slow on a loaded 2-core machine
 async def test_schemathesis_finds_no_server_error_or_schema_violation(bridge):
     token = hs_token(tenant="fuzz", user="schemathesis")
     operations, failures = await asyncio.to_thread(_run_schemathesis, bridge, token)

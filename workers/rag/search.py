@@ -196,14 +196,22 @@ async def keyword_leg(
 def rrf(
     legs: Sequence[tuple[Sequence[tuple[str, float]], float]], k: int
 ) -> list[tuple[str, float]]:
-    """Weighted reciprocal rank fusion of ranked ``(id, score)`` lists."""
+    """Weighted reciprocal rank fusion of ranked ``(id, score)`` lists.
+
+    Equal fused scores (one item first in one leg, the other first in the other) are
+    broken by the best position an item reached in any leg, then by leg order (the first
+    leg wins), and only then by id — ids are random, so ordering by them alone would make
+    the ranking change between two ingests of the same data.
+    """
     fused: dict[str, float] = {}
-    for ranked, weight in legs:
+    best: dict[str, tuple[int, int]] = {}  # item -> (best rank, index of that leg)
+    for leg, (ranked, weight) in enumerate(legs):
         if weight <= 0:
             continue
         for rank, (item, _) in enumerate(ranked, start=1):
             fused[item] = fused.get(item, 0.0) + weight / (k + rank)
-    return sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
+            best[item] = min(best.get(item, (rank, leg)), (rank, leg))
+    return sorted(fused.items(), key=lambda kv: (-kv[1], best[kv[0]], kv[0]))
 
 
 async def hydrate(db: Database, tenant: str, ids: list[str]) -> dict[str, asyncpg.Record]:
