@@ -20,7 +20,6 @@ traced workers.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from bus.context import new_id
 from bus.telemetry import tracing_enabled
 from gateway_bridge.metrics import BridgeMetrics
 from gateway_bridge.routing import RouteTable
@@ -67,11 +67,6 @@ class RequestInfo:
     """The response status sent; 500 until then (what an exception escaping everything becomes)."""
 
 
-def _new_id() -> str:
-    # The same 128 random bits as uuid4().hex (bus.context.new_id), without the UUID object.
-    return os.urandom(16).hex()
-
-
 def request_info(scope: Scope) -> RequestInfo:
     return scope[SCOPE_KEY]  # type: ignore[no-any-return]
 
@@ -99,8 +94,8 @@ class EdgeMiddleware:
             elif name == b"tracestate":
                 tracestate = value.decode("latin-1")
         if correlation is None or not CORRELATION_ID.match(correlation):
-            correlation = _new_id()
-        info = RequestInfo(correlation_id=correlation, request_id=_new_id())
+            correlation = new_id()
+        info = RequestInfo(correlation_id=correlation, request_id=new_id())
         scope[SCOPE_KEY] = info
         ids = [
             (b"x-correlation-id", info.correlation_id.encode()),
