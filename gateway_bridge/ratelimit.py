@@ -19,6 +19,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
+from typing import NamedTuple
 
 import hiredis
 import structlog
@@ -96,14 +98,25 @@ class Quota:
         limit, window = parse_quota(text)
         return cls(limit, window)
 
-    @property
+    # Worked out once per quota, not per request (a frozen dataclass still has a __dict__
+    # for cached_property to fill).
+    @cached_property
     def per_second(self) -> float:
         return self.limit / self.window
 
-    @property
+    @cached_property
     def policy(self) -> str:
         """The draft's ``RateLimit-Policy`` item: ``<limit>;w=<window seconds>``."""
         return f"{self.limit};w={_ceil(self.window)}"
+
+    @cached_property
+    def script_args(self) -> tuple[str, str]:
+        """This bucket's ARGV pair for :data:`TAKE_SCRIPT`: capacity, refill per second."""
+        return str(self.limit), repr(self.per_second)
+
+    @cached_property
+    def limit_text(self) -> str:
+        return str(self.limit)
 
 
 @dataclass(frozen=True)
@@ -120,7 +133,7 @@ class Decision:
     def headers(self) -> dict[str, str]:
         """IETF draft RateLimit header fields (draft-ietf-httpapi-ratelimit-headers-07)."""
         h = {
-            "RateLimit-Limit": str(self.quota.limit),
+            "RateLimit-Limit": self.quota.limit_text,
             "RateLimit-Remaining": str(max(0, self.remaining)),
             "RateLimit-Reset": str(_ceil(self.reset)),
             "RateLimit-Policy": self.quota.policy,
@@ -130,14 +143,12 @@ class Decision:
         return h
 
 
-@dataclass(frozen=True)
-class _Bucket:
+class _Bucket(NamedTuple):
     key: str
     quota: Quota
 
 
-@dataclass(frozen=True)
-class _Level:
+class _Level(NamedTuple):
     remaining: int
     wait_ms: float
     full_ms: float
@@ -230,47 +241,47 @@ class RateLimiter:
     async def take(self, tenant: str, user: str) -> Decision:
         tenant_q, user_q = self.quotas(tenant)
         # `{tenant}` is a Redis Cluster hash tag: both keys of one script share a slot.
-        buckets = [
+        buckets = (
             _Bucket(f"{KEY_PREFIX}:{{{tenant}}}:t", tenant_q),
             _Bucket(f"{KEY_PREFIX}:{{{tenant}}}:u:{user}", user_q),
-        ]
-        allowed, levels = await self._take(buckets)
+        )
+        allowed, (t, u) = await self._take(buckets)
         # Describe the bucket that binds: when denied, the one needing the longest wait;
-        # otherwise the one with the fewest tokens left.
+        # otherwise the one with the fewest tokens left (the tenant's on a tie).
         if allowed:
-            i = min(range(len(levels)), key=lambda j: levels[j].remaining)
+            i = 1 if u.remaining < t.remaining else 0
         else:
-            i = max(range(len(levels)), key=lambda j: levels[j].wait_ms)
+            i = 1 if u.wait_ms > t.wait_ms else 0
+        level = u if i else t
         return Decision(
             allowed=allowed,
             quota=buckets[i].quota,
-            remaining=levels[i].remaining,
-            reset=levels[i].full_ms / 1000,
-            retry_after=max(lv.wait_ms for lv in levels) / 1000,
+            remaining=level.remaining,
+            reset=level.full_ms / 1000,
+            retry_after=max(t.wait_ms, u.wait_ms) / 1000,
         )
 
-    async def _take(self, buckets: list[_Bucket]) -> tuple[bool, list[_Level]]:
+    async def _take(self, buckets: tuple[_Bucket, _Bucket]) -> tuple[bool, list[_Level]]:
         if self._script is not None and self._clock() >= self._redis_down_until:
-            args: list[str] = []
-            for b in buckets:
-                args += [str(b.quota.limit), repr(b.quota.per_second)]
             try:
-                out = await self._script([b.key for b in buckets], args)
+                out = await self._script(
+                    [buckets[0].key, buckets[1].key],
+                    [*buckets[0].quota.script_args, *buckets[1].quota.script_args],
+                )
             except (OSError, hiredis.HiredisError) as exc:  # ConnectionError, TimeoutError
                 self._redis_failed(exc)
             else:
                 if self._redis_down_until:
                     self._redis_down_until = 0.0
                     _log.warning("ratelimit_redis_back")
-                values = [int(v) for v in out]
-                levels = [
-                    _Level(values[j], values[j + 1], values[j + 2])
-                    for j in range(1, len(values), 3)
+                # {allowed, then per bucket: remaining, ms until one token, ms until full}
+                return bool(out[0]), [
+                    _Level(int(out[1]), int(out[2]), int(out[3])),
+                    _Level(int(out[4]), int(out[5]), int(out[6])),
                 ]
-                return bool(values[0]), levels
         if self._on_fallback is not None:
             self._on_fallback()
-        return self._local.take(buckets)
+        return self._local.take(list(buckets))
 
     def _redis_failed(self, exc: BaseException) -> None:
         if not self._redis_down_until:

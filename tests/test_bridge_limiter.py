@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
 import uuid
 
 import pytest
@@ -18,6 +20,7 @@ from gateway_bridge.ratelimit import (
     _Bucket,
 )
 from gateway_bridge.redis_script import RedisScript
+from mesh.infra import RedisServer
 
 
 class FakeClock:
@@ -96,3 +99,34 @@ async def test_script_answers_many_concurrent_callers_in_order(settings):
     assert sum(d.allowed for d in decisions) == 50
     # Pipelined replies are matched to their callers: each admitted one saw its own count.
     assert sorted(d.remaining for d in decisions if d.allowed) == list(range(50))
+
+
+async def test_a_redis_that_stops_answering_times_out_and_fails_open(tmp_path):
+    """A frozen Redis (SIGSTOP: connected, silent) fails the pending call after the timeout;
+    the limiter decides locally, and uses Redis again once it answers."""
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    assert redis.proc is not None
+    script = RedisScript(redis.url, TAKE_SCRIPT, timeout=0.2)
+    clock = FakeClock()
+    limiter = RateLimiter(script, Quota(10, 3600), Quota(10, 3600), clock=clock)
+    try:
+        assert (await limiter.take("frozen", "u")).remaining == 9
+        redis.proc.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            async with asyncio.timeout(5):
+                local = await asyncio.gather(*(limiter.take("frozen", "u") for _ in range(3)))
+            waited = time.monotonic() - started
+        finally:
+            redis.proc.send_signal(signal.SIGCONT)
+        assert limiter._redis_down_until > 0  # fell back to the in-process bucket
+        clock.now += 60  # past REDIS_RETRY_S: the next call tries Redis again
+        again = await limiter.take("frozen", "u")
+    finally:
+        await script.close()
+        redis.stop()
+    assert 0.15 < waited < 3
+    assert [d.remaining for d in local] == [9, 8, 7]  # local buckets start full
+    # Redis's count again (the timed-out calls may have run once Redis woke up).
+    assert limiter._redis_down_until == 0.0 and again.remaining in (5, 8)
