@@ -23,8 +23,12 @@ def _default(value: Any) -> Any:
     raise TypeError(f"cannot encode {type(value).__name__} as JSON")
 
 
+#: json.dumps builds a new encoder on every call given any option; this one is built once.
+_ENCODER = json.JSONEncoder(default=_default, separators=(",", ":"), ensure_ascii=False)
+
+
 def dumps(data: Any) -> bytes:
-    return json.dumps(data, default=_default, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODER.encode(data).encode()
 
 
 def _reject_constant(name: str) -> Any:
