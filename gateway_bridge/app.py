@@ -431,7 +431,12 @@ def create_app(settings: Settings, routes: Iterable[Route] = ROUTES) -> Starlett
     app = Starlette(
         routes=[*endpoints, *bridge.operation_routes()],
         middleware=[
-            Middleware(EdgeMiddleware, metrics=bridge.metrics, routes=RouteTable(endpoints))
+            Middleware(
+                EdgeMiddleware,
+                metrics=bridge.metrics,
+                routes=RouteTable(endpoints),
+                access_log=settings.bridge_access_log,
+            )
         ],
         exception_handlers={
             HTTPException: bridge.on_http_exception,

@@ -30,6 +30,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bus.context import new_id
+from bus.settings import AccessLog
 from bus.telemetry import tracing_enabled
 from gateway_bridge.metrics import BridgeMetrics
 from gateway_bridge.routing import RouteTable
@@ -72,10 +73,19 @@ def request_info(scope: Scope) -> RequestInfo:
 
 
 class EdgeMiddleware:
-    def __init__(self, app: ASGIApp, metrics: BridgeMetrics, routes: RouteTable) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: BridgeMetrics,
+        routes: RouteTable,
+        access_log: AccessLog = "all",
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.routes = routes
+        # Rendering and writing a log line costs more than a tenth of a bridged request:
+        # busy deployments may keep only the failures (metrics and traces count the rest).
+        self.log_from_status = {"all": 0, "errors": 400, "off": 1000}[access_log]
         # Decided once, like bus.worker: a provider installed later is not picked up.
         self.tracing = tracing_enabled()
 
@@ -136,19 +146,20 @@ class EdgeMiddleware:
             self.metrics.in_flight.dec()
             template = _template(scope)
             self.metrics.observe(method, template, info.status, elapsed)
-            _access.info(
-                "http_request",
-                method=method,
-                path=scope["path"],
-                route=template,
-                status=info.status,
-                ms=round(elapsed * 1000, 2),
-                tenant=info.tenant,
-                user=info.user,
-                correlation_id=info.correlation_id,
-                request_id=info.request_id,
-                code=info.code,
-            )
+            if info.status >= self.log_from_status:
+                _access.info(
+                    "http_request",
+                    method=method,
+                    path=scope["path"],
+                    route=template,
+                    status=info.status,
+                    ms=round(elapsed * 1000, 2),
+                    tenant=info.tenant,
+                    user=info.user,
+                    correlation_id=info.correlation_id,
+                    request_id=info.request_id,
+                    code=info.code,
+                )
 
 
 def _template(scope: Scope) -> str:
