@@ -128,7 +128,7 @@ class EdgeMiddleware:
 
         method = scope["method"]
         started = time.perf_counter()
-        self.metrics.in_flight.inc()
+        self.metrics.in_flight_requests += 1
         # Each request runs in its own task (its own copy of the context): binding without
         # unbinding cannot leak into another request, and costs a fraction of the context manager.
         structlog.contextvars.bind_contextvars(correlation_id=info.correlation_id)
@@ -143,7 +143,7 @@ class EdgeMiddleware:
                 await app(scope, receive, send_with_ids)
         finally:
             elapsed = time.perf_counter() - started
-            self.metrics.in_flight.dec()
+            self.metrics.in_flight_requests -= 1
             template = _template(scope)
             self.metrics.observe(method, template, info.status, elapsed)
             if info.status >= self.log_from_status:
