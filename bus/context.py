@@ -7,6 +7,7 @@ context travel through the whole user action.
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Iterable
@@ -28,14 +29,18 @@ def now_ms() -> int:
 def new_id() -> str:
     """128 random bits as 32 hex digits (the shape of ``uuid4().hex``).
 
-    Ids correlate and identify; they guard nothing, so the process's PRNG (seeded from the
-    OS, reseeded after fork) serves: ``uuid4()`` makes a system call (``os.urandom``) and
-    builds a UUID object for each, on every hop of every request.
+    Ids correlate and identify; they guard nothing, so a PRNG seeded from the OS serves:
+    ``uuid4()`` makes a system call (``os.urandom``) and builds a UUID object for each,
+    on every hop of every request. The generator is this module's own, so code that
+    seeds the global ``random`` (tests, hypothesis) cannot make ids repeat.
     """
     return "%032x" % _random_bits(128)  # noqa: UP031 - the fastest of the formatting ways
 
 
-_random_bits = random.getrandbits
+_ids = random.Random()  # seeded from os.urandom
+if hasattr(os, "register_at_fork"):  # POSIX: a forked child must not repeat its parent's ids
+    os.register_at_fork(after_in_child=_ids.seed)
+_random_bits = _ids.getrandbits
 _set = object.__setattr__
 #: Every field of Context, with its default (all immutable: None or ()).
 _DEFAULTS: dict[str, Any] = {name: f.get_default() for name, f in Context.model_fields.items()}

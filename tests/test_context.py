@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 
 from bus.context import child, new_context, new_id, trusted
@@ -48,3 +49,10 @@ def test_new_ids_are_32_hex_digits_and_distinct():
     ids = {new_id() for _ in range(10_000)}
     assert len(ids) == 10_000
     assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+
+
+def test_seeding_the_global_random_does_not_repeat_ids():
+    random.seed(0)
+    first = new_id()
+    random.seed(0)
+    assert new_id() != first
