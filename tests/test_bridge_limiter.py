@@ -6,6 +6,7 @@ import asyncio
 import signal
 import time
 import uuid
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -130,3 +131,45 @@ async def test_a_redis_that_stops_answering_times_out_and_fails_open(tmp_path):
     assert [d.remaining for d in local] == [9, 8, 7]  # local buckets start full
     # Redis's count again (the timed-out calls may have run once Redis woke up).
     assert limiter._redis_down_until == 0.0 and again.remaining in (5, 8)
+
+
+async def test_one_turns_requests_are_decided_one_by_one_in_one_call(settings):
+    """Requests of one tenant arriving together share a script call, with the semantics of
+    separate calls: a refused user takes nothing from the tenant's bucket."""
+    assert settings.redis_url
+    script = RedisScript(settings.redis_url, TAKE_SCRIPT, timeout=5)
+    calls = 0
+
+    async def counted(keys: list[str], args: list[str]) -> Any:
+        nonlocal calls
+        calls += 1
+        return await script(keys, args)
+
+    limiter = RateLimiter(counted, Quota(10, 3600), Quota(2, 3600))  # type: ignore[arg-type]
+    tenant = f"batch-{uuid.uuid4().hex[:8]}"
+    other = f"other-{uuid.uuid4().hex[:8]}"
+    try:
+        decisions = await asyncio.gather(
+            *(limiter.take(tenant, user) for user in ["a"] * 5 + ["b"] * 3),
+            limiter.take(other, "a"),  # another tenant in the same turn: its own call
+        )
+        together = calls
+        after = await limiter.take(tenant, "c")
+    finally:
+        await script.close()
+    assert together == 2  # one call per tenant for the nine requests
+    a, b, elsewhere = decisions[:5], decisions[5:8], decisions[8]
+    assert [d.allowed for d in a] == [True, True, False, False, False]
+    assert [d.allowed for d in b] == [True, True, False]
+    assert elsewhere.allowed and elsewhere.remaining == 1  # its user's bucket binds
+    # 4 admitted, so the tenant's bucket had 6 left; user c's request leaves 5 there.
+    assert after.allowed and after.remaining == 1  # user c's bucket (2 - 1) binds
+    assert await _tenant_tokens(settings.redis_url, tenant) == 5
+
+
+async def _tenant_tokens(url: str, tenant: str) -> int:
+    admin = aioredis.Redis.from_url(url)
+    try:
+        return int(float(await admin.hget(f"rl:{{{tenant}}}:t", "k")))
+    finally:
+        await admin.aclose()
