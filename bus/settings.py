@@ -38,6 +38,9 @@ def _check_quota(text: str) -> str:
     return text.strip()
 
 
+#: Which requests the bridge writes an access log line for.
+AccessLog = Literal["all", "errors", "off"]
+
 #: A rate-limit quota, validated when settings are read.
 QuotaText = Annotated[str, AfterValidator(_check_quota)]
 #: Largest file one upload may hold (the bridge answers 413 above it; ingestion fails it).
@@ -96,6 +99,13 @@ class Settings(BaseSettings):
         default=DEFAULT_BRIDGE_MAX_TIMEOUT_S,
         gt=0,
         description="cap on a client's X-Request-Timeout header",
+    )
+    bridge_access_log: AccessLog = Field(
+        default="all",
+        description=(
+            "the bridge's per-request log line (at info level): for every request, only "
+            "for those answered with an error status (>= 400), or none"
+        ),
     )
     rate_limit_enabled: bool = True
     rate_limit_tenant: QuotaText = Field(

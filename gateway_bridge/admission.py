@@ -74,5 +74,5 @@ async def admit(
             bridge.metrics.rate_limited.labels(principal.tenant).inc()
             raise RateLimited("rate limit exceeded", {"retry_after": int(headers["Retry-After"])})
     budget = _Budget(bridge.settings.bridge_default_timeout_seconds)
-    timeout = bridge._timeout(request, budget)  # type: ignore[arg-type]
+    timeout = bridge._timeout(request.headers.get("x-request-timeout"), budget)  # type: ignore[arg-type]
     return Admitted(principal, headers, timeout)

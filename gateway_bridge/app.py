@@ -23,17 +23,18 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 from starlette.applications import Starlette
+from starlette.datastructures import URL, QueryParams
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route as HttpRoute
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bus.client import Client
 from bus.codec import Codec
 from bus.connection import connect
-from bus.context import now_ms
+from bus.context import now_ms, trusted
 from bus.errors import (
     Internal,
     InvalidRequest,
@@ -57,6 +58,7 @@ from gateway_bridge.problems import problem_body, problem_response
 from gateway_bridge.ratelimit import TAKE_SCRIPT, RateLimiter
 from gateway_bridge.redis_script import RedisScript
 from gateway_bridge.routes import ROUTES
+from gateway_bridge.routing import RouteTable
 from gateway_bridge.sse import MEDIA_TYPE as SSE_MEDIA_TYPE
 from gateway_bridge.sse import EventStream, event
 from gateway_bridge.upload import UploadRoute
@@ -69,6 +71,7 @@ _log = structlog.get_logger("gateway_bridge")
 RATE_LIMIT_REDIS_TIMEOUT_S = 0.25
 READY_TIMEOUT_S = 2.0
 JSON_MEDIA_TYPE = "application/json"
+_JSON_CONTENT_TYPE = JSON_MEDIA_TYPE.encode()
 CLIENT_CLOSED = 499
 #: What the codec raises for a value it cannot encode (Codec.encode does not translate).
 _UNENCODABLE = (ValueError, OverflowError, TypeError)
@@ -139,25 +142,27 @@ class Bridge:
 
     # -- routes ------------------------------------------------------------------------
 
-    def http_routes(self) -> list[HttpRoute]:
+    def route_endpoints(self) -> list[HttpRoute]:
+        """One Starlette route per path of the route table (its methods share an endpoint)."""
         by_path: dict[str, dict[str, _Plan]] = {}
         for route in self.routes:
             methods = by_path.setdefault(route.path, {})
             if route.method in methods:
                 raise ValueError(f"two routes for {route.method} {route.path}")
             methods[route.method] = self._plan(route)
-        out = [
-            HttpRoute(path, self._dispatcher(plans), methods=list(plans))
+        return [
+            HttpRoute(path, _Endpoint(self, plans), methods=list(plans))
             for path, plans in by_path.items()
         ]
-        out += [
+
+    def operation_routes(self) -> list[HttpRoute]:
+        return [
             HttpRoute("/healthz", self.healthz, methods=["GET"]),
             HttpRoute("/readyz", self.readyz, methods=["GET"]),
             HttpRoute("/metrics", self.metrics_endpoint, methods=["GET"]),
             HttpRoute("/openapi.json", self.openapi_endpoint, methods=["GET"]),
             HttpRoute("/docs", self.docs, methods=["GET"]),
         ]
-        return out
 
     def _plan(self, route: Route) -> _Plan:
         schema = route.request.model_json_schema()
@@ -170,25 +175,15 @@ class Bridge:
         timeout = route.timeout or self.settings.bridge_default_timeout_seconds
         return _Plan(route=route, list_fields=list_fields, timeout=timeout)
 
-    def _dispatcher(self, plans: dict[str, _Plan]) -> Any:
-        get = plans.get("GET")
-
-        async def dispatch(request: Request) -> ASGIApp:
-            plan = plans.get(request.method) or (get if request.method == "HEAD" else None)
-            assert plan is not None  # Starlette answered 405 for other methods
-            return await self.handle(request, plan)
-
-        return dispatch
-
     # -- the one place errors become responses ------------------------------------------
 
-    async def handle(self, request: Request, plan: _Plan) -> ASGIApp:
-        info = request_info(request.scope)
+    async def handle(self, scope: Scope, receive: Receive, plan: _Plan) -> ASGIApp:
+        info = request_info(scope)
         headers: dict[str, str] = {}  # rate-limit headers, on success and failure alike
         try:
-            return await self._forward(request, plan, info, headers)
+            return await self._forward(scope, receive, plan, info, headers)
         except MeshError as exc:
-            return self.problem(request, exc, headers)
+            return self.problem(scope, exc, headers)
         except ClientDisconnect:
             # The client left while sending its body: nobody reads an answer. 499 is the
             # status proxies (nginx) log for this, so metrics and logs tell it apart.
@@ -196,17 +191,17 @@ class Bridge:
             return Response(status_code=CLIENT_CLOSED)
         except Exception:
             _log.exception("bridge_failed", route=plan.route.path)
-            return self.problem(request, Internal("internal error"), headers)
+            return self.problem(scope, Internal("internal error"), headers)
 
     def problem(
-        self, request: Request, error: MeshError, headers: dict[str, str] | None = None
+        self, scope: Scope, error: MeshError, headers: dict[str, str] | None = None
     ) -> Response:
-        info = request_info(request.scope)
+        info = request_info(scope)
         info.code = error.code
         extra = dict(headers or {})
         if isinstance(error, Unauthenticated):
             # RFC 6750 §3: tell the client which scheme, and that its token was the problem.
-            has_token = "authorization" in request.headers
+            has_token = any(name == b"authorization" for name, _ in scope["headers"])
             extra["WWW-Authenticate"] = 'Bearer realm="mesh"' + (
                 ', error="invalid_token"' if has_token else ""
             )
@@ -215,24 +210,40 @@ class Bridge:
             extra["Retry-After"] = str(max(1, math.ceil(error.retry_after or 1)))
         return problem_response(
             error,
-            instance=request.url.path,
+            instance=URL(scope=scope).path,
             correlation_id=info.correlation_id,
             request_id=info.request_id,
             headers=extra,
         )
 
     async def _forward(
-        self, request: Request, plan: _Plan, info: RequestInfo, headers: dict[str, str]
+        self,
+        scope: Scope,
+        receive: Receive,
+        plan: _Plan,
+        info: RequestInfo,
+        headers: dict[str, str],
     ) -> ASGIApp:
         route = plan.route
         limit = self.settings.bridge_max_body_bytes
-        length = request.headers.get("content-length")
+        # One pass over the request headers (the first of repeated ones counts, as with
+        # Starlette's Headers.get): cheaper than building a Request and its Headers.
+        length = authorization = asked_timeout = None
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if length is None:
+                    length = value.decode("latin-1")
+            elif name == b"authorization":
+                if authorization is None:
+                    authorization = value.decode("latin-1")
+            elif name == b"x-request-timeout" and asked_timeout is None:
+                asked_timeout = value.decode("latin-1")
         if length is not None:
             if not length.isdigit():
                 raise InvalidRequest("Content-Length is not a number")
             if int(length) > limit:
                 raise PayloadTooLarge(f"request body exceeds {limit} bytes")
-        principal = await self.auth.authenticate(request.headers.get("authorization"))
+        principal = await self.auth.authenticate(authorization)
         info.tenant, info.user = principal.tenant, principal.user
         if self.limiter is not None:
             decision = await self.limiter.take(principal.tenant, principal.user)
@@ -242,24 +253,26 @@ class Bridge:
                 raise RateLimited(
                     "rate limit exceeded", {"retry_after": int(headers["Retry-After"])}
                 )
-        timeout = self._timeout(request, plan)
-        payload = self._payload(request, plan, await self._body(request, limit))
+        timeout = self._timeout(asked_timeout, plan)
+        payload = self._payload(scope, plan, await _body(receive, limit))
         try:
             model = route.request.model_validate(payload)
         except ValidationError as exc:
             raise InvalidRequest("invalid request", validation_details(exc)) from None
         # Every field is already checked (token claims, the id pattern): skip re-validation.
-        ctx = Context.model_construct(
+        ctx = trusted(
             tenant=principal.tenant,
             user=principal.user,
             roles=principal.roles,
             correlation_id=info.correlation_id,
             request_id=info.request_id,
             deadline=now_ms() + int(timeout * 1000),
+            traceparent=info.traceparent,
+            tracestate=info.tracestate,
         )
         assert self.client is not None
         if route.streaming:
-            return await self._stream(request, route, model, ctx, headers)
+            return await self._stream(scope, route, model, ctx, headers)
         try:
             data = await self.client.request(
                 route.subject, model, ctx, None, idempotent=route.idempotent
@@ -268,12 +281,10 @@ class Bridge:
             # msgpack refuses lone surrogates and integers beyond 64 bits that pydantic's
             # `Any` lets through: the client's input, not a bug.
             raise InvalidRequest("request holds values that cannot be encoded") from None
-        return Response(
-            dumps(data), status_code=route.status_code, headers=headers, media_type=JSON_MEDIA_TYPE
-        )
+        return _JsonResponse(dumps(data), route.status_code, headers)
 
     async def _stream(
-        self, request: Request, route: Route, model: Any, ctx: Context, headers: dict[str, str]
+        self, scope: Scope, route: Route, model: Any, ctx: Context, headers: dict[str, str]
     ) -> ASGIApp:
         assert self.client is not None
         chunks = self.client.stream(route.subject, model, ctx)
@@ -287,7 +298,7 @@ class Bridge:
         except BaseException:
             await chunks.aclose()
             raise
-        info = request_info(request.scope)
+        info = request_info(scope)
 
         def on_error(error: MeshError) -> None:
             info.code = error.code
@@ -295,15 +306,14 @@ class Bridge:
         def problem(error: MeshError) -> dict[str, Any]:
             return problem_body(
                 error,
-                instance=request.url.path,
+                instance=URL(scope=scope).path,
                 correlation_id=info.correlation_id,
                 request_id=info.request_id,
             )
 
         return EventStream(first, chunks, headers=headers, problem=problem, on_error=on_error)
 
-    def _timeout(self, request: Request, plan: _Plan) -> float:
-        raw = request.headers.get("x-request-timeout")
+    def _timeout(self, raw: str | None, plan: _Plan) -> float:
         if raw is None:
             return plan.timeout
         try:
@@ -316,30 +326,25 @@ class Bridge:
             )
         return min(asked, self.settings.bridge_max_timeout_seconds)
 
-    async def _body(self, request: Request, limit: int) -> bytes:
-        # Content-Length may be absent (chunked) or lie: count what actually arrives.
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"request body exceeds {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    def _payload(self, request: Request, plan: _Plan, body: bytes) -> dict[str, Any]:
+    def _payload(self, scope: Scope, plan: _Plan, body: bytes) -> dict[str, Any]:
         """Query, then body, then path parameters: later ones win; tenant claims dropped."""
         payload: dict[str, Any] = {}
-        query = request.query_params
-        for key in query:
-            values = query.getlist(key)
-            payload[key] = values if key in plan.list_fields else values[-1]
+        if scope["query_string"]:
+            query = QueryParams(scope["query_string"])
+            for key in query:
+                values = query.getlist(key)
+                payload[key] = values if key in plan.list_fields else values[-1]
         if body.strip():
             parsed = loads(body)
             if not isinstance(parsed, dict):
                 raise InvalidRequest("the body must be a JSON object")
-            payload.update(parsed)
-        payload.update(request.path_params)
+            if payload:
+                payload.update(parsed)
+            else:
+                payload = parsed
+        path_params = scope.get("path_params")
+        if path_params:
+            payload.update(path_params)
         for name in self._tenant_fields:
             payload.pop(name, None)
         return payload
@@ -370,7 +375,7 @@ class Bridge:
             except Exception as exc:
                 checks["redis"] = f"down ({type(exc).__name__}): rate limits are per process"
         if not ready:
-            return self.problem(request, Unavailable("not ready", checks))
+            return self.problem(request.scope, Unavailable("not ready", checks))
         return Response(dumps({"status": "ready", **checks}), media_type=JSON_MEDIA_TYPE)
 
     async def metrics_endpoint(self, request: Request) -> Response:
@@ -424,13 +429,21 @@ class Bridge:
 def create_app(settings: Settings, routes: Iterable[Route] = ROUTES) -> Starlette:
     """The bridge app for ``settings``; it connects to NATS and Redis in its lifespan."""
     bridge = Bridge(settings, routes)
+    endpoints = [
+        *bridge.route_endpoints(),
+        *OpenAIRoutes(bridge).routes(),  # /v1/...: gateway_bridge/openai_routes.py
+        *UploadRoute(bridge).routes(),  # multipart: gateway_bridge/upload.py
+    ]
     app = Starlette(
-        routes=[
-            *bridge.http_routes(),
-            *OpenAIRoutes(bridge).routes(),  # /v1/...: gateway_bridge/openai_routes.py
-            *UploadRoute(bridge).routes(),  # multipart: gateway_bridge/upload.py
+        routes=[*endpoints, *bridge.operation_routes()],
+        middleware=[
+            Middleware(
+                EdgeMiddleware,
+                metrics=bridge.metrics,
+                routes=RouteTable(endpoints),
+                access_log=settings.bridge_access_log,
+            )
         ],
-        middleware=[Middleware(EdgeMiddleware, metrics=bridge.metrics)],
         exception_handlers={
             HTTPException: bridge.on_http_exception,
             Exception: bridge.on_exception,
@@ -440,3 +453,63 @@ def create_app(settings: Settings, routes: Iterable[Route] = ROUTES) -> Starlett
     app.router.redirect_slashes = False  # a POST redirected to another path helps nobody
     app.state.bridge = bridge
     return app
+
+
+class _Endpoint:
+    """The ASGI app of one path of the route table: runs the plan of the request's method.
+
+    The edge calls it directly for a request the route table matches; Starlette's router
+    reaches it only when the edge is not in front (its 405s stay Starlette's).
+    """
+
+    def __init__(self, bridge: Bridge, plans: dict[str, _Plan]) -> None:
+        self._bridge = bridge
+        self._plans = plans
+        self._get = plans.get("GET")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = scope["method"]
+        plan = self._plans.get(method) or (self._get if method == "HEAD" else None)
+        assert plan is not None  # Starlette answers 405 for other methods
+        response = await self._bridge.handle(scope, receive, plan)
+        await response(scope, receive, send)
+
+
+class _JsonResponse:
+    """A JSON answer: what ``starlette.responses.Response`` sends, built directly."""
+
+    __slots__ = ("_body", "_status", "_headers")
+
+    def __init__(self, body: bytes, status: int, headers: dict[str, str]) -> None:
+        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        if status >= 200 and status not in (204, 304):
+            raw.append((b"content-length", str(len(body)).encode()))
+        raw.append((b"content-type", _JSON_CONTENT_TYPE))
+        self._body = body
+        self._status = status
+        self._headers = raw
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self._status, "headers": self._headers}
+        )
+        await send({"type": "http.response.body", "body": self._body})
+
+
+async def _body(receive: Receive, limit: int) -> bytes:
+    """The request body, counted as it arrives (Content-Length may be absent or lie)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.request":
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        elif message["type"] == "http.disconnect":
+            raise ClientDisconnect()

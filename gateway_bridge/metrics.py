@@ -48,6 +48,10 @@ class BridgeMetrics:
         self.in_flight = Gauge(
             "bridge_requests_in_flight", "HTTP requests being handled", registry=self.registry
         )
+        # Read when scraped: the edge counts with a plain int, not a locked gauge update
+        # (one event loop thread changes it; a scrape from another thread reads an int).
+        self.in_flight_requests = 0
+        self.in_flight.set_function(lambda: self.in_flight_requests)
         self.rate_limited = Counter(
             "bridge_rate_limited",
             "requests answered 429, by tenant",

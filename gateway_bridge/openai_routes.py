@@ -168,7 +168,9 @@ class OpenAIRoutes:
         return self.bridge.client
 
     async def _json(self, request: Request) -> Any:
-        body = await self.bridge._body(request, self.bridge.settings.bridge_max_body_bytes)
+        from gateway_bridge.app import _body  # app imports this module: import at call time
+
+        body = await _body(request.receive, self.bridge.settings.bridge_max_body_bytes)
         return loads(body) if body.strip() else None
 
     def _guard(self, handler: Handler) -> Callable[[Request], Awaitable[ASGIApp]]:

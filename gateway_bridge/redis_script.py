@@ -6,8 +6,12 @@ writing commands as they come on one connection and matching replies in order (R
 answers a connection in order) costs ~15 µs. Encoding and parsing are hiredis's
 (``hiredis.pack_command``, ``hiredis.Reader``), the C parser redis-py itself uses.
 
-A call that gets no reply within ``timeout``, or a lost connection, fails every pending
-call with :class:`ConnectionError` and closes the connection; the next call reconnects.
+A call that gets no reply within ``timeout`` fails with :class:`TimeoutError` and closes
+the connection (its reply may still come, and would answer the wrong caller); a lost
+connection fails every pending call with :class:`ConnectionError`; the next call
+reconnects. Deadlines are watched by one timer per connection, not one per call: replies
+come in order, so only the oldest pending call can be the first to time out (a timer per
+call, as ``asyncio.timeout`` sets, costs about as much as the rest of the call).
 """
 
 from __future__ import annotations
@@ -24,9 +28,12 @@ CONNECT_TIMEOUT_S = 1.0
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, timeout: float) -> None:
         self._reader = hiredis.Reader()
-        self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._timeout = timeout
+        # Pending calls in the order their replies will come: (waiter, loop time deadline).
+        self._waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
+        self._watchdog: asyncio.TimerHandle | None = None
         self._transport: Any = None  # asyncio's or uvloop's transport (not a subclass)
         self._outgoing: list[bytes] = []
         self.closed = False
@@ -40,23 +47,29 @@ class _Protocol(asyncio.Protocol):
             reply = self._reader.gets()
             if reply is False:
                 return
-            waiter = self._waiting.popleft()
+            waiter = self._waiting.popleft()[0]
             if not waiter.done():
                 waiter.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         while self._waiting:
-            waiter = self._waiting.popleft()
+            waiter = self._waiting.popleft()[0]
             if not waiter.done():
                 waiter.set_exception(ConnectionError("redis connection lost"))
 
     def call(self, *args: Any) -> asyncio.Future[Any]:
+        """Send one command; the future gets its reply, or fails after ``timeout``."""
         if self.closed or self._transport is None:
             raise ConnectionError("redis connection closed")
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
-        self._waiting.append(waiter)
+        self._waiting.append((waiter, loop.time() + self._timeout))
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(self._timeout, self._check_deadlines)
         # Commands issued in one event-loop turn leave in one write (one syscall).
         if not self._outgoing:
             loop.call_soon(self._flush)
@@ -67,6 +80,19 @@ class _Protocol(asyncio.Protocol):
         data, self._outgoing = b"".join(self._outgoing), []
         if not self.closed and self._transport is not None:
             self._transport.write(data)
+
+    def _check_deadlines(self) -> None:
+        self._watchdog = None
+        if not self._waiting:
+            return
+        waiter, deadline = self._waiting[0]
+        loop = asyncio.get_running_loop()
+        if loop.time() < deadline:
+            self._watchdog = loop.call_at(deadline, self._check_deadlines)
+            return
+        if not waiter.done():
+            waiter.set_exception(TimeoutError("redis did not answer in time"))
+        self.close()  # its reply may still come and answer the wrong caller: start over
 
     def close(self) -> None:
         if self._transport is not None:
@@ -95,18 +121,18 @@ class RedisScript:
     async def __call__(self, keys: list[str], args: list[str]) -> Any:
         protocol = await self._connected()
         if self._sha is None:
-            self._sha = await self._call(protocol, "SCRIPT", "LOAD", self._source)
-        reply = await self._call(protocol, "EVALSHA", self._sha, len(keys), *keys, *args)
+            self._sha = await protocol.call("SCRIPT", "LOAD", self._source)
+        reply = await protocol.call("EVALSHA", self._sha, len(keys), *keys, *args)
         if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
             # Redis restarted or was flushed: run the source once, load it again next time.
             self._sha = None
-            reply = await self._call(protocol, "EVAL", self._source, len(keys), *keys, *args)
+            reply = await protocol.call("EVAL", self._source, len(keys), *keys, *args)
         if isinstance(reply, hiredis.ReplyError):
             raise ConnectionError(f"redis script failed: {reply}")
         return reply
 
     async def ping(self) -> None:
-        reply = await self._call(await self._connected(), "PING")
+        reply = await (await self._connected()).call("PING")
         if reply not in (b"PONG", "PONG"):
             raise ConnectionError(f"unexpected PING reply {reply!r}")
 
@@ -114,15 +140,6 @@ class RedisScript:
         if self._protocol is not None:
             self._protocol.close()
             self._protocol = None
-
-    async def _call(self, protocol: _Protocol, *args: Any) -> Any:
-        try:
-            async with asyncio.timeout(self._timeout):
-                return await protocol.call(*args)
-        except TimeoutError:
-            # The reply may still come, and would then answer the wrong caller: start over.
-            protocol.close()
-            raise
 
     async def _connected(self) -> _Protocol:
         protocol = self._protocol
@@ -134,7 +151,7 @@ class RedisScript:
             loop = asyncio.get_running_loop()
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 _, protocol = await loop.create_connection(
-                    _Protocol,
+                    lambda: _Protocol(self._timeout),
                     self._host,
                     self._port,
                     ssl=ssl.create_default_context() if self._ssl else None,
@@ -152,6 +169,6 @@ class RedisScript:
             return protocol
 
     async def _expect_ok(self, protocol: _Protocol, *args: Any) -> None:
-        reply = await self._call(protocol, *args)
+        reply = await protocol.call(*args)
         if isinstance(reply, hiredis.ReplyError):
             raise ConnectionError(f"redis refused {args[0]}: {reply}")

@@ -177,3 +177,47 @@ async def test_incoming_traceparent_continues_the_callers_trace(bridge, spans):
         )
     worker = next(s for s in spans.get_finished_spans() if s.name == "probe.echo.request")
     assert format(worker.context.trace_id, "032x") == trace_id
+
+
+@pytest.fixture
+async def untraced_bridge(settings, probe, monkeypatch):
+    """A bridge started while no tracer provider is installed (it records no spans)."""
+    monkeypatch.setattr("gateway_bridge.edge.tracing_enabled", lambda: False)
+    async with serving(create_app(bridge_settings(settings), ALL_ROUTES)) as url:
+        yield url
+
+
+async def test_without_tracing_the_callers_trace_context_still_reaches_the_worker(
+    untraced_bridge, spans
+):
+    trace_id = uuid.uuid4().hex
+    parent = f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
+    async with http(untraced_bridge) as c:
+        r = await c.post(
+            "/api/v1/probe/echo",
+            json={"text": "x"},
+            headers={**auth(hs_token()), "traceparent": parent, "tracestate": "k=v"},
+        )
+    assert r.status_code == 200
+    finished = spans.get_finished_spans()
+    assert not [s for s in finished if s.kind == SpanKind.SERVER and s.name.startswith("POST")]
+    worker = next(s for s in finished if s.name == "probe.echo.request")
+    assert format(worker.context.trace_id, "032x") == trace_id
+
+
+@pytest.mark.parametrize(
+    "traceparent",
+    ["garbage", f"00-{'0' * 32}-{'1' * 16}-01", "00-" + "a" * 200, f"ff-{'a' * 32}-{'1' * 16}-01"],
+)
+async def test_without_tracing_an_invalid_traceparent_is_dropped(
+    untraced_bridge, spans, traceparent
+):
+    async with http(untraced_bridge) as c:
+        r = await c.post(
+            "/api/v1/probe/echo",
+            json={"text": "x"},
+            headers={**auth(hs_token()), "traceparent": traceparent},
+        )
+    assert r.status_code == 200  # the worker got a valid context (no oversized traceparent)
+    worker = next(s for s in spans.get_finished_spans() if s.name == "probe.echo.request")
+    assert worker.parent is None  # a new trace, not the malformed one

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
 import uuid
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -18,6 +21,7 @@ from gateway_bridge.ratelimit import (
     _Bucket,
 )
 from gateway_bridge.redis_script import RedisScript
+from mesh.infra import RedisServer
 
 
 class FakeClock:
@@ -96,3 +100,76 @@ async def test_script_answers_many_concurrent_callers_in_order(settings):
     assert sum(d.allowed for d in decisions) == 50
     # Pipelined replies are matched to their callers: each admitted one saw its own count.
     assert sorted(d.remaining for d in decisions if d.allowed) == list(range(50))
+
+
+async def test_a_redis_that_stops_answering_times_out_and_fails_open(tmp_path):
+    """A frozen Redis (SIGSTOP: connected, silent) fails the pending call after the timeout;
+    the limiter decides locally, and uses Redis again once it answers."""
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    assert redis.proc is not None
+    script = RedisScript(redis.url, TAKE_SCRIPT, timeout=0.2)
+    clock = FakeClock()
+    limiter = RateLimiter(script, Quota(10, 3600), Quota(10, 3600), clock=clock)
+    try:
+        assert (await limiter.take("frozen", "u")).remaining == 9
+        redis.proc.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            async with asyncio.timeout(5):
+                local = await asyncio.gather(*(limiter.take("frozen", "u") for _ in range(3)))
+            waited = time.monotonic() - started
+        finally:
+            redis.proc.send_signal(signal.SIGCONT)
+        assert limiter._redis_down_until > 0  # fell back to the in-process bucket
+        clock.now += 60  # past REDIS_RETRY_S: the next call tries Redis again
+        again = await limiter.take("frozen", "u")
+    finally:
+        await script.close()
+        redis.stop()
+    assert 0.15 < waited < 3
+    assert [d.remaining for d in local] == [9, 8, 7]  # local buckets start full
+    # Redis's count again (the timed-out calls may have run once Redis woke up).
+    assert limiter._redis_down_until == 0.0 and again.remaining in (5, 8)
+
+
+async def test_one_turns_requests_are_decided_one_by_one_in_one_call(settings):
+    """Requests of one tenant arriving together share a script call, with the semantics of
+    separate calls: a refused user takes nothing from the tenant's bucket."""
+    assert settings.redis_url
+    script = RedisScript(settings.redis_url, TAKE_SCRIPT, timeout=5)
+    calls = 0
+
+    async def counted(keys: list[str], args: list[str]) -> Any:
+        nonlocal calls
+        calls += 1
+        return await script(keys, args)
+
+    limiter = RateLimiter(counted, Quota(10, 3600), Quota(2, 3600))  # type: ignore[arg-type]
+    tenant = f"batch-{uuid.uuid4().hex[:8]}"
+    other = f"other-{uuid.uuid4().hex[:8]}"
+    try:
+        decisions = await asyncio.gather(
+            *(limiter.take(tenant, user) for user in ["a"] * 5 + ["b"] * 3),
+            limiter.take(other, "a"),  # another tenant in the same turn: its own call
+        )
+        together = calls
+        after = await limiter.take(tenant, "c")
+    finally:
+        await script.close()
+    assert together == 2  # one call per tenant for the nine requests
+    a, b, elsewhere = decisions[:5], decisions[5:8], decisions[8]
+    assert [d.allowed for d in a] == [True, True, False, False, False]
+    assert [d.allowed for d in b] == [True, True, False]
+    assert elsewhere.allowed and elsewhere.remaining == 1  # its user's bucket binds
+    # 4 admitted, so the tenant's bucket had 6 left; user c's request leaves 5 there.
+    assert after.allowed and after.remaining == 1  # user c's bucket (2 - 1) binds
+    assert await _tenant_tokens(settings.redis_url, tenant) == 5
+
+
+async def _tenant_tokens(url: str, tenant: str) -> int:
+    admin = aioredis.Redis.from_url(url)
+    try:
+        return int(float(await admin.hget(f"rl:{{{tenant}}}:t", "k")))
+    finally:
+        await admin.aclose()

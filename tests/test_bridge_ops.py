@@ -98,6 +98,17 @@ async def test_access_log_has_tenant_and_correlation_id(bridge):
     assert line["log_level"] == "info"
 
 
+async def test_access_log_errors_mode_logs_only_failed_requests(settings):
+    s = bridge_settings(settings, bridge_access_log="errors")
+    async with serving(create_app(s)) as url, http(url) as c:
+        with capture_logs() as logs:
+            ok = await c.post(GET, json={"key": "quiet"}, headers=auth(hs_token()))
+            denied = await c.post(GET, json={"key": "quiet"})
+    lines = [e for e in logs if e["event"] == "http_request"]
+    assert (ok.status_code, denied.status_code) == (200, 401)
+    assert [(e["status"], e["code"]) for e in lines] == [(401, "unauthenticated")]
+
+
 def _cli_env(settings: Settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JWT_", "BRIDGE_"))}
     assert settings.nats_url and settings.redis_url

@@ -134,4 +134,4 @@ async def test_client_disconnect_cancels_the_stream_and_its_subscription(app, br
         while len(nc._subs) != baseline:
             await asyncio.sleep(0.02)
     metrics = app.state.bridge.metrics
-    assert metrics.in_flight._value.get() == 0
+    assert metrics.registry.get_sample_value("bridge_requests_in_flight") == 0
