@@ -5,6 +5,11 @@ body (counted while streamed) → path + query + body merged and validated again
 route's request model → a context built from the verified token only → one bus request
 (or stream) → JSON (or Server-Sent Events). Every failure on the way is one
 ``MeshError`` answered as problem+json, in :meth:`Bridge.handle`.
+
+Each path of the table is one plain ASGI endpoint (:class:`_Endpoint`) that the edge
+calls directly once it has looked the route up; it reads the scope and sends its answer
+without Starlette's Request/Response objects (a bridged request's hot path). Starlette
+still serves the operations endpoints and answers 404/405.
 """
 
 from __future__ import annotations
