@@ -22,7 +22,7 @@ from bus.errors import (
     UpstreamError,
 )
 from bus.settings import Settings
-from bus.worker import Endpoint, Worker, subject_for
+from bus.worker import Endpoint, Worker
 
 __all__ = [
     "BreakerConfig",
@@ -51,5 +51,4 @@ __all__ = [
     "connect",
     "new_context",
     "remaining",
-    "subject_for",
 ]

@@ -1,8 +1,10 @@
 """The request client: typed requests with deadlines, retries, circuit breakers, streams.
 
-``await client.request("cache.get.request", CacheGetRequest(...), ctx, CacheGetResponse)``
-returns the typed response or raises the typed :class:`~bus.errors.MeshError` the worker
-answered with. The timeout of every attempt comes from the context's deadline; only
+``await client.call(cache.GET, CacheGetRequest(...), ctx)`` returns the operation's typed
+response or raises the typed :class:`~bus.errors.MeshError` the worker answered with;
+``client.stream(gateway.STREAM, req, ctx)`` yields a streaming operation's chunks. Subject,
+response model and retry policy come from the :class:`~schemas.operations.Operation`
+(``request``/``request_stream`` take a bare subject, for tools such as ``mesh request``). The timeout of every attempt comes from the context's deadline; only
 ``unavailable``/``timeout`` are retried, only for idempotent operations, with full-jitter
 backoff, and never past the deadline.
 """
@@ -35,6 +37,7 @@ from bus.errors import (
 )
 from bus.types import CANCEL_SUFFIX, ERROR_CODE_HEADER
 from schemas.context import Context
+from schemas.operations import Operation, Req, Resp
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -77,6 +80,35 @@ class Client:
                 subject, self._breaker_config, self._on_breaker_change
             )
         return b
+
+    async def call(
+        self, op: Operation[Req, Resp], payload: Req | dict[str, Any], ctx: Context
+    ) -> Resp:
+        """Call ``op`` and return its validated response (retried only if idempotent)."""
+        return await self.request(op.subject, payload, ctx, op.response, idempotent=op.idempotent)
+
+    async def call_raw(
+        self, op: Operation[Any, Any], payload: BaseModel | dict[str, Any], ctx: Context
+    ) -> Any:
+        """Like :meth:`call`, but return the reply's plain data unvalidated (for a relay
+        such as the bridge, which only re-encodes it)."""
+        return await self.request(op.subject, payload, ctx, idempotent=op.idempotent)
+
+    def stream(
+        self, op: Operation[Req, Resp], payload: Req | dict[str, Any], ctx: Context
+    ) -> AsyncIterator[Resp]:
+        """Call a streaming ``op``; yield each validated chunk until the worker's ``end``."""
+        if not op.streaming:
+            raise TypeError(f"{op.subject} is not a streaming operation")
+        return self.request_stream(op.subject, payload, ctx, op.response)
+
+    def stream_raw(
+        self, op: Operation[Any, Any], payload: BaseModel | dict[str, Any], ctx: Context
+    ) -> AsyncIterator[Any]:
+        """Like :meth:`stream`, yielding each chunk's plain data unvalidated."""
+        if not op.streaming:
+            raise TypeError(f"{op.subject} is not a streaming operation")
+        return self.request_stream(op.subject, payload, ctx)
 
     @overload
     async def request(
@@ -141,7 +173,7 @@ class Client:
             breaker.record_success()
             return _validate(response, data)
 
-    async def stream(
+    async def request_stream(
         self,
         subject: str,
         payload: BaseModel | dict[str, Any],

@@ -14,12 +14,13 @@ handler never holds up the requests behind it, and a full worker stops reading
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, overload
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -43,8 +44,9 @@ from bus.errors import (
 )
 from bus.settings import DEFAULT_MAX_CONCURRENCY, Settings
 from bus.telemetry import remote_parent, tracing_enabled
-from bus.types import CANCEL_SUFFIX, ERROR_CODE_HEADER, ERROR_HEADER
+from bus.types import CANCEL_SUFFIX, ERROR_CODE_HEADER, ERROR_HEADER, Handler, StreamHandler
 from schemas.context import Context
+from schemas.operations import Operation, Req, Resp
 
 _log = structlog.get_logger("bus.worker")
 _tracer = trace.get_tracer("bus.worker")
@@ -55,20 +57,48 @@ DEFAULT_DRAIN_TIMEOUT_S = 10.0
 REAP_INTERVAL_S = 0.025
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """One operation of a service, answered on ``<service>.<operation>.request``."""
+class Endpoint(Generic[Req, Resp]):
+    """One operation of a service and the handler that answers it.
 
-    operation: str
-    handler: Any  # bus.types.Handler or StreamHandler
-    request: type[BaseModel]
-    idempotent: bool = True
-    streaming: bool = False
-    description: str = ""
+    ``Endpoint(cache.GET, handlers.get)``: the subject, models and metadata come from the
+    :class:`~schemas.operations.Operation`; mypy checks that the handler takes its request
+    model and returns (or, for a streaming operation, yields) its response model.
+    """
 
+    __slots__ = ("op", "handler")
 
-def subject_for(service: str, operation: str) -> str:
-    return f"{service}.{operation}.request"
+    @overload
+    def __init__(self, op: Operation[Req, Resp], handler: Handler[Req, Resp]) -> None: ...
+
+    @overload
+    def __init__(self, op: Operation[Req, Resp], handler: StreamHandler[Req, Resp]) -> None: ...
+
+    def __init__(self, op: Operation[Req, Resp], handler: Any) -> None:
+        if op.streaming != inspect.isasyncgenfunction(handler):
+            kind = "an async generator" if op.streaming else "a coroutine function"
+            raise TypeError(f"{op.subject}: the handler must be {kind}")
+        self.op = op
+        self.handler = handler
+
+    @property
+    def operation(self) -> str:
+        return self.op.name
+
+    @property
+    def request(self) -> type[Req]:
+        return self.op.request
+
+    @property
+    def idempotent(self) -> bool:
+        return self.op.idempotent
+
+    @property
+    def streaming(self) -> bool:
+        return self.op.streaming
+
+    @property
+    def description(self) -> str:
+        return self.op.description
 
 
 def validation_details(exc: ValidationError) -> list[dict[str, Any]]:
@@ -89,6 +119,11 @@ class Worker:
     codec: Codec = field(default_factory=Codec)
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S
 
+    def __post_init__(self) -> None:
+        for ep in self.endpoints:
+            if ep.op.service != self.name:
+                raise ValueError(f"worker {self.name!r} cannot serve {ep.op.subject}")
+
     @asynccontextmanager
     async def serve(self, nc: NATS) -> AsyncIterator[Any]:
         """Register the service and its endpoints; on exit, drain and finish in-flight work."""
@@ -105,7 +140,7 @@ class Worker:
             for ep in self.endpoints:
                 await service.add_endpoint(
                     name=ep.operation,
-                    subject=subject_for(self.name, ep.operation),
+                    subject=ep.op.subject,
                     handler=run.dispatcher(ep),
                     metadata={
                         "idempotent": str(ep.idempotent).lower(),
@@ -175,8 +210,8 @@ class _Serving:
                 await service.stop()
             _log.info("worker_stopped", service=self.worker.name)
 
-    def dispatcher(self, ep: Endpoint) -> Any:
-        subject = subject_for(self.worker.name, ep.operation)
+    def dispatcher(self, ep: Endpoint[Any, Any]) -> Any:
+        subject = ep.op.subject
         stats: list[Any] = []  # the nats.micro Endpoint, found on first use
 
         async def dispatch(req: Request) -> None:
@@ -187,7 +222,7 @@ class _Serving:
 
         return dispatch
 
-    async def handle(self, ep: Endpoint, subject: str, req: Request, stats: Any) -> None:
+    async def handle(self, ep: Endpoint[Any, Any], subject: str, req: Request, stats: Any) -> None:
         started = time.perf_counter()
         ctx: Context | None = None
         code = "ok"
@@ -225,7 +260,7 @@ class _Serving:
             self.slots.release()
 
     async def traced(
-        self, ep: Endpoint, subject: str, req: Request, ctx: Context, data: Any
+        self, ep: Endpoint[Any, Any], subject: str, req: Request, ctx: Context, data: Any
     ) -> None:
         with _tracer.start_as_current_span(
             subject, context=remote_parent(ctx.traceparent), kind=SpanKind.SERVER
@@ -239,7 +274,7 @@ class _Serving:
                 span.set_status(Status(StatusCode.ERROR, error.code))
                 raise error from exc
 
-    async def run(self, ep: Endpoint, req: Request, ctx: Context, data: Any) -> None:
+    async def run(self, ep: Endpoint[Any, Any], req: Request, ctx: Context, data: Any) -> None:
         if not ctx.tenant:
             raise Unauthenticated("request carries no tenant")
         try:
@@ -268,7 +303,7 @@ class _Serving:
             del self.deadlines[task]
             self.expired.discard(task)
 
-    async def call(self, ep: Endpoint, req: Request, ctx: Context, request: BaseModel) -> None:
+    async def call(self, ep: Endpoint[Any, Any], req: Request, ctx: Context, request: BaseModel) -> None:
         reply_h = _reply_headers(ctx)
         if not ep.streaming:
             result = await ep.handler(request, ctx)
@@ -277,7 +312,7 @@ class _Serving:
         await self.stream(ep, req, ctx, request, reply_h)
 
     async def stream(
-        self, ep: Endpoint, req: Request, ctx: Context, request: BaseModel, reply_h: dict[str, Any]
+        self, ep: Endpoint[Any, Any], req: Request, ctx: Context, request: BaseModel, reply_h: dict[str, Any]
     ) -> None:
         """Publish each chunk, then ``end``; stop early when the caller cancels the stream.
 

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from schemas.operations import Operation
 from schemas.routes import Route
 
 # Namespaces, keys and tags end up inside Redis keys: keep them printable and bounded.
@@ -84,44 +85,38 @@ class CacheInvalidateResponse(BaseModel):
     invalidated: int
 
 
+SET = Operation(
+    "cache", "set", CacheSetRequest, CacheSetResponse, idempotent=True, description="store a value"
+)
+GET = Operation(
+    "cache", "get", CacheGetRequest, CacheGetResponse, idempotent=True, description="read a value"
+)
+DELETE = Operation(
+    "cache",
+    "delete",
+    CacheDeleteRequest,
+    CacheDeleteResponse,
+    idempotent=True,
+    description="delete keys",
+)
+INVALIDATE = Operation(
+    "cache",
+    "invalidate",
+    CacheInvalidateRequest,
+    CacheInvalidateResponse,
+    idempotent=True,
+    description="drop a namespace or everything tagged",
+)
+OPERATIONS = (SET, GET, DELETE, INVALIDATE)
+
 ROUTES: tuple[Route, ...] = (
-    Route(
-        "POST",
-        "/api/v1/cache/set",
-        "cache.set.request",
-        CacheSetRequest,
-        CacheSetResponse,
-        idempotent=True,
-        summary="Store a value",
-        tags=("cache",),
-    ),
-    Route(
-        "POST",
-        "/api/v1/cache/get",
-        "cache.get.request",
-        CacheGetRequest,
-        CacheGetResponse,
-        idempotent=True,
-        summary="Read a value",
-        tags=("cache",),
-    ),
-    Route(
-        "POST",
-        "/api/v1/cache/delete",
-        "cache.delete.request",
-        CacheDeleteRequest,
-        CacheDeleteResponse,
-        idempotent=True,
-        summary="Delete keys",
-        tags=("cache",),
-    ),
+    Route("POST", "/api/v1/cache/set", SET, summary="Store a value", tags=("cache",)),
+    Route("POST", "/api/v1/cache/get", GET, summary="Read a value", tags=("cache",)),
+    Route("POST", "/api/v1/cache/delete", DELETE, summary="Delete keys", tags=("cache",)),
     Route(
         "POST",
         "/api/v1/cache/invalidate",
-        "cache.invalidate.request",
-        CacheInvalidateRequest,
-        CacheInvalidateResponse,
-        idempotent=True,
+        INVALIDATE,
         summary="Drop a namespace or everything tagged",
         tags=("cache",),
     ),

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from bus.codec import Codec
 from bus.redis import create_redis
 from bus.worker import Endpoint, Worker, WorkerEnv
+from schemas import cache
 from schemas.cache import (
     CacheDeleteRequest,
     CacheDeleteResponse,
@@ -61,15 +62,10 @@ def build_worker(
     return Worker(
         "cache",
         endpoints=[
-            Endpoint("set", h.set, CacheSetRequest, description="store a value"),
-            Endpoint("get", h.get, CacheGetRequest, description="read a value"),
-            Endpoint("delete", h.delete, CacheDeleteRequest, description="delete keys"),
-            Endpoint(
-                "invalidate",
-                h.invalidate,
-                CacheInvalidateRequest,
-                description="drop a namespace or everything tagged",
-            ),
+            Endpoint(cache.SET, h.set),
+            Endpoint(cache.GET, h.get),
+            Endpoint(cache.DELETE, h.delete),
+            Endpoint(cache.INVALIDATE, h.invalidate),
         ],
         version=VERSION,
         description="Tenant-scoped cache on Redis",
