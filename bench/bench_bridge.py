@@ -62,6 +62,7 @@ def serve_worker() -> None:
     from bus.connection import connect
     from bus.telemetry import setup_logging, setup_tracing
     from bus.worker import Endpoint, Worker
+    from schemas.operations import Operation
 
     # Logs go to stderr; stdout carries only the "ready" line the orchestrator waits for.
     setup_logging(os.environ.get("LOG_LEVEL", "info"), "json")
@@ -74,7 +75,10 @@ def serve_worker() -> None:
 
     async def main() -> None:
         nc = await connect(os.environ["NATS_URL"], name="bench-worker")
-        worker = Worker("bench", endpoints=[Endpoint("noop", noop, request_model)])
+        worker = Worker(
+            "bench",
+            endpoints=[Endpoint(Operation("bench", "noop", request_model, response_model), noop)],
+        )
         async with worker.serve(nc):
             print("ready", flush=True)
             await asyncio.Event().wait()
@@ -88,7 +92,9 @@ def bridge_app() -> Any:
     from schemas.routes import Route
 
     request_model, response_model = _models()
-    route = Route("POST", PATH, "bench.noop.request", request_model, response_model)
+    from schemas.operations import Operation
+
+    route = Route("POST", PATH, Operation("bench", "noop", request_model, response_model))
     return create_app(Settings(), (route,))  # type: ignore[call-arg]
 
 

@@ -41,6 +41,7 @@ from bus.worker import Endpoint, Worker, WorkerEnv
 from mesh.infra import embedded
 from mesh.runner import serving
 from schemas.context import Context
+from schemas.operations import Operation
 
 TENANT = "bench"
 READY_TIMEOUT_S = 60.0
@@ -108,7 +109,7 @@ async def _serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     nc = await connect(settings.nats_url, name="bench-prompt-workers")
     env = WorkerEnv(settings=settings, nc=nc, client=Client(nc), js=nc.jetstream())
-    noop = Worker("noop", endpoints=[Endpoint("noop", _noop, Empty)])
+    noop = Worker("noop", endpoints=[Endpoint(Operation("noop", "noop", Empty, Empty), _noop)])
     try:
         async with serving(["prompt"], env), noop.serve(nc):
             await stop.wait()

@@ -35,6 +35,7 @@ async def serve(kind: str, url: str) -> None:
 
     from bus.telemetry import setup_logging, setup_tracing
     from bus.worker import Endpoint, Worker
+    from schemas.operations import Operation
 
     # As `mesh worker` runs it: INFO logs, a real tracer provider (spans are created).
     setup_logging("info")
@@ -57,7 +58,9 @@ async def serve(kind: str, url: str) -> None:
         async def noop(req: Empty, ctx) -> Empty:  # type: ignore[no-untyped-def]
             return req
 
-        worker = Worker("bench", endpoints=[Endpoint("noop", noop, Empty)])
+        worker = Worker(
+            "bench", endpoints=[Endpoint(Operation("bench", "noop", Empty, Empty), noop)]
+        )
         async with worker.serve(nc):
             print("ready", flush=True)
             await stop.wait()

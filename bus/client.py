@@ -4,7 +4,8 @@
 response or raises the typed :class:`~bus.errors.MeshError` the worker answered with;
 ``client.stream(gateway.STREAM, req, ctx)`` yields a streaming operation's chunks. Subject,
 response model and retry policy come from the :class:`~schemas.operations.Operation`
-(``request``/``request_stream`` take a bare subject, for tools such as ``mesh request``). The timeout of every attempt comes from the context's deadline; only
+(``request``/``request_stream`` take a bare subject, for tools such as ``mesh request``).
+The timeout of every attempt comes from the context's deadline; only
 ``unavailable``/``timeout`` are retried, only for idempotent operations, with full-jitter
 backoff, and never past the deadline.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
@@ -96,7 +97,7 @@ class Client:
 
     def stream(
         self, op: Operation[Req, Resp], payload: Req | dict[str, Any], ctx: Context
-    ) -> AsyncIterator[Resp]:
+    ) -> AsyncGenerator[Resp, None]:
         """Call a streaming ``op``; yield each validated chunk until the worker's ``end``."""
         if not op.streaming:
             raise TypeError(f"{op.subject} is not a streaming operation")
@@ -104,7 +105,7 @@ class Client:
 
     def stream_raw(
         self, op: Operation[Any, Any], payload: BaseModel | dict[str, Any], ctx: Context
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncGenerator[Any, None]:
         """Like :meth:`stream`, yielding each chunk's plain data unvalidated."""
         if not op.streaming:
             raise TypeError(f"{op.subject} is not a streaming operation")
@@ -179,7 +180,7 @@ class Client:
         payload: BaseModel | dict[str, Any],
         ctx: Context,
         response: type[M] | None = None,
-    ) -> AsyncIterator[M | Any]:
+    ) -> AsyncGenerator[M | Any, None]:
         """Send a streaming request; yield each chunk until the worker's ``end``."""
         ctx = _outgoing(ctx)
         assert ctx.deadline is not None

@@ -303,7 +303,9 @@ class _Serving:
             del self.deadlines[task]
             self.expired.discard(task)
 
-    async def call(self, ep: Endpoint[Any, Any], req: Request, ctx: Context, request: BaseModel) -> None:
+    async def call(
+        self, ep: Endpoint[Any, Any], req: Request, ctx: Context, request: BaseModel
+    ) -> None:
         reply_h = _reply_headers(ctx)
         if not ep.streaming:
             result = await ep.handler(request, ctx)
@@ -312,7 +314,12 @@ class _Serving:
         await self.stream(ep, req, ctx, request, reply_h)
 
     async def stream(
-        self, ep: Endpoint[Any, Any], req: Request, ctx: Context, request: BaseModel, reply_h: dict[str, Any]
+        self,
+        ep: Endpoint[Any, Any],
+        req: Request,
+        ctx: Context,
+        request: BaseModel,
+        reply_h: dict[str, Any],
     ) -> None:
         """Publish each chunk, then ``end``; stop early when the caller cancels the stream.
 

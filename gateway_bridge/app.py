@@ -279,9 +279,7 @@ class Bridge:
         if route.streaming:
             return await self._stream(scope, route, model, ctx, headers)
         try:
-            data = await self.client.request(
-                route.subject, model, ctx, None, idempotent=route.idempotent
-            )
+            data = await self.client.call_raw(route.op, model, ctx)
         except _UNENCODABLE:
             # msgpack refuses lone surrogates and integers beyond 64 bits that pydantic's
             # `Any` lets through: the client's input, not a bug.
@@ -292,7 +290,7 @@ class Bridge:
         self, scope: Scope, route: Route, model: Any, ctx: Context, headers: dict[str, str]
     ) -> ASGIApp:
         assert self.client is not None
-        chunks = self.client.stream(route.subject, model, ctx)
+        chunks = self.client.stream_raw(route.op, model, ctx)
         try:
             first = await chunks.__anext__()
         except StopAsyncIteration:

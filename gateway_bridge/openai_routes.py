@@ -29,7 +29,8 @@ from gateway_bridge.admission import admit
 from gateway_bridge.edge import request_info
 from gateway_bridge.encoding import dumps, loads
 from gateway_bridge.sse import MEDIA_TYPE as SSE_MEDIA_TYPE
-from schemas.gateway import EmbedResponse, GenerateChunk, GenerateResponse, ModelsResponse
+from schemas import gateway
+from schemas.gateway import GenerateChunk
 from schemas.openai_compat import (
     SSE_DONE,
     ChatCall,
@@ -82,12 +83,10 @@ class OpenAIRoutes:
         completion_id, created = f"chatcmpl-{new_id()}", int(time.time())
         client = self._client()
         if call.stream:
-            chunks = client.stream("gateway.stream.request", call.request, ctx, GenerateChunk)
+            chunks = client.stream(gateway.STREAM, call.request, ctx)
             return await self._stream(request, call, chunks, completion_id, created, headers)
         try:
-            resp = await client.request(
-                "gateway.generate.request", call.request, ctx, GenerateResponse
-            )
+            resp = await client.call(gateway.GENERATE, call.request, ctx)
         except _UNENCODABLE:
             raise InvalidRequest("request holds values that cannot be encoded") from None
         return _json(chat_completion(resp, completion_id=completion_id, created=created), headers)
@@ -98,13 +97,7 @@ class OpenAIRoutes:
         )
         call = embeddings_request(await self._json(request))
         try:
-            resp = await self._client().request(
-                "gateway.embed.request",
-                call.request,
-                admitted.context(request),
-                EmbedResponse,
-                idempotent=True,
-            )
+            resp = await self._client().call(gateway.EMBED, call.request, admitted.context(request))
         except _UNENCODABLE:
             raise InvalidRequest("request holds values that cannot be encoded") from None
         return _json(embeddings_response(resp, call.encoding_format), headers)
@@ -113,9 +106,7 @@ class OpenAIRoutes:
         admitted = await admit(
             self.bridge, request, headers, max_body=self.bridge.settings.bridge_max_body_bytes
         )
-        resp = await self._client().request(
-            "gateway.models.request", {}, admitted.context(request), ModelsResponse, idempotent=True
-        )
+        resp = await self._client().call(gateway.MODELS, {}, admitted.context(request))
         return _json(models_list(resp), headers)
 
     async def _stream(

@@ -32,14 +32,14 @@ from bus.uploads import StoredObject, delete_object, put_stream
 from gateway_bridge.admission import admit
 from gateway_bridge.edge import request_info
 from gateway_bridge.encoding import dumps, loads
-from schemas.ingestion import MAX_BATCH, UPLOAD_PATH, SubmitResponse
+from schemas import ingestion
+from schemas.ingestion import MAX_BATCH, UPLOAD_PATH
 
 if TYPE_CHECKING:
     from gateway_bridge.app import Bridge
 
 _log = structlog.get_logger("gateway_bridge.upload")
 
-SUBMIT_SUBJECT = "ingestion.submit.request"
 FILE_FIELD = "file"
 #: A form field (collection id, metadata JSON) is small; a larger one is refused.
 FIELD_MAX_BYTES = 64 * 1024
@@ -119,9 +119,7 @@ class UploadRoute:
             "documents": [{"object": s.ref(), "metadata": metadata} for s in stored],
         }
         # The deadline starts now: the upload itself may have taken longer than it.
-        resp = await bridge.client.request(
-            SUBMIT_SUBJECT, payload, admitted.context(request), SubmitResponse
-        )
+        resp = await bridge.client.call(ingestion.SUBMIT, payload, admitted.context(request))
         return Response(
             dumps(resp.model_dump(mode="json")),
             status_code=202,

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from schemas.operations import Operation
 from schemas.routes import Route
 
 #: The aliases served with no GATEWAY_MODELS configured (offline local models), and the
@@ -345,54 +346,85 @@ class LLMOpsEvent(BaseModel):
 
 # ---------------------------------------------------------------- HTTP routes
 
+
+GENERATE = Operation(
+    "gateway",
+    "generate",
+    GenerateRequest,
+    GenerateResponse,
+    idempotent=False,
+    description="chat completion from a model alias",
+)
+STREAM = Operation(
+    "gateway",
+    "stream",
+    GenerateRequest,
+    GenerateChunk,
+    idempotent=False,
+    streaming=True,
+    description="chat completion as chunks, the last with usage",
+)
+EMBED = Operation(
+    "gateway",
+    "embed",
+    EmbedRequest,
+    EmbedResponse,
+    idempotent=True,
+    description="vectors for a batch of texts",
+)
+MODELS = Operation(
+    "gateway",
+    "models",
+    ModelsRequest,
+    ModelsResponse,
+    idempotent=True,
+    description="the configured aliases",
+)
+COUNT_TOKENS = Operation(
+    "gateway",
+    "count_tokens",
+    CountTokensRequest,
+    CountTokensResponse,
+    idempotent=True,
+    description="token counts with the alias's tokenizer",
+)
+OPERATIONS = (
+    GENERATE,
+    STREAM,
+    EMBED,
+    MODELS,
+    COUNT_TOKENS,
+)
+
 ROUTES: tuple[Route, ...] = (
     Route(
         "POST",
         "/api/v1/gateway/generate",
-        "gateway.generate.request",
-        GenerateRequest,
-        GenerateResponse,
-        idempotent=False,
+        GENERATE,
         summary="Generate a chat completion",
         tags=("gateway",),
     ),
     Route(
         "POST",
         "/api/v1/gateway/stream",
-        "gateway.stream.request",
-        GenerateRequest,
-        GenerateChunk,
-        streaming=True,
+        STREAM,
         summary="Stream a chat completion as Server-Sent Events",
         tags=("gateway",),
     ),
     Route(
-        "POST",
-        "/api/v1/gateway/embed",
-        "gateway.embed.request",
-        EmbedRequest,
-        EmbedResponse,
-        idempotent=True,
-        summary="Embed a batch of texts",
-        tags=("gateway",),
+        "POST", "/api/v1/gateway/embed", EMBED, summary="Embed a batch of texts", tags=("gateway",)
     ),
     Route(
         "GET",
         "/api/v1/gateway/models",
-        "gateway.models.request",
-        ModelsRequest,
-        ModelsResponse,
-        idempotent=True,
+        MODELS,
         summary="List the configured model aliases",
         tags=("gateway",),
     ),
     Route(
         "POST",
         "/api/v1/gateway/count_tokens",
-        "gateway.count_tokens.request",
-        CountTokensRequest,
-        CountTokensResponse,
-        idempotent=True,
+        COUNT_TOKENS,
         summary="Count tokens as a model's tokenizer does",
         tags=("gateway",),
     ),

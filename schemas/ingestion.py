@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from schemas.operations import Operation
 from schemas.routes import Route
 
 #: JetStream subjects (stream INGEST) and the progress event (stream EVENTS).
@@ -167,13 +168,37 @@ class JobProgress(BaseModel):
 
 _TAGS = ("ingestion",)
 
+
+SUBMIT = Operation(
+    "ingestion",
+    "submit",
+    SubmitRequest,
+    SubmitResponse,
+    idempotent=False,
+    description="queue documents for ingestion; answers with job ids at once",
+)
+GET_JOB = Operation(
+    "ingestion", "get_job", GetJobRequest, Job, idempotent=True, description="one job"
+)
+LIST_JOBS = Operation(
+    "ingestion",
+    "list_jobs",
+    ListJobsRequest,
+    ListJobsResponse,
+    idempotent=True,
+    description="jobs, filtered",
+)
+OPERATIONS = (
+    SUBMIT,
+    GET_JOB,
+    LIST_JOBS,
+)
+
 ROUTES: tuple[Route, ...] = (
     Route(
         "POST",
         "/api/v1/ingestion/documents",
-        "ingestion.submit.request",
-        SubmitRequest,
-        SubmitResponse,
+        SUBMIT,
         status_code=202,
         summary="Queue inline or already-uploaded documents for ingestion",
         tags=_TAGS,
@@ -181,20 +206,14 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "GET",
         "/api/v1/ingestion/jobs/{job_id}",
-        "ingestion.get_job.request",
-        GetJobRequest,
-        Job,
-        idempotent=True,
+        GET_JOB,
         summary="One ingestion job with its stage, attempts, timings and error",
         tags=_TAGS,
     ),
     Route(
         "GET",
         "/api/v1/ingestion/jobs",
-        "ingestion.list_jobs.request",
-        ListJobsRequest,
-        ListJobsResponse,
-        idempotent=True,
+        LIST_JOBS,
         summary="Ingestion jobs, newest first, filtered by status, collection or source",
         tags=_TAGS,
     ),

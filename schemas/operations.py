@@ -13,7 +13,7 @@ How to add an operation end to end is shown in docs/architecture.md.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Generic, TypeVar
 
 from pydantic import BaseModel
@@ -21,7 +21,8 @@ from pydantic import BaseModel
 Req = TypeVar("Req", bound=BaseModel)
 Resp = TypeVar("Resp", bound=BaseModel)
 
-#: The services of the mesh (docs/architecture.md, "Subjects").
+#: The services of the mesh (docs/architecture.md, "Subjects"). Any snake_case name is
+#: accepted, so a stand-in (a test's scripted gateway) can serve an operation under its own.
 SERVICES = frozenset(
     {"agent", "rag", "gateway", "ml", "cache", "prompt", "ingestion", "promptgen", "llmops"}
 )
@@ -48,8 +49,11 @@ class Operation(Generic[Req, Resp]):
     subject: str = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.service not in SERVICES:
-            raise ValueError(f"unknown service {self.service!r}")
-        if not _TOKEN.match(self.name):
-            raise ValueError(f"operation name must be one snake_case token: {self.name!r}")
+        for token in (self.service, self.name):
+            if not _TOKEN.match(token):
+                raise ValueError(f"service and operation must be snake_case tokens: {token!r}")
         object.__setattr__(self, "subject", f"{self.service}.{self.name}.request")
+
+    def served_as(self, service: str) -> Operation[Req, Resp]:
+        """The same operation answered by another service name (a configured stand-in)."""
+        return replace(self, service=service) if service != self.service else self

@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from schemas.operations import Operation
 from schemas.routes import Route
 
 #: Largest template text, and largest content of one chat message, in characters.
@@ -459,13 +460,123 @@ class PromptContextResponse(BaseModel):
 
 _TAGS = ("prompts",)
 
+
+CREATE = Operation(
+    "prompt",
+    "create",
+    PromptCreateRequest,
+    PromptCreateResponse,
+    idempotent=False,
+    description="create a template (version 1)",
+)
+UPDATE = Operation(
+    "prompt",
+    "update",
+    PromptUpdateRequest,
+    PromptUpdateResponse,
+    idempotent=False,
+    description="save a new version on top of base_version",
+)
+GET = Operation(
+    "prompt",
+    "get",
+    PromptGetRequest,
+    PromptVersion,
+    idempotent=True,
+    description="a version by label or number",
+)
+LIST = Operation(
+    "prompt",
+    "list",
+    PromptListRequest,
+    PromptListResponse,
+    idempotent=True,
+    description="list or search templates",
+)
+LIST_VERSIONS = Operation(
+    "prompt",
+    "list_versions",
+    PromptListVersionsRequest,
+    PromptListVersionsResponse,
+    idempotent=True,
+    description="a template's versions, newest first",
+)
+SET_LABEL = Operation(
+    "prompt",
+    "set_label",
+    PromptSetLabelRequest,
+    PromptSetLabelResponse,
+    idempotent=True,
+    description="point a label",
+)
+UNSET_LABEL = Operation(
+    "prompt",
+    "unset_label",
+    PromptUnsetLabelRequest,
+    PromptUnsetLabelResponse,
+    idempotent=True,
+    description="remove a label",
+)
+DELETE = Operation(
+    "prompt",
+    "delete",
+    PromptDeleteRequest,
+    PromptDeleteResponse,
+    idempotent=True,
+    description="delete a template",
+)
+DELETE_VERSION = Operation(
+    "prompt",
+    "delete_version",
+    PromptDeleteVersionRequest,
+    PromptDeleteVersionResponse,
+    idempotent=True,
+    description="delete an unlabelled version",
+)
+DIFF = Operation(
+    "prompt",
+    "diff",
+    PromptDiffRequest,
+    PromptDiffResponse,
+    idempotent=True,
+    description="diff two versions",
+)
+RENDER = Operation(
+    "prompt",
+    "render",
+    PromptRenderRequest,
+    PromptRenderResponse,
+    idempotent=True,
+    description="render with variables",
+)
+CONTEXT = Operation(
+    "prompt",
+    "context",
+    PromptContextRequest,
+    PromptContextResponse,
+    idempotent=True,
+    description="build a message list under a token budget",
+)
+OPERATIONS = (
+    CREATE,
+    UPDATE,
+    GET,
+    LIST,
+    LIST_VERSIONS,
+    SET_LABEL,
+    UNSET_LABEL,
+    DELETE,
+    DELETE_VERSION,
+    DIFF,
+    RENDER,
+    CONTEXT,
+)
+
 ROUTES: tuple[Route, ...] = (
     Route(
         "POST",
         "/api/v1/prompts",
-        "prompt.create.request",
-        PromptCreateRequest,
-        PromptCreateResponse,
+        CREATE,
         status_code=201,
         summary="Create a template (version 1)",
         tags=_TAGS,
@@ -473,49 +584,35 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "GET",
         "/api/v1/prompts",
-        "prompt.list.request",
-        PromptListRequest,
-        PromptListResponse,
-        idempotent=True,
+        LIST,
         summary="List or search templates (cursor pagination)",
         tags=_TAGS,
     ),
     Route(
         "POST",
         "/api/v1/prompts/context",
-        "prompt.context.request",
-        PromptContextRequest,
-        PromptContextResponse,
-        idempotent=True,
+        CONTEXT,
         summary="Build a message list under a token budget",
         tags=_TAGS,
     ),
     Route(
         "GET",
         "/api/v1/prompts/{name}",
-        "prompt.get.request",
-        PromptGetRequest,
-        PromptVersion,
-        idempotent=True,
+        GET,
         summary="Get a version by label (default production) or version",
         tags=_TAGS,
     ),
     Route(
         "DELETE",
         "/api/v1/prompts/{name}",
-        "prompt.delete.request",
-        PromptDeleteRequest,
-        PromptDeleteResponse,
-        idempotent=True,
+        DELETE,
         summary="Delete a template with all its versions and labels",
         tags=_TAGS,
     ),
     Route(
         "POST",
         "/api/v1/prompts/{name}/versions",
-        "prompt.update.request",
-        PromptUpdateRequest,
-        PromptUpdateResponse,
+        UPDATE,
         status_code=201,
         summary="Save a new version on top of base_version (409 if stale)",
         tags=_TAGS,
@@ -523,60 +620,42 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "GET",
         "/api/v1/prompts/{name}/versions",
-        "prompt.list_versions.request",
-        PromptListVersionsRequest,
-        PromptListVersionsResponse,
-        idempotent=True,
+        LIST_VERSIONS,
         summary="List a template's versions, newest first",
         tags=_TAGS,
     ),
     Route(
         "DELETE",
         "/api/v1/prompts/{name}/versions/{version}",
-        "prompt.delete_version.request",
-        PromptDeleteVersionRequest,
-        PromptDeleteVersionResponse,
-        idempotent=True,
+        DELETE_VERSION,
         summary="Delete one unlabelled version",
         tags=_TAGS,
     ),
     Route(
         "PUT",
         "/api/v1/prompts/{name}/labels/{label}",
-        "prompt.set_label.request",
-        PromptSetLabelRequest,
-        PromptSetLabelResponse,
-        idempotent=True,
+        SET_LABEL,
         summary="Point a label at a version",
         tags=_TAGS,
     ),
     Route(
         "DELETE",
         "/api/v1/prompts/{name}/labels/{label}",
-        "prompt.unset_label.request",
-        PromptUnsetLabelRequest,
-        PromptUnsetLabelResponse,
-        idempotent=True,
+        UNSET_LABEL,
         summary="Remove a label",
         tags=_TAGS,
     ),
     Route(
         "POST",
         "/api/v1/prompts/{name}/render",
-        "prompt.render.request",
-        PromptRenderRequest,
-        PromptRenderResponse,
-        idempotent=True,
+        RENDER,
         summary="Render a version with variables",
         tags=_TAGS,
     ),
     Route(
         "GET",
         "/api/v1/prompts/{name}/diff",
-        "prompt.diff.request",
-        PromptDiffRequest,
-        PromptDiffResponse,
-        idempotent=True,
+        DIFF,
         summary="Diff two versions (from_version, to_version query parameters)",
         tags=_TAGS,
     ),

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from schemas.operations import Operation
 from schemas.routes import Route
 
 #: Default embedding alias of a new collection (the gateway's local MiniLM).
@@ -237,124 +238,197 @@ class ReindexDocumentResponse(BaseModel):
 
 _TAGS = ("rag",)
 
+
+QUERY = Operation(
+    "rag",
+    "query",
+    QueryRequest,
+    QueryResponse,
+    idempotent=False,
+    description="answer with citations",
+)
+CREATE_COLLECTION = Operation(
+    "rag",
+    "create_collection",
+    CreateCollectionRequest,
+    Collection,
+    idempotent=False,
+    description="create a collection bound to an embedding model",
+)
+GET_COLLECTION = Operation(
+    "rag",
+    "get_collection",
+    GetCollectionRequest,
+    Collection,
+    idempotent=True,
+    description="One collection with document and chunk counts",
+)
+LIST_COLLECTIONS = Operation(
+    "rag",
+    "list_collections",
+    ListCollectionsRequest,
+    ListCollectionsResponse,
+    idempotent=True,
+    description="List collections",
+)
+DELETE_COLLECTION = Operation(
+    "rag",
+    "delete_collection",
+    DeleteCollectionRequest,
+    DeleteCollectionResponse,
+    idempotent=True,
+    description="Delete a collection, its documents, chunks and uploaded files",
+)
+INGEST = Operation(
+    "rag",
+    "ingest",
+    IngestRequest,
+    IngestResponse,
+    idempotent=True,
+    description="index inline documents",
+)
+SEARCH = Operation(
+    "rag",
+    "search",
+    SearchRequest,
+    SearchResponse,
+    idempotent=True,
+    description="hybrid/vector/keyword",
+)
+LIST_DOCUMENTS = Operation(
+    "rag",
+    "list_documents",
+    ListDocumentsRequest,
+    ListDocumentsResponse,
+    idempotent=True,
+    description="List a collection's documents",
+)
+GET_DOCUMENT = Operation(
+    "rag",
+    "get_document",
+    GetDocumentRequest,
+    DocumentDetail,
+    idempotent=True,
+    description="One document with its chunks",
+)
+UPDATE_DOCUMENT = Operation(
+    "rag",
+    "update_document",
+    UpdateDocumentRequest,
+    Document,
+    idempotent=True,
+    description="Replace a document's title or metadata",
+)
+DELETE_DOCUMENT = Operation(
+    "rag",
+    "delete_document",
+    DeleteDocumentRequest,
+    DeleteDocumentResponse,
+    idempotent=True,
+    description="Delete a document, its chunks and its uploaded file",
+)
+REINDEX_DOCUMENT = Operation(
+    "rag",
+    "reindex_document",
+    ReindexDocumentRequest,
+    ReindexDocumentResponse,
+    idempotent=True,
+    description="Re-chunk and re-embed a document from its stored text",
+)
+OPERATIONS = (
+    QUERY,
+    CREATE_COLLECTION,
+    GET_COLLECTION,
+    LIST_COLLECTIONS,
+    DELETE_COLLECTION,
+    INGEST,
+    SEARCH,
+    LIST_DOCUMENTS,
+    GET_DOCUMENT,
+    UPDATE_DOCUMENT,
+    DELETE_DOCUMENT,
+    REINDEX_DOCUMENT,
+)
+
 ROUTES: tuple[Route, ...] = (
     Route(
         "POST",
         "/api/v1/rag/collections",
-        "rag.create_collection.request",
-        CreateCollectionRequest,
-        Collection,
+        CREATE_COLLECTION,
         status_code=201,
         summary="Create a collection bound to an embedding model",
         tags=_TAGS,
     ),
     Route(
-        "GET",
-        "/api/v1/rag/collections",
-        "rag.list_collections.request",
-        ListCollectionsRequest,
-        ListCollectionsResponse,
-        idempotent=True,
-        summary="List collections",
-        tags=_TAGS,
+        "GET", "/api/v1/rag/collections", LIST_COLLECTIONS, summary="List collections", tags=_TAGS
     ),
     Route(
         "GET",
         "/api/v1/rag/collections/{collection_id}",
-        "rag.get_collection.request",
-        GetCollectionRequest,
-        Collection,
-        idempotent=True,
+        GET_COLLECTION,
         summary="One collection with document and chunk counts",
         tags=_TAGS,
     ),
     Route(
         "DELETE",
         "/api/v1/rag/collections/{collection_id}",
-        "rag.delete_collection.request",
-        DeleteCollectionRequest,
-        DeleteCollectionResponse,
-        idempotent=True,
+        DELETE_COLLECTION,
         summary="Delete a collection, its documents, chunks and uploaded files",
         tags=_TAGS,
     ),
     Route(
         "POST",
         "/api/v1/rag/collections/{collection_id}/documents",
-        "rag.ingest.request",
-        IngestRequest,
-        IngestResponse,
-        idempotent=True,
+        INGEST,
         summary="Index small inline documents before answering",
         tags=_TAGS,
     ),
     Route(
         "GET",
         "/api/v1/rag/collections/{collection_id}/documents",
-        "rag.list_documents.request",
-        ListDocumentsRequest,
-        ListDocumentsResponse,
-        idempotent=True,
+        LIST_DOCUMENTS,
         summary="List a collection's documents",
         tags=_TAGS,
     ),
     Route(
         "GET",
         "/api/v1/rag/documents/{document_id}",
-        "rag.get_document.request",
-        GetDocumentRequest,
-        DocumentDetail,
-        idempotent=True,
+        GET_DOCUMENT,
         summary="One document with its chunks",
         tags=_TAGS,
     ),
     Route(
         "PATCH",
         "/api/v1/rag/documents/{document_id}",
-        "rag.update_document.request",
-        UpdateDocumentRequest,
-        Document,
-        idempotent=True,
+        UPDATE_DOCUMENT,
         summary="Replace a document's title or metadata",
         tags=_TAGS,
     ),
     Route(
         "DELETE",
         "/api/v1/rag/documents/{document_id}",
-        "rag.delete_document.request",
-        DeleteDocumentRequest,
-        DeleteDocumentResponse,
-        idempotent=True,
+        DELETE_DOCUMENT,
         summary="Delete a document, its chunks and its uploaded file",
         tags=_TAGS,
     ),
     Route(
         "POST",
         "/api/v1/rag/documents/{document_id}/reindex",
-        "rag.reindex_document.request",
-        ReindexDocumentRequest,
-        ReindexDocumentResponse,
-        idempotent=True,
+        REINDEX_DOCUMENT,
         summary="Re-chunk and re-embed a document from its stored text",
         tags=_TAGS,
     ),
     Route(
         "POST",
         "/api/v1/rag/search",
-        "rag.search.request",
-        SearchRequest,
-        SearchResponse,
-        idempotent=True,
+        SEARCH,
         summary="Hybrid (RRF), vector or keyword search over collections",
         tags=_TAGS,
     ),
     Route(
         "POST",
         "/api/v1/rag/query",
-        "rag.query.request",
-        QueryRequest,
-        QueryResponse,
-        idempotent=True,
+        QUERY,
         summary="Answer a question from collections, with citations",
         tags=_TAGS,
     ),

@@ -175,7 +175,9 @@ class Api:
     ) -> list[Any]:
         return [
             chunk
-            async for chunk in self.client.stream(f"agent.{op}.request", payload, self.ctx(timeout))
+            async for chunk in self.client.request_stream(
+                f"agent.{op}.request", payload, self.ctx(timeout)
+            )
         ]
 
     async def agent(self, **fields: Any) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from starlette.routing import Route as HttpRoute
 from bus.settings import Settings
 from gateway_bridge.routes import ROUTES
 from schemas.routes import Route
-from tests.support import EchoRequest, EchoResponse, Empty, SleepRequest
+from tests.support import COUNT, EchoRequest, EchoResponse, Empty, SleepRequest, probe_op
 
 #: Minted once per test session; never a fixed secret.
 SECRET = secrets.token_urlsafe(48)
@@ -37,19 +37,18 @@ AUDIENCE = "mesh-tests"
 ISSUER = "https://issuer.test"
 
 PROBE_ROUTES: tuple[Route, ...] = (
-    Route("POST", "/api/v1/probe/echo", "probe.echo.request", EchoRequest, EchoResponse),
-    Route("GET", "/api/v1/probe/echo/{text}", "probe.echo.request", EchoRequest, EchoResponse),
-    Route("POST", "/api/v1/probe/sleep", "probe.sleep.request", SleepRequest, Empty),
-    Route("POST", "/api/v1/probe/missing", "probe.missing.request", Empty, Empty),
-    Route("POST", "/api/v1/probe/crash", "probe.crash.request", Empty, Empty),
     Route(
-        "POST",
-        "/api/v1/probe/count",
-        "probe.count.request",
-        EchoRequest,
-        EchoResponse,
-        streaming=True,
+        "POST", "/api/v1/probe/echo", probe_op("echo", EchoRequest, EchoResponse, idempotent=False)
     ),
+    Route(
+        "GET",
+        "/api/v1/probe/echo/{text}",
+        probe_op("echo", EchoRequest, EchoResponse, idempotent=False),
+    ),
+    Route("POST", "/api/v1/probe/sleep", probe_op("sleep", SleepRequest, Empty, idempotent=False)),
+    Route("POST", "/api/v1/probe/missing", probe_op("missing", Empty, Empty, idempotent=False)),
+    Route("POST", "/api/v1/probe/crash", probe_op("crash", Empty, Empty, idempotent=False)),
+    Route("POST", "/api/v1/probe/count", COUNT),
 )
 ALL_ROUTES = (*ROUTES, *PROBE_ROUTES)
 

@@ -19,6 +19,7 @@ import zlib
 from dataclasses import dataclass, field
 
 from bus.worker import Endpoint, Worker
+from schemas import gateway
 from schemas.context import Context
 from schemas.gateway import (
     AssistantMessage,
@@ -114,9 +115,9 @@ class FakeGateway:
         return Worker(
             "gateway",
             endpoints=[
-                Endpoint("embed", self.embed, EmbedRequest),
-                Endpoint("generate", self.generate, GenerateRequest, idempotent=False),
-                Endpoint("count_tokens", self.count_tokens, CountTokensRequest),
+                Endpoint(gateway.EMBED, self.embed),
+                Endpoint(gateway.GENERATE, self.generate),
+                Endpoint(gateway.COUNT_TOKENS, self.count_tokens),
             ],
             description="TEST-ONLY fake gateway",
         )

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict
 
 from bus.errors import NotFound, Unavailable, UpstreamError
 from bus.worker import Endpoint, Worker
+from schemas import gateway, prompt, rag
 from schemas.context import Context
 from schemas.gateway import CountTokensRequest, EmbedRequest, GenerateRequest
 from schemas.prompt import PromptRenderRequest
@@ -291,17 +292,17 @@ class FakeLLM:
         return Raw(name=req.name, version=1, type="text", text=text)
 
     def workers(self) -> list[Worker]:
-        gateway, rag, prompt = self.names
+        gw, rg, pr = self.names
         return [
             Worker(
-                gateway,
+                gw,
                 endpoints=[
-                    Endpoint("generate", self.generate, GenerateRequest),
-                    Endpoint("stream", self.stream, GenerateRequest, streaming=True),
-                    Endpoint("embed", self.embed, EmbedRequest),
-                    Endpoint("count_tokens", self.count_tokens, CountTokensRequest),
+                    Endpoint(gateway.GENERATE.served_as(gw), self.generate),
+                    Endpoint(gateway.STREAM.served_as(gw), self.stream),
+                    Endpoint(gateway.EMBED.served_as(gw), self.embed),
+                    Endpoint(gateway.COUNT_TOKENS.served_as(gw), self.count_tokens),
                 ],
             ),
-            Worker(rag, endpoints=[Endpoint("search", self.search, SearchRequest)]),
-            Worker(prompt, endpoints=[Endpoint("render", self.render, PromptRenderRequest)]),
+            Worker(rg, endpoints=[Endpoint(rag.SEARCH.served_as(rg), self.search)]),
+            Worker(pr, endpoints=[Endpoint(prompt.RENDER.served_as(pr), self.render)]),
         ]

@@ -17,6 +17,7 @@ from typing import Any
 from bus.client import Client
 from bus.context import new_context
 from bus.worker import Endpoint, Worker, WorkerEnv
+from schemas import gateway
 from schemas.context import Context
 from schemas.gateway import CountTokensRequest, CountTokensResponse
 from workers.prompt.renderer import Renderer
@@ -55,7 +56,7 @@ class TokenCounter:
 def counter_worker(counter: TokenCounter) -> Worker:
     return Worker(
         "gateway",
-        endpoints=[Endpoint("count_tokens", counter.count_tokens, CountTokensRequest)],
+        endpoints=[Endpoint(gateway.COUNT_TOKENS, counter.count_tokens)],
     )
 
 

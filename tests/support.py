@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from bus.errors import NotFound, Unavailable
 from bus.worker import Endpoint, Worker
 from schemas.context import Context
+from schemas.operations import Operation
 
 
 class EchoRequest(BaseModel):
@@ -88,17 +89,36 @@ class Probe:
             self.ticks_stopped.set()
 
 
+def probe_op(
+    name: str, request: type[Any], response: type[Any], service: str = "probe", **kw: Any
+) -> Operation[Any, Any]:
+    """A test-only operation of the probe service (idempotent unless told otherwise)."""
+    kw.setdefault("idempotent", True)
+    return Operation(service, name, request, response, **kw)
+
+
+ECHO = probe_op("echo", EchoRequest, EchoResponse)
+SLEEP = probe_op("sleep", SleepRequest, Empty)
+MISSING = probe_op("missing", Empty, Empty)
+CRASH = probe_op("crash", Empty, Empty)
+FLAKY = probe_op("flaky", Empty, Empty)
+COUNT = probe_op("count", EchoRequest, EchoResponse, streaming=True)
+TICKS = probe_op("ticks", EchoRequest, EchoResponse, streaming=True)
+
+
 def probe_worker(probe: Probe, name: str = "probe", **kwargs: Any) -> Worker:
+    ops = (ECHO, SLEEP, MISSING, CRASH, FLAKY, COUNT, TICKS)
+    ep = {op.name: op.served_as(name) for op in ops}
     return Worker(
         name,
         endpoints=[
-            Endpoint("echo", probe.echo, EchoRequest),
-            Endpoint("sleep", probe.sleep, SleepRequest),
-            Endpoint("missing", probe.missing, Empty),
-            Endpoint("crash", probe.crash, Empty),
-            Endpoint("flaky", probe.flaky, Empty),
-            Endpoint("count", probe.count, EchoRequest, streaming=True),
-            Endpoint("ticks", probe.ticks, EchoRequest, streaming=True),
+            Endpoint(ep["echo"], probe.echo),
+            Endpoint(ep["sleep"], probe.sleep),
+            Endpoint(ep["missing"], probe.missing),
+            Endpoint(ep["crash"], probe.crash),
+            Endpoint(ep["flaky"], probe.flaky),
+            Endpoint(ep["count"], probe.count),
+            Endpoint(ep["ticks"], probe.ticks),
         ],
         **kwargs,
     )

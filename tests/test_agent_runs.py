@@ -514,7 +514,7 @@ async def test_a_streaming_caller_that_goes_away_cancels_its_run(api: Api, fake)
 
     agent = await api.agent(tools=["calculator"], limits={"max_steps": 50})
     fake.play({**call("calculator", {"expression": "1"}), "delay": 0.2}, repeat_last=True)
-    stream = api.client.stream(
+    stream = api.client.request_stream(
         "agent.stream.request", {"agent_id": agent["agent_id"], "task": "spin"}, api.ctx()
     )
     async with contextlib.aclosing(stream):

@@ -14,11 +14,14 @@ from gateway_bridge.app import create_app
 from schemas.cache import CacheGetResponse
 from schemas.routes import Route
 from tests.bridge_support import ALL_ROUTES, auth, bridge_settings, hs_token, http, serving
-from tests.support import Empty, Probe, SleepRequest, probe_worker
+from tests.support import Empty, Probe, SleepRequest, probe_op, probe_worker
 
 ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 SHORT_SLEEP = Route(
-    "POST", "/api/v1/probe/short", "probe.sleep.request", SleepRequest, Empty, timeout=0.5
+    "POST",
+    "/api/v1/probe/short",
+    probe_op("sleep", SleepRequest, Empty, idempotent=False),
+    timeout=0.5,
 )
 
 

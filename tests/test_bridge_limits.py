@@ -11,7 +11,7 @@ from bus.errors import RateLimited
 from bus.worker import Endpoint, Worker
 from gateway_bridge.app import create_app
 from tests.bridge_support import ALL_ROUTES, auth, bridge_settings, hs_token, http, serving
-from tests.support import Empty, Probe, probe_worker
+from tests.support import MISSING, Empty, Probe, probe_worker
 
 pytestmark = pytest.mark.usefixtures("cache_worker")
 
@@ -187,7 +187,7 @@ async def test_worker_rate_limited_error_gets_retry_after(bridge, env):
     async def busy(req: Empty, ctx) -> Empty:
         raise RateLimited("provider quota", {"retry_after": 7})
 
-    worker = Worker("probe", endpoints=[Endpoint("missing", busy, Empty)])
+    worker = Worker("probe", endpoints=[Endpoint(MISSING, busy)])
     async with worker.serve(env.nc), http(bridge) as c:
         r = await c.post("/api/v1/probe/missing", json={}, headers=auth(hs_token()))
     assert r.status_code == 429

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from bus.worker import Endpoint, Worker
 from gateway_bridge.app import create_app
 from schemas.context import Context
+from schemas.operations import Operation
 from schemas.routes import Route
 from tests.bridge_support import ALL_ROUTES, auth, bridge_settings, hs_token, http, serving
 from tests.support import EchoResponse, Probe, probe_worker
@@ -28,14 +29,13 @@ async def tick(req: TickRequest, ctx: Context) -> AsyncIterator[EchoResponse]:
         await asyncio.sleep(req.every)
 
 
-TICK = Route(
-    "POST", "/api/v1/ticker/tick", "ticker.tick.request", TickRequest, EchoResponse, streaming=True
-)
+TICK_OP = Operation("ticker", "tick", TickRequest, EchoResponse, streaming=True)
+TICK = Route("POST", "/api/v1/ticker/tick", TICK_OP)
 
 
 @pytest.fixture(scope="module")
 async def workers(env):
-    ticker = Worker("ticker", endpoints=[Endpoint("tick", tick, TickRequest, streaming=True)])
+    ticker = Worker("ticker", endpoints=[Endpoint(TICK_OP, tick)])
     async with probe_worker(Probe()).serve(env.nc), ticker.serve(env.nc):
         yield
 

@@ -12,6 +12,7 @@ from bus.client import Client
 from bus.context import new_context
 from bus.errors import InvalidRequest, PayloadTooLarge, Unavailable
 from bus.redis import create_redis
+from bus.worker import Endpoint, Worker
 from mesh.infra import RedisServer
 from schemas.cache import CacheGetResponse
 from workers.cache.service import build_worker
@@ -139,8 +140,11 @@ async def test_redis_down_is_unavailable_quickly_and_recovers(env, tmp_path: Pat
     redis_server = RedisServer(tmp_path / "redis")
     redis_server.start()
     redis = create_redis(redis_server.url, socket_timeout=1.0)
-    worker = build_worker(CacheStore(redis))
-    worker.name = "cachealt"  # its own service name, beside the shared cache worker
+    # Its own service name, beside the shared cache worker.
+    base = build_worker(CacheStore(redis))
+    worker = Worker(
+        "cachealt", [Endpoint(ep.op.served_as("cachealt"), ep.handler) for ep in base.endpoints]
+    )
     client = Client(env.nc)
     try:
         async with worker.serve(env.nc):

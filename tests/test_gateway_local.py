@@ -70,7 +70,7 @@ async def test_local_model_generates_with_usage_and_zero_cost(gateway, client):
 async def test_local_model_streams(gateway, client):
     chunks = [
         c
-        async for c in client.stream(
+        async for c in client.request_stream(
             "gateway.stream.request",
             {"messages": ASK, "max_tokens": 12, "temperature": 0, "cache": {"no_cache": True}},
             ctx(),

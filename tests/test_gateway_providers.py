@@ -130,7 +130,7 @@ async def generate(client: Client, payload: dict, c=None) -> GenerateResponse:
 async def stream(client: Client, payload: dict, c=None) -> list[GenerateChunk]:
     return [
         chunk
-        async for chunk in client.stream(
+        async for chunk in client.request_stream(
             "gateway.stream.request", payload, c or ctx(), GenerateChunk
         )
     ]
@@ -257,7 +257,7 @@ async def test_stream_broken_midway_ends_with_an_error_and_an_event(gateway, cli
     got: list[GenerateChunk] = []
     async with EventTap(env) as tap:
         with pytest.raises((UpstreamError, Unavailable)):
-            async for chunk in client.stream(
+            async for chunk in client.request_stream(
                 "gateway.stream.request", {"model": "dropped", "messages": HI}, c, GenerateChunk
             ):
                 got.append(chunk)

@@ -219,13 +219,12 @@ def test_error_details_are_scrubbed_of_secrets_and_urls():
 
 
 def test_every_route_names_an_endpoint_of_the_worker():
-    from bus.worker import subject_for
     from schemas.gateway import ROUTES
     from workers.gateway.service import Gateway, build_worker
 
     gateway = Gateway(load_config(None), events=None, cache=None)  # type: ignore[arg-type]
     worker = build_worker(gateway)
-    endpoints = {subject_for(worker.name, ep.operation): ep for ep in worker.endpoints}
+    endpoints = {ep.op.subject: ep for ep in worker.endpoints}
     for route in ROUTES:
         ep = endpoints[route.subject]
         assert route.request is ep.request

@@ -10,7 +10,6 @@ import asyncpg
 import pytest
 
 from bus.errors import Conflict, InvalidRequest, NotFound
-from bus.worker import subject_for
 from mesh.runner import serving
 from schemas.prompt import ROUTES, PromptVersion
 from tests.prompt_support import Caller
@@ -349,7 +348,7 @@ async def test_same_name_in_two_tenants_stays_separate(call, client):
 
 def test_routes_cover_every_endpoint_under_api_v1_prompts():
     worker = build_worker(PromptHandlers(None, None, None))  # type: ignore[arg-type]
-    endpoints = {subject_for("prompt", ep.operation): ep for ep in worker.endpoints}
+    endpoints = {ep.op.subject: ep for ep in worker.endpoints}
     assert {r.subject for r in ROUTES} == set(endpoints)
     for route in ROUTES:
         assert route.path.startswith("/api/v1/prompts")

@@ -217,7 +217,7 @@ async def test_failed_probe_reopens_the_breaker(env):
 async def test_stream_yields_chunks_then_ends(probe, client):
     got = [
         c.text
-        async for c in client.stream(
+        async for c in client.request_stream(
             "probe.count.request", {"text": "x", "n": 4}, ctx(), EchoResponse
         )
     ]
@@ -227,14 +227,16 @@ async def test_stream_yields_chunks_then_ends(probe, client):
 async def test_stream_error_after_chunks_raises_typed_error(probe, client):
     got = []
     with pytest.raises(NotFound, match="stream broke"):
-        async for c in client.stream("probe.count.request", {"text": "boom", "n": 2}, ctx()):
+        async for c in client.request_stream(
+            "probe.count.request", {"text": "boom", "n": 2}, ctx()
+        ):
             got.append(c)
     assert len(got) == 2
 
 
 async def test_stream_without_responders_is_unavailable(client):
     with pytest.raises(Unavailable):
-        async for _ in client.stream("nobody.stream.request", {}, ctx()):
+        async for _ in client.request_stream("nobody.stream.request", {}, ctx()):
             pass
 
 
@@ -275,7 +277,7 @@ async def test_services_are_discoverable(probe, env):
 
 
 async def test_caller_that_stops_reading_stops_the_worker_stream(probe, client):
-    stream = client.stream("probe.ticks.request", {"text": "t", "n": 1000}, ctx(timeout=30))
+    stream = client.request_stream("probe.ticks.request", {"text": "t", "n": 1000}, ctx(timeout=30))
     got = 0
     async for _ in stream:
         got += 1

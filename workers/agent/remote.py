@@ -16,14 +16,11 @@ import structlog
 from bus.client import Client
 from bus.context import child
 from bus.errors import MeshError
-from schemas.cache import CacheGetResponse, CacheSetResponse
+from schemas import cache, gateway, prompt, rag
 from schemas.context import Context
 from schemas.gateway import (
     AssistantMessage,
-    CountTokensResponse,
-    EmbedResponse,
     FunctionCall,
-    GenerateChunk,
     GenerateRequest,
     GenerateResponse,
     ToolCall,
@@ -47,17 +44,22 @@ class Remote:
     def __init__(self, client: Client, config: AgentConfig) -> None:
         self.client = client
         self.config = config
-
-    def _subject(self, service: str, op: str) -> str:
-        return f"{service}.{op}.request"
+        gw, cs = config.gateway_service, config.cache_service
+        self._generate = gateway.GENERATE.served_as(gw)
+        self._stream = gateway.STREAM.served_as(gw)
+        self._embed = gateway.EMBED.served_as(gw)
+        self._count = gateway.COUNT_TOKENS.served_as(gw)
+        self._search = rag.SEARCH.served_as(config.rag_service)
+        self._render = prompt.RENDER.served_as(config.prompt_service)
+        self._cache_get = cache.GET.served_as(cs)
+        self._cache_set = cache.SET.served_as(cs)
+        self._cache_invalidate = cache.INVALIDATE.served_as(cs)
 
     async def generate(self, req: GenerateRequest, ctx: Context) -> GenerateResponse:
-        return await self.client.request(
-            self._subject(self.config.gateway_service, "generate"),
+        return await self.client.call(
+            self._generate,
             req,
             ctx,
-            GenerateResponse,
-            idempotent=True,
         )
 
     async def stream(
@@ -70,9 +72,7 @@ class Remote:
         usage = Usage()
         cost = 0.0
         model = req.model or self.config.default_model
-        async for chunk in self.client.stream(
-            self._subject(self.config.gateway_service, "stream"), req, ctx, GenerateChunk
-        ):
+        async for chunk in self.client.stream(self._stream, req, ctx):
             if chunk.model:
                 model = chunk.model
             if chunk.delta.content:
@@ -109,16 +109,14 @@ class Remote:
         )
 
     async def embed(self, texts: list[str], ctx: Context) -> list[list[float]]:
-        out = await self.client.request(
-            self._subject(self.config.gateway_service, "embed"),
+        out = await self.client.call(
+            self._embed,
             {
                 "model": self.config.embed_model,
                 "texts": texts,
                 "dimensions": self.config.embed_dimensions,
             },
             ctx,
-            EmbedResponse,
-            idempotent=True,
         )
         if len(out.vectors) != len(texts) or any(
             len(v) != self.config.embed_dimensions for v in out.vectors
@@ -131,12 +129,10 @@ class Remote:
     async def count_tokens(self, model: str, texts: list[str], ctx: Context) -> list[int] | None:
         """Tokens per text, or ``None`` when the gateway cannot say (the caller estimates)."""
         try:
-            out = await self.client.request(
-                self._subject(self.config.gateway_service, "count_tokens"),
+            out = await self.client.call(
+                self._count,
                 {"model": model, "texts": texts},
                 child(ctx, timeout=COUNT_TIMEOUT_S),
-                CountTokensResponse,
-                idempotent=True,
             )
         except MeshError as exc:
             _log.warning("count_tokens_unavailable", error=exc.code)
@@ -146,32 +142,26 @@ class Remote:
         return out.counts
 
     async def rag_search(self, req: SearchRequest, ctx: Context) -> SearchResponse:
-        return await self.client.request(
-            self._subject(self.config.rag_service, "search"),
+        return await self.client.call(
+            self._search,
             req,
             ctx,
-            SearchResponse,
-            idempotent=True,
         )
 
     async def render_prompt(self, payload: dict[str, Any], ctx: Context) -> PromptRenderResponse:
-        return await self.client.request(
-            self._subject(self.config.prompt_service, "render"),
+        return await self.client.call(
+            self._render,
             payload,
             ctx,
-            PromptRenderResponse,
-            idempotent=True,
         )
 
     async def cache_get(self, key: str, ctx: Context) -> Any | None:
         """The cached value, or ``None`` on a miss or when the cache is unreachable."""
         try:
-            out = await self.client.request(
-                self._subject(self.config.cache_service, "get"),
+            out = await self.client.call(
+                self._cache_get,
                 {"namespace": CACHE_NAMESPACE, "key": key},
                 child(ctx, timeout=CACHE_TIMEOUT_S),
-                CacheGetResponse,
-                idempotent=True,
             )
         except MeshError as exc:  # a cache is an optimisation: never fail a run for it
             _log.warning("cache_get_failed", error=exc.code)
@@ -180,8 +170,8 @@ class Remote:
 
     async def cache_set(self, key: str, value: Any, tags: list[str], ctx: Context) -> None:
         try:
-            await self.client.request(
-                self._subject(self.config.cache_service, "set"),
+            await self.client.call(
+                self._cache_set,
                 {
                     "namespace": CACHE_NAMESPACE,
                     "key": key,
@@ -190,19 +180,16 @@ class Remote:
                     "tags": tags,
                 },
                 child(ctx, timeout=CACHE_TIMEOUT_S),
-                CacheSetResponse,
-                idempotent=True,
             )
         except MeshError as exc:
             _log.warning("cache_set_failed", error=exc.code)
 
     async def cache_invalidate(self, tag: str, ctx: Context) -> None:
         try:
-            await self.client.request(
-                self._subject(self.config.cache_service, "invalidate"),
+            await self.client.call(
+                self._cache_invalidate,
                 {"tags": [tag]},
                 child(ctx, timeout=CACHE_TIMEOUT_S),
-                idempotent=True,
             )
         except MeshError as exc:
             _log.warning("cache_invalidate_failed", error=exc.code)

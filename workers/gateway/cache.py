@@ -18,7 +18,8 @@ import structlog
 from bus.client import Client
 from bus.context import now_ms
 from bus.errors import MeshError
-from schemas.cache import CacheGetRequest, CacheGetResponse, CacheSetRequest
+from schemas import cache
+from schemas.cache import CacheGetRequest, CacheSetRequest
 from schemas.context import Context
 from schemas.gateway import GenerateRequest
 from workers.gateway.background import Background
@@ -72,12 +73,11 @@ class ResponseCache:
 
     async def get(self, key: str, ctx: Context) -> dict[str, Any] | None:
         try:
-            # Not idempotent on purpose: no retries, a cache is not worth the wait.
-            found = await self.client.request(
-                "cache.get.request",
+            # A short deadline: retries, if any, stay inside it; a cache is not worth a wait.
+            found = await self.client.call(
+                cache.GET,
                 CacheGetRequest(namespace=NAMESPACE, key=key),
                 _short(ctx, CACHE_TIMEOUT_S),
-                CacheGetResponse,
             )
         except MeshError as exc:
             self.errors += 1
@@ -97,6 +97,6 @@ class ResponseCache:
 
         async def store() -> None:
             fresh = ctx.model_copy(update={"deadline": now_ms() + int(CACHE_TIMEOUT_S * 1000)})
-            await self.client.request("cache.set.request", request, fresh)
+            await self.client.call(cache.SET, request, fresh)
 
         self.background.submit("cache_store", store)

@@ -18,6 +18,7 @@ from bus.context import remaining
 from bus.errors import InvalidRequest, MeshError, NotFound
 from bus.settings import DEFAULT_MAX_CONCURRENCY
 from bus.worker import Endpoint, Worker, WorkerEnv
+from schemas import gateway
 from schemas.context import Context
 from schemas.gateway import (
     CountTokensRequest,
@@ -315,35 +316,16 @@ def _replay(answer: GenerateResponse) -> list[GenerateChunk]:
 
 
 def build_worker(
-    gateway: Gateway, codec: Codec | None = None, max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    g: Gateway, codec: Codec | None = None, max_concurrency: int = DEFAULT_MAX_CONCURRENCY
 ) -> Worker:
-    g = gateway
     return Worker(
         "gateway",
         endpoints=[
-            Endpoint(
-                "generate",
-                g.generate,
-                GenerateRequest,
-                idempotent=False,
-                description="chat completion from a model alias",
-            ),
-            Endpoint(
-                "stream",
-                g.stream,
-                GenerateRequest,
-                idempotent=False,
-                streaming=True,
-                description="chat completion as chunks, the last with usage",
-            ),
-            Endpoint("embed", g.embed, EmbedRequest, description="vectors for a batch of texts"),
-            Endpoint("models", g.models, ModelsRequest, description="the configured aliases"),
-            Endpoint(
-                "count_tokens",
-                g.count_tokens,
-                CountTokensRequest,
-                description="token counts with the alias's tokenizer",
-            ),
+            Endpoint(gateway.GENERATE, g.generate),
+            Endpoint(gateway.STREAM, g.stream),
+            Endpoint(gateway.EMBED, g.embed),
+            Endpoint(gateway.MODELS, g.models),
+            Endpoint(gateway.COUNT_TOKENS, g.count_tokens),
         ],
         version=VERSION,
         description="One door to LLMs through litellm",
@@ -376,13 +358,13 @@ async def gateway_running(
     codec = Codec(env.settings.codec_type)
     background = Background()
     async with running(background):
-        gateway = Gateway(
+        gw = Gateway(
             config,
             events=Events(env.js, background, codec),
             cache=ResponseCache(env.client, background, cache_ttl),
             log_content=log_content,
         )
-        yield gateway
+        yield gw
 
 
 @asynccontextmanager
@@ -406,5 +388,5 @@ async def lifespan(env: WorkerEnv) -> AsyncIterator[Worker]:
         env,
         log_content=settings.gateway_log_content,
         cache_ttl=settings.gateway_cache_ttl,
-    ) as gateway:
-        yield build_worker(gateway, Codec(settings.codec_type), settings.max_concurrency)
+    ) as gw:
+        yield build_worker(gw, Codec(settings.codec_type), settings.max_concurrency)

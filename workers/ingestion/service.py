@@ -41,6 +41,7 @@ from bus.uploads import (
     read_object,
 )
 from bus.worker import Endpoint, Worker, WorkerEnv
+from schemas import ingestion, rag
 from schemas.context import Context
 from schemas.ingestion import (
     INDEX_SUBJECT,
@@ -166,11 +167,10 @@ class Ingestion:
         """Refuse an unknown collection now rather than fail every job later; if RAG is
         not reachable, accept (the job waits in JetStream and fails there if need be)."""
         try:
-            await self.client.request(
-                "rag.get_collection.request",
+            await self.client.call(
+                rag.GET_COLLECTION,
                 {"collection_id": collection_id},
                 child(ctx, timeout=COLLECTION_CHECK_TIMEOUT_S),
-                idempotent=True,
             )
         except RetryableError as exc:
             _log.warning("collection_check_skipped", code=exc.code)
@@ -358,15 +358,9 @@ def build_worker(ing: Ingestion, codec: Codec | None = None, max_concurrency: in
     return Worker(
         "ingestion",
         endpoints=[
-            Endpoint(
-                "submit",
-                ing.submit,
-                SubmitRequest,
-                idempotent=False,
-                description="queue documents for ingestion; answers with job ids at once",
-            ),
-            Endpoint("get_job", ing.get_job, GetJobRequest, description="one job"),
-            Endpoint("list_jobs", ing.list_jobs, ListJobsRequest, description="jobs, filtered"),
+            Endpoint(ingestion.SUBMIT, ing.submit),
+            Endpoint(ingestion.GET_JOB, ing.get_job),
+            Endpoint(ingestion.LIST_JOBS, ing.list_jobs),
         ],
         version=VERSION,
         description="Uploads, parsing and ingestion jobs",

@@ -26,11 +26,11 @@ from typing import Protocol
 from bus.client import Client
 from bus.context import child
 from bus.errors import InvalidRequest, Timeout, Unavailable, UpstreamError
+from schemas import gateway
 from schemas.context import Context
 from schemas.gateway import CountTokensMessage, CountTokensRequest, CountTokensResponse
 from schemas.prompt import Message, OmittedPart, PromptContextRequest
 
-COUNT_TOKENS_SUBJECT = "gateway.count_tokens.request"
 #: How long one count call may take before the builder falls back to the estimate.
 COUNT_TIMEOUT_S = 3.0
 #: Estimate: characters per token (3 over-counts typical English/code BPE, ~4 chars/token).
@@ -66,12 +66,8 @@ class GatewayCounter:
 
     async def _count(self, request: CountTokensRequest) -> CountTokensResponse:
         try:
-            return await self.client.request(
-                COUNT_TOKENS_SUBJECT,
-                request,
-                child(self.ctx, timeout=COUNT_TIMEOUT_S),
-                CountTokensResponse,
-                idempotent=True,
+            return await self.client.call(
+                gateway.COUNT_TOKENS, request, child(self.ctx, timeout=COUNT_TIMEOUT_S)
             )
         except (Unavailable, Timeout) as exc:
             raise GatewayUnavailable(str(exc)) from exc

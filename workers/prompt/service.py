@@ -17,6 +17,7 @@ from bus.client import Client
 from bus.codec import Codec
 from bus.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from bus.worker import Endpoint, Worker, WorkerEnv
+from schemas import prompt
 from schemas.context import Context
 from schemas.prompt import (
     DEFAULT_LABEL,
@@ -335,50 +336,18 @@ def build_worker(
     return Worker(
         "prompt",
         endpoints=[
-            Endpoint(
-                "create",
-                h.create,
-                PromptCreateRequest,
-                idempotent=False,
-                description="create a template (version 1)",
-            ),
-            Endpoint(
-                "update",
-                h.update,
-                PromptUpdateRequest,
-                idempotent=False,
-                description="save a new version on top of base_version",
-            ),
-            Endpoint("get", h.get, PromptGetRequest, description="a version by label or number"),
-            Endpoint("list", h.list, PromptListRequest, description="list or search templates"),
-            Endpoint(
-                "list_versions",
-                h.list_versions,
-                PromptListVersionsRequest,
-                description="a template's versions, newest first",
-            ),
-            Endpoint("set_label", h.set_label, PromptSetLabelRequest, description="point a label"),
-            Endpoint(
-                "unset_label",
-                h.unset_label,
-                PromptUnsetLabelRequest,
-                description="remove a label",
-            ),
-            Endpoint("delete", h.delete, PromptDeleteRequest, description="delete a template"),
-            Endpoint(
-                "delete_version",
-                h.delete_version,
-                PromptDeleteVersionRequest,
-                description="delete an unlabelled version",
-            ),
-            Endpoint("diff", h.diff, PromptDiffRequest, description="diff two versions"),
-            Endpoint("render", h.render, PromptRenderRequest, description="render with variables"),
-            Endpoint(
-                "context",
-                h.context,
-                PromptContextRequest,
-                description="build a message list under a token budget",
-            ),
+            Endpoint(prompt.CREATE, h.create),
+            Endpoint(prompt.UPDATE, h.update),
+            Endpoint(prompt.GET, h.get),
+            Endpoint(prompt.LIST, h.list),
+            Endpoint(prompt.LIST_VERSIONS, h.list_versions),
+            Endpoint(prompt.SET_LABEL, h.set_label),
+            Endpoint(prompt.UNSET_LABEL, h.unset_label),
+            Endpoint(prompt.DELETE, h.delete),
+            Endpoint(prompt.DELETE_VERSION, h.delete_version),
+            Endpoint(prompt.DIFF, h.diff),
+            Endpoint(prompt.RENDER, h.render),
+            Endpoint(prompt.CONTEXT, h.context),
         ],
         version=VERSION,
         description="Versioned prompt templates, sandboxed rendering, context building",

@@ -10,8 +10,9 @@ import structlog
 from bus.client import Client
 from bus.context import child
 from bus.errors import MeshError, UpstreamError
+from schemas import gateway, prompt
 from schemas.context import Context
-from schemas.gateway import EmbedRequest, EmbedResponse, GenerateRequest, GenerateResponse
+from schemas.gateway import EmbedRequest, GenerateRequest, GenerateResponse
 
 _log = structlog.get_logger("workers.rag.llm")
 
@@ -32,13 +33,7 @@ class Models:
         vectors: list[list[float]] = []
         for start in range(0, len(texts), self.embed_batch):
             batch = texts[start : start + self.embed_batch]
-            out = await self.client.request(
-                "gateway.embed.request",
-                EmbedRequest(model=model, texts=batch),
-                ctx,
-                EmbedResponse,
-                idempotent=True,
-            )
+            out = await self.client.call(gateway.EMBED, EmbedRequest(model=model, texts=batch), ctx)
             if len(out.vectors) != len(batch):
                 raise UpstreamError(
                     f"gateway returned {len(out.vectors)} vectors for {len(batch)} texts"
@@ -49,25 +44,20 @@ class Models:
     async def generate(
         self, ctx: Context, model: str | None, messages: list[dict[str, str]], max_tokens: int
     ) -> GenerateResponse:
-        return await self.client.request(
-            "gateway.generate.request",
+        return await self.client.call(
+            gateway.GENERATE,
             GenerateRequest.model_validate(
                 {"model": model, "messages": messages, "temperature": 0, "max_tokens": max_tokens}
             ),
             ctx,
-            GenerateResponse,
-            idempotent=False,
         )
 
     async def prompt_context(self, ctx: Context, payload: dict[str, Any]) -> dict[str, Any] | None:
         """The Prompt Service's assembled messages, or ``None`` if it does not answer usably
         (absent, failing, or a contract this version does not understand)."""
         try:
-            out = await self.client.request(
-                "prompt.context.request",
-                payload,
-                child(ctx, timeout=PROMPT_CONTEXT_TIMEOUT_S),
-                idempotent=True,
+            out = await self.client.call_raw(
+                prompt.CONTEXT, payload, child(ctx, timeout=PROMPT_CONTEXT_TIMEOUT_S)
             )
         except MeshError as exc:
             _log.info("prompt_context_unavailable", code=exc.code)

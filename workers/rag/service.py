@@ -30,7 +30,7 @@ from bus.patience import job_context, until_available
 from bus.postgres import Database, create_database, migrate, migrations_of
 from bus.uploads import delete_object, read_object
 from bus.worker import Endpoint, Worker, WorkerEnv
-from schemas.cache import CacheGetResponse
+from schemas import cache, rag
 from schemas.context import Context
 from schemas.ingestion import INDEX_SUBJECT, PROGRESS_SUBJECT, IndexJob, JobProgress
 from schemas.rag import (
@@ -616,12 +616,10 @@ class Rag:
 
     async def _cache_get(self, ctx: Context, key: str) -> dict[str, Any] | None:
         try:
-            out = await self.client.request(
-                "cache.get.request",
+            out = await self.client.call(
+                cache.GET,
                 {"namespace": QUERY_CACHE_NAMESPACE, "key": key},
                 child(ctx, timeout=CACHE_TIMEOUT_S),
-                CacheGetResponse,
-                idempotent=True,
             )
         except MeshError as exc:
             _log.info("query_cache_unavailable", code=exc.code)
@@ -632,8 +630,8 @@ class Rag:
         self, ctx: Context, key: str, response: QueryResponse, collection_ids: list[str]
     ) -> None:
         try:
-            await self.client.request(
-                "cache.set.request",
+            await self.client.call(
+                cache.SET,
                 {
                     "namespace": QUERY_CACHE_NAMESPACE,
                     "key": key,
@@ -642,7 +640,6 @@ class Rag:
                     "tags": [cache_tag(c) for c in collection_ids],
                 },
                 child(ctx, timeout=CACHE_TIMEOUT_S),
-                idempotent=True,
             )
         except MeshError as exc:
             _log.info("query_cache_unavailable", code=exc.code)
@@ -651,11 +648,10 @@ class Rag:
         """Drop cached answers of changed collections. The cache key also carries each
         collection's version, so a missed invalidation costs memory, never a stale answer."""
         try:
-            await self.client.request(
-                "cache.invalidate.request",
+            await self.client.call(
+                cache.INVALIDATE,
                 {"tags": [cache_tag(c) for c in collection_ids]},
                 child(ctx, timeout=CACHE_TIMEOUT_S),
-                idempotent=True,
             )
         except MeshError as exc:
             _log.info("query_cache_invalidate_failed", code=exc.code)
@@ -667,28 +663,22 @@ class Rag:
             _log.warning("object_delete_failed", object=name, code=exc.code)
 
 
-def build_worker(rag: Rag, codec: Codec | None = None, max_concurrency: int = 64) -> Worker:
+def build_worker(r: Rag, codec: Codec | None = None, max_concurrency: int = 64) -> Worker:
     return Worker(
         "rag",
         endpoints=[
-            Endpoint(
-                "create_collection",
-                rag.create_collection,
-                CreateCollectionRequest,
-                idempotent=False,
-                description="create a collection bound to an embedding model",
-            ),
-            Endpoint("get_collection", rag.get_collection, GetCollectionRequest),
-            Endpoint("list_collections", rag.list_collections, ListCollectionsRequest),
-            Endpoint("delete_collection", rag.delete_collection, DeleteCollectionRequest),
-            Endpoint("ingest", rag.ingest, IngestRequest, description="index inline documents"),
-            Endpoint("search", rag.search, SearchRequest, description="hybrid/vector/keyword"),
-            Endpoint("query", rag.query, QueryRequest, description="answer with citations"),
-            Endpoint("list_documents", rag.list_documents, ListDocumentsRequest),
-            Endpoint("get_document", rag.get_document, GetDocumentRequest),
-            Endpoint("update_document", rag.update_document, UpdateDocumentRequest),
-            Endpoint("delete_document", rag.delete_document, DeleteDocumentRequest),
-            Endpoint("reindex_document", rag.reindex_document, ReindexDocumentRequest),
+            Endpoint(rag.QUERY, r.query),
+            Endpoint(rag.CREATE_COLLECTION, r.create_collection),
+            Endpoint(rag.GET_COLLECTION, r.get_collection),
+            Endpoint(rag.LIST_COLLECTIONS, r.list_collections),
+            Endpoint(rag.DELETE_COLLECTION, r.delete_collection),
+            Endpoint(rag.INGEST, r.ingest),
+            Endpoint(rag.SEARCH, r.search),
+            Endpoint(rag.LIST_DOCUMENTS, r.list_documents),
+            Endpoint(rag.GET_DOCUMENT, r.get_document),
+            Endpoint(rag.UPDATE_DOCUMENT, r.update_document),
+            Endpoint(rag.DELETE_DOCUMENT, r.delete_document),
+            Endpoint(rag.REINDEX_DOCUMENT, r.reindex_document),
         ],
         version=VERSION,
         description="Collections, hybrid search and grounded answers on pgvector",
@@ -706,14 +696,19 @@ async def lifespan(env: WorkerEnv) -> AsyncIterator[Worker]:
         await migrate(db, "rag", migrations_of("workers.rag"))
         codec = Codec(env.settings.codec_type)
         stopping = asyncio.Event()
-        rag = Rag(db, env.js, env.client, codec=codec, stopping=stopping)
+        service = Rag(db, env.js, env.client, codec=codec, stopping=stopping)
         consumer = JobConsumer(
-            env.js, INDEX_CONSUMER, IndexJob, rag.index_job, on_failed=rag.index_failed, codec=codec
+            env.js,
+            INDEX_CONSUMER,
+            IndexJob,
+            service.index_job,
+            on_failed=service.index_failed,
+            codec=codec,
         )
         async with asyncio.TaskGroup() as tg:
             tg.create_task(consumer.run(stopping))
             try:
-                yield build_worker(rag, codec, min(env.settings.max_concurrency, 64))
+                yield build_worker(service, codec, min(env.settings.max_concurrency, 64))
             finally:
                 stopping.set()
     finally:
