@@ -31,6 +31,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
+	$(BIN)/python bench/bench_codec.py
 	$(BIN)/python bench/bench_runtime.py
 
 bench-bridge: $(STAMP)

@@ -1,4 +1,4 @@
-"""Envelope codecs (DESIGN §3): msgpack (default) and JSON, recognised from the first byte.
+"""Envelope codecs: msgpack (default), JSON and protobuf, recognised from the first byte.
 
 An envelope is ``{"h": {context headers}, "d": payload}``. Decoding is bounded (size,
 nesting, container lengths) and anything that is not a valid envelope raises
@@ -16,10 +16,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgpack
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 
+from bus import _protobuf as _pb
 from bus.errors import InvalidRequest, PayloadTooLarge
 
-CodecName = Literal["msgpack", "json"]
+CodecName = Literal["msgpack", "json", "protobuf"]
+CODECS: tuple[CodecName, ...] = ("msgpack", "json", "protobuf")
 
 #: Default decoding limits; NATS's own max_payload (nats.conf) is the outer bound.
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
@@ -59,8 +63,8 @@ class Codec:
     """Encodes with one codec, decodes either (so mixed processes interoperate)."""
 
     def __init__(self, name: CodecName = "msgpack", limits: Limits | None = None) -> None:
-        if name not in ("msgpack", "json"):
-            raise ValueError(f"CODEC_TYPE must be 'msgpack' or 'json', not {name!r}")
+        if name not in CODECS:
+            raise ValueError(f"CODEC_TYPE must be one of {', '.join(CODECS)}, not {name!r}")
         self.name = name
         self.limits = limits or Limits()
         n = self.limits.max_container
@@ -84,6 +88,8 @@ class Codec:
         try:
             if self.name == "json":
                 return json.dumps(envelope, default=_json_default, separators=(",", ":")).encode()
+            if self.name == "protobuf":
+                return _pb_encode(headers, data)
             return msgpack.packb(envelope, default=_plain, use_bin_type=True)
         except (TypeError, ValueError, OverflowError, UnicodeError) as exc:
             raise InvalidRequest(f"payload cannot be encoded: {type(exc).__name__}") from None
@@ -100,11 +106,19 @@ class Codec:
                 envelope = json.loads(body)
             elif first in _MSGPACK_FIRST:
                 envelope = msgpack.unpackb(body, **self._unpack_opts)
+            elif first == _pb.FIRST_BYTE:
+                envelope = self._pb_decode(body)
             else:
-                raise InvalidRequest("body is neither a msgpack nor a JSON envelope")
+                raise InvalidRequest("body is not a msgpack, JSON or protobuf envelope")
         except InvalidRequest:
             raise
-        except (ValueError, TypeError, RecursionError, msgpack.UnpackException) as exc:
+        except (
+            ValueError,
+            TypeError,
+            RecursionError,
+            msgpack.UnpackException,
+            DecodeError,
+        ) as exc:
             # json.JSONDecodeError and UnicodeDecodeError are ValueErrors; msgpack raises
             # ExtraData/FormatError/StackError/ValueError for truncated or hostile input.
             raise InvalidRequest(f"undecodable body: {type(exc).__name__}") from None
@@ -118,6 +132,59 @@ class Codec:
         data = envelope["d"]
         _check_shape(data, self.limits.max_depth, self.limits.max_container)
         return headers, data
+
+    def _pb_decode(self, body: bytes) -> dict[str, Any]:
+        """A protobuf envelope as the same ``{"h", "d"}`` map the other codecs give."""
+        msg = _pb.Envelope.FromString(body)
+        if msg.version != _pb.VERSION:
+            raise InvalidRequest(f"unsupported protobuf envelope version {msg.version}")
+        h = msg.h
+        headers: dict[str, Any] = {
+            name: getattr(h, name) for name, _ in _STRINGS if getattr(h, name)
+        }
+        if h.roles:
+            headers["roles"] = list(h.roles)
+        if h.deadline:
+            headers["deadline"] = h.deadline
+        for key, value in h.extra.items():
+            headers.setdefault(key, value)
+        kind = msg.WhichOneof("d")
+        if kind == "msgpack":
+            data = msgpack.unpackb(msg.msgpack, **self._unpack_opts)
+        elif kind == "value":
+            data = json_format.MessageToDict(msg.value)
+        elif kind == "null":
+            data = None
+        else:
+            raise InvalidRequest("protobuf envelope carries no payload 'd'")
+        return {"h": headers, "d": data}
+
+
+_STRINGS = _pb.CONTEXT_STRINGS
+_STRING_NAMES = frozenset(name for name, _ in _STRINGS)
+
+
+def _pb_encode(headers: dict[str, Any], data: Any) -> bytes:
+    msg = _pb.Envelope(version=_pb.VERSION)
+    h = msg.h
+    for key, value in headers.items():
+        if value is None:
+            continue
+        if key in _STRING_NAMES:
+            setattr(h, key, value)
+        elif key == "roles":
+            h.roles.extend(value)
+        elif key == "deadline":
+            h.deadline = value
+        elif isinstance(value, str):
+            h.extra[key] = value
+        else:
+            raise TypeError(f"header {key!r} is not a string")
+    if data is None:
+        msg.null = True
+    else:
+        msg.msgpack = msgpack.packb(data, default=_plain, use_bin_type=True)
+    return bytes(msg.SerializeToString())
 
 
 def _check_shape(value: Any, max_depth: int, max_items: int) -> None:

@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, description="postgresql://user@host:port/db")
     redis_url: str | None = Field(default=None, description="redis://host:port/0")
     otel_exporter_otlp_endpoint: str | None = None
-    codec_type: Literal["msgpack", "json"] = "msgpack"
+    codec_type: Literal["msgpack", "json", "protobuf"] = "msgpack"
     max_concurrency: int = Field(
         default=DEFAULT_MAX_CONCURRENCY,
         ge=1,

@@ -286,3 +286,18 @@ async def test_caller_that_stops_reading_stops_the_worker_stream(probe, client):
     await stream.aclose()
     await asyncio.wait_for(probe.ticks_stopped.wait(), 5)
     assert probe.ticks_sent < 100
+
+
+@pytest.mark.parametrize(
+    ("worker_codec", "client_codec"),
+    [("protobuf", "msgpack"), ("msgpack", "protobuf"), ("protobuf", "json"), ("json", "protobuf")],
+)
+async def test_codecs_interoperate_in_one_mesh(env, worker_codec, client_codec):
+    worker = probe_worker(Probe(), name="probemix", codec=Codec(worker_codec))
+    async with worker.serve(env.nc):
+        client = Client(env.nc, codec=Codec(client_codec))
+        c = ctx(roles=["r"])
+        out = await client.request("probemix.echo.request", {"text": "x", "n": 2}, c, EchoResponse)
+        assert (out.text, out.n, out.roles, out.correlation_id) == ("x", 2, ["r"], c.correlation_id)
+        with pytest.raises(InvalidRequest):
+            await client.request("probemix.echo.request", {"text": 5}, ctx())
