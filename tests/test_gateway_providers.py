@@ -61,7 +61,7 @@ def _config(url: str, dead_url: str) -> dict:
     prices = {"input_cost_per_token": IN_PRICE, "output_cost_per_token": OUT_PRICE}
     return {
         "model_list": [
-            entry("chat", "m-chat", model_info=prices),
+            entry("chat", "m-chat", model_info={"mode": "chat", **prices}),
             entry("priced", "gpt-4o-mini"),
             entry("tools", "m-tools"),
             entry("flaky", "m-flaky"),
@@ -86,6 +86,8 @@ def _config(url: str, dead_url: str) -> dict:
             entry("pair", "m-pair", api_base=dead_url),
             entry("pair", "m-pair"),
             entry("embed", "m-embed", model_info={"mode": "embedding", **prices}),
+            # A self-hosted model litellm does not know, with no model_info.mode.
+            entry("selfhosted", "my-own-embedder"),
         ],
         "router_settings": {
             "num_retries": 2,
@@ -406,9 +408,19 @@ async def test_embed_returns_vectors_usage_and_cost(gateway, client, mock):
     assert mock.calls("m-embed")[-1].body["dimensions"] == 4
 
 
-async def test_chat_alias_cannot_embed(gateway, client):
-    with pytest.raises(InvalidRequest):
+async def test_chat_alias_cannot_embed_and_the_error_says_how_to_declare_the_mode(gateway, client):
+    with pytest.raises(InvalidRequest, match="model_info: {mode: embedding}"):
         await client.request("gateway.embed.request", {"model": "chat", "texts": ["x"]}, ctx())
+
+
+async def test_an_alias_of_unknown_mode_serves_embeddings_as_the_litellm_proxy_does(
+    gateway, client, mock
+):
+    mock.script("my-own-embedder", Reply())
+    out = await client.request(
+        "gateway.embed.request", {"model": "selfhosted", "texts": ["a b"]}, ctx(), EmbedResponse
+    )
+    assert len(out.vectors) == 1 and mock.calls("my-own-embedder")
 
 
 # ---------------------------------------------------------------- events

@@ -4,6 +4,7 @@ cache key and policy, the error translation."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import httpx
 import pytest
@@ -235,3 +236,35 @@ def test_every_route_names_an_endpoint_of_the_worker():
         "/api/v1/gateway/embed",
         "/api/v1/gateway/models",
     }
+
+
+def test_a_realistic_litellm_proxy_config_loads_unchanged(monkeypatch):
+    names = (
+        "OPENAI_API_KEY AZURE_API_KEY ANTHROPIC_API_KEY AWS_ACCESS_KEY_ID "
+        "AWS_SECRET_ACCESS_KEY VLLM_API_KEY REDIS_HOST LITELLM_MASTER_KEY"
+    ).split()
+    for name in names:
+        monkeypatch.setenv(name, f"test-{name.lower()}-value")
+    config = load_config(str(Path(__file__).parent / "data" / "litellm_proxy_config.yaml"))
+    assert set(config.aliases) == {
+        "gpt-4o",
+        "claude-sonnet",
+        "bedrock-haiku",
+        "llama-local",
+        "vllm-embedder",
+        "text-embedding-3-small",
+    }
+    gpt = config.aliases["gpt-4o"]
+    assert [d.provider for d in gpt.deployments] == ["openai", "azure"]
+    assert gpt.fallbacks == ("claude-sonnet",) and gpt.context_window_fallbacks == (
+        "claude-sonnet",
+    )
+    assert config.aliases["text-embedding-3-small"].mode == "embedding"
+    assert config.aliases["claude-sonnet"].mode == "chat"
+    # Unknown to litellm and undeclared: served for whatever is asked, like the proxy.
+    assert config.aliases["vllm-embedder"].mode_known is False
+    assert (config.num_retries, config.timeout, config.cooldown) == (2, 30.0, 30.0)
+    assert config.default_chat == "gpt-4o"
+    assert config.default_embedding == "text-embedding-3-small"
+    assert "test-openai_api_key-value" in config.secrets
+    assert "test-openai_api_key-value" not in repr(config)

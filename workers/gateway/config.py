@@ -94,6 +94,10 @@ class Alias:
     name: str
     mode: Mode
     deployments: tuple[Deployment, ...]
+    mode_known: bool = True
+    """False when neither ``model_info.mode`` nor litellm's model map says what the model
+    does (a self-hosted model behind an OpenAI-compatible server). Such an alias is
+    listed as chat but, as in the LiteLLM proxy, serves whichever operation is asked."""
     input_cost_per_token: float = 0.0
     output_cost_per_token: float = 0.0
     context_window: int | None = None
@@ -198,7 +202,8 @@ def parse_config(raw: Any, *, source: str = "config") -> GatewayConfig:
         for target in (name, *chain):
             if target not in aliases:
                 raise ConfigError(f"{source}: fallback names unknown alias {target!r}")
-            if aliases[target].mode != aliases[name].mode:
+            a, b = aliases[target], aliases[name]
+            if a.mode != b.mode and a.mode_known and b.mode_known:
                 raise ConfigError(f"{source}: fallback {target!r} of {name!r} is another mode")
 
     def default(key: str, mode: Mode) -> str | None:
@@ -229,12 +234,13 @@ def _alias(
 ) -> Alias:
     first, info = entries[0]
     known = _litellm_info(first.model)
-    mode = info.get("mode") or known.get("mode") or "chat"
+    declared = info.get("mode") or known.get("mode")
+    mode = declared or "chat"
     if mode not in ("chat", "embedding"):
         raise ConfigError(f"alias {name!r}: mode {mode!r} is not served (chat or embedding)")
-    modes = {(i.get("mode") or _litellm_info(d.model).get("mode") or "chat") for d, i in entries}
-    if len(modes) > 1:
-        raise ConfigError(f"alias {name!r}: its deployments mix modes {sorted(modes)}")
+    modes = {i.get("mode") or _litellm_info(d.model).get("mode") for d, i in entries}
+    if len(modes - {None}) > 1:
+        raise ConfigError(f"alias {name!r}: its deployments mix modes {sorted(modes - {None})}")
 
     def pick(key: str, *others: str) -> Any:
         for k in (key, *others):
@@ -248,6 +254,7 @@ def _alias(
         name=name,
         mode=mode,
         deployments=tuple(d for d, _ in entries),
+        mode_known=declared is not None,
         input_cost_per_token=float(pick("input_cost_per_token") or 0.0),
         output_cost_per_token=float(pick("output_cost_per_token") or 0.0),
         context_window=_int(pick("max_input_tokens", "max_tokens")),

@@ -86,8 +86,11 @@ class Dispatcher:
         alias = self.config.aliases.get(name)
         if alias is None:
             raise NotFound(f"unknown model alias {name!r}; gateway.models lists them")
-        if alias.mode != mode:
-            raise InvalidRequest(f"{name!r} is a {alias.mode} model, not a {mode} model")
+        if alias.mode != mode and alias.mode_known:
+            raise InvalidRequest(
+                f"{name!r} is a {alias.mode} model, not a {mode} model (if that is wrong, "
+                f"declare it in the model table: model_info: {{mode: {mode}}})"
+            )
         return alias
 
     async def call(self, alias: Alias, ctx: Context, attempt: Attempt[T]) -> Outcome[T]:
