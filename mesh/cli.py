@@ -6,6 +6,8 @@ mesh services                 live services with endpoints and counts
 mesh request SUBJECT JSON --tenant T
 mesh bridge                   the HTTP bridge against configured NATS/Redis
 mesh token --tenant T --user U [--roles r1,r2]
+mesh ingest PATH... --collection NAME --tenant T    files/folders into a RAG collection
+mesh jobs | search QUERY | ask QUESTION --collection NAME --tenant T
 """
 
 from __future__ import annotations
@@ -113,6 +115,13 @@ def cmd_request(args: argparse.Namespace) -> None:
         sys.exit(1)
 
 
+def cmd_terminal(args: argparse.Namespace) -> None:
+    from mesh.terminal import run  # mesh ingest | jobs | search | ask
+
+    settings = _settings("mesh-cli")
+    sys.exit(run(args, _nats_url(settings), settings))
+
+
 def cmd_bridge(args: argparse.Namespace) -> None:
     from gateway_bridge.server import run
 
@@ -193,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--roles", default="", help="comma-separated, e.g. admin,reader")
     t.add_argument("--ttl", type=float, default=3600.0, help="lifetime in seconds")
     t.set_defaults(func=cmd_token)
+
+    from mesh.terminal import add_commands
+
+    add_commands(sub, cmd_terminal)
     return p
 
 

@@ -67,10 +67,10 @@ class AgentService(Service):
         system_prompt: builtins.str,
         llm_model: builtins.str | None = ...,
         llm_provider: builtins.str | None = ...,
-        capabilities: builtins.dict[builtins.str, typing.Any] = ...,
-        tools: builtins.list[builtins.str] = ...,
-        rag_collections: builtins.list[builtins.str] = ...,
-        approval_required: builtins.list[builtins.str] = ...,
+        capabilities: collections.abc.Mapping[builtins.str, typing.Any] = ...,
+        tools: collections.abc.Sequence[builtins.str] = ...,
+        rag_collections: collections.abc.Sequence[builtins.str] = ...,
+        approval_required: collections.abc.Sequence[builtins.str] = ...,
         parameters: schemas.agent.ModelParameters
         | collections.abc.Mapping[builtins.str, typing.Any] = ...,
         limits: schemas.agent.RunLimits | collections.abc.Mapping[builtins.str, typing.Any] = ...,
@@ -134,10 +134,10 @@ class AgentService(Service):
         system_prompt: builtins.str | None = ...,
         llm_model: builtins.str | None = ...,
         llm_provider: builtins.str | None = ...,
-        capabilities: builtins.dict[builtins.str, typing.Any] | None = ...,
-        tools: builtins.list[builtins.str] | None = ...,
-        rag_collections: builtins.list[builtins.str] | None = ...,
-        approval_required: builtins.list[builtins.str] | None = ...,
+        capabilities: collections.abc.Mapping[builtins.str, typing.Any] | None = ...,
+        tools: collections.abc.Sequence[builtins.str] | None = ...,
+        rag_collections: collections.abc.Sequence[builtins.str] | None = ...,
+        approval_required: collections.abc.Sequence[builtins.str] | None = ...,
         parameters: schemas.agent.ModelParameters
         | collections.abc.Mapping[builtins.str, typing.Any]
         | None = ...,
@@ -461,7 +461,7 @@ class AgentService(Service):
         *,
         agent_id: builtins.str,
         text: builtins.str,
-        metadata: builtins.dict[builtins.str, typing.Any] = ...,
+        metadata: collections.abc.Mapping[builtins.str, typing.Any] = ...,
     ) -> schemas.agent.MemoryItem: ...
     async def add_memory(
         self, request: typing.Any = None, /, **fields: typing.Any
@@ -567,12 +567,12 @@ class AgentService(Service):
         *,
         name: builtins.str,
         description: builtins.str,
-        parameters: builtins.dict[builtins.str, typing.Any] = ...,
+        parameters: collections.abc.Mapping[builtins.str, typing.Any] = ...,
         implementation: schemas.agent.BuiltinImplementation
         | collections.abc.Mapping[builtins.str, typing.Any]
         | schemas.agent.LlmImplementation
         | collections.abc.Mapping[builtins.str, typing.Any],
-        required_roles: builtins.list[builtins.str] = ...,
+        required_roles: collections.abc.Sequence[builtins.str] = ...,
         requires_approval: builtins.bool = ...,
     ) -> schemas.agent.Tool: ...
     async def create_tool(
@@ -596,13 +596,13 @@ class AgentService(Service):
         name: builtins.str,
         version: builtins.int,
         description: builtins.str | None = ...,
-        parameters: builtins.dict[builtins.str, typing.Any] | None = ...,
+        parameters: collections.abc.Mapping[builtins.str, typing.Any] | None = ...,
         implementation: schemas.agent.BuiltinImplementation
         | collections.abc.Mapping[builtins.str, typing.Any]
         | schemas.agent.LlmImplementation
         | collections.abc.Mapping[builtins.str, typing.Any]
         | None = ...,
-        required_roles: builtins.list[builtins.str] | None = ...,
+        required_roles: collections.abc.Sequence[builtins.str] | None = ...,
         requires_approval: builtins.bool | None = ...,
     ) -> schemas.agent.Tool: ...
     async def update_tool(
@@ -650,7 +650,11 @@ class AgentService(Service):
     ) -> schemas.agent.AgentSettings: ...
     @typing.overload
     async def update_settings(
-        self, /, *, http_allowlist: builtins.list[builtins.str], version: builtins.int | None = ...
+        self,
+        /,
+        *,
+        http_allowlist: collections.abc.Sequence[builtins.str],
+        version: builtins.int | None = ...,
     ) -> schemas.agent.AgentSettings: ...
     async def update_settings(
         self, request: typing.Any = None, /, **fields: typing.Any
@@ -686,7 +690,7 @@ class CacheService(Service):
         key: builtins.str,
         value: typing.Any,
         ttl_seconds: builtins.int | None = ...,
-        tags: builtins.list[builtins.str] = ...,
+        tags: collections.abc.Sequence[builtins.str] = ...,
     ) -> schemas.cache.CacheSetResponse: ...
     async def set(
         self, request: typing.Any = None, /, **fields: typing.Any
@@ -720,7 +724,7 @@ class CacheService(Service):
     ) -> schemas.cache.CacheDeleteResponse: ...
     @typing.overload
     async def delete(
-        self, /, *, namespace: builtins.str = ..., keys: builtins.list[builtins.str]
+        self, /, *, namespace: builtins.str = ..., keys: collections.abc.Sequence[builtins.str]
     ) -> schemas.cache.CacheDeleteResponse: ...
     async def delete(
         self, request: typing.Any = None, /, **fields: typing.Any
@@ -741,7 +745,7 @@ class CacheService(Service):
         /,
         *,
         namespace: builtins.str | None = ...,
-        tags: builtins.list[builtins.str] | None = ...,
+        tags: collections.abc.Sequence[builtins.str] | None = ...,
     ) -> schemas.cache.CacheInvalidateResponse: ...
     async def invalidate(
         self, request: typing.Any = None, /, **fields: typing.Any
@@ -775,13 +779,13 @@ class GatewayService(Service):
         /,
         *,
         model: builtins.str | None = ...,
-        messages: builtins.list[
+        messages: collections.abc.Sequence[
             schemas.gateway.Message | collections.abc.Mapping[builtins.str, typing.Any]
         ],
         temperature: builtins.float | None = ...,
         top_p: builtins.float | None = ...,
         max_tokens: builtins.int | None = ...,
-        tools: builtins.list[
+        tools: collections.abc.Sequence[
             schemas.gateway.Tool | collections.abc.Mapping[builtins.str, typing.Any]
         ]
         | None = ...,
@@ -792,7 +796,7 @@ class GatewayService(Service):
         response_format: schemas.gateway.ResponseFormat
         | collections.abc.Mapping[builtins.str, typing.Any]
         | None = ...,
-        stop: builtins.str | builtins.list[builtins.str] | None = ...,
+        stop: builtins.str | collections.abc.Sequence[builtins.str] | None = ...,
         seed: builtins.int | None = ...,
         cache: schemas.gateway.CacheControl
         | collections.abc.Mapping[builtins.str, typing.Any]
@@ -817,13 +821,13 @@ class GatewayService(Service):
         /,
         *,
         model: builtins.str | None = ...,
-        messages: builtins.list[
+        messages: collections.abc.Sequence[
             schemas.gateway.Message | collections.abc.Mapping[builtins.str, typing.Any]
         ],
         temperature: builtins.float | None = ...,
         top_p: builtins.float | None = ...,
         max_tokens: builtins.int | None = ...,
-        tools: builtins.list[
+        tools: collections.abc.Sequence[
             schemas.gateway.Tool | collections.abc.Mapping[builtins.str, typing.Any]
         ]
         | None = ...,
@@ -834,7 +838,7 @@ class GatewayService(Service):
         response_format: schemas.gateway.ResponseFormat
         | collections.abc.Mapping[builtins.str, typing.Any]
         | None = ...,
-        stop: builtins.str | builtins.list[builtins.str] | None = ...,
+        stop: builtins.str | collections.abc.Sequence[builtins.str] | None = ...,
         seed: builtins.int | None = ...,
         cache: schemas.gateway.CacheControl
         | collections.abc.Mapping[builtins.str, typing.Any]
@@ -859,7 +863,7 @@ class GatewayService(Service):
         /,
         *,
         model: builtins.str | None = ...,
-        texts: builtins.list[builtins.str],
+        texts: collections.abc.Sequence[builtins.str],
         dimensions: builtins.int | None = ...,
     ) -> schemas.gateway.EmbedResponse: ...
     async def embed(
@@ -896,11 +900,11 @@ class GatewayService(Service):
         /,
         *,
         model: builtins.str | None = ...,
-        messages: builtins.list[
+        messages: collections.abc.Sequence[
             schemas.gateway.CountTokensMessage | collections.abc.Mapping[builtins.str, typing.Any]
         ]
         | None = ...,
-        texts: builtins.list[builtins.str] | None = ...,
+        texts: collections.abc.Sequence[builtins.str] | None = ...,
     ) -> schemas.gateway.CountTokensResponse: ...
     async def count_tokens(
         self, request: typing.Any = None, /, **fields: typing.Any
@@ -932,7 +936,7 @@ class IngestionService(Service):
         /,
         *,
         collection_id: builtins.str,
-        documents: builtins.list[
+        documents: collections.abc.Sequence[
             schemas.ingestion.SubmitDocument | collections.abc.Mapping[builtins.str, typing.Any]
         ],
     ) -> schemas.ingestion.SubmitResponse: ...
@@ -1015,13 +1019,13 @@ class PromptService(Service):
         /,
         *,
         template: builtins.str | None = ...,
-        messages: builtins.list[
+        messages: collections.abc.Sequence[
             schemas.prompt.Message | collections.abc.Mapping[builtins.str, typing.Any]
         ]
         | None = ...,
-        config: builtins.dict[builtins.str, typing.Any] | None = ...,
-        variables: builtins.list[builtins.str] | None = ...,
-        labels: builtins.list[builtins.str] | None = ...,
+        config: collections.abc.Mapping[builtins.str, typing.Any] | None = ...,
+        variables: collections.abc.Sequence[builtins.str] | None = ...,
+        labels: collections.abc.Sequence[builtins.str] | None = ...,
         commit_message: builtins.str | None = ...,
         name: builtins.str,
         type: typing.Literal["text", "chat"],
@@ -1045,13 +1049,13 @@ class PromptService(Service):
         /,
         *,
         template: builtins.str | None = ...,
-        messages: builtins.list[
+        messages: collections.abc.Sequence[
             schemas.prompt.Message | collections.abc.Mapping[builtins.str, typing.Any]
         ]
         | None = ...,
-        config: builtins.dict[builtins.str, typing.Any] | None = ...,
-        variables: builtins.list[builtins.str] | None = ...,
-        labels: builtins.list[builtins.str] | None = ...,
+        config: collections.abc.Mapping[builtins.str, typing.Any] | None = ...,
+        variables: collections.abc.Sequence[builtins.str] | None = ...,
+        labels: collections.abc.Sequence[builtins.str] | None = ...,
         commit_message: builtins.str | None = ...,
         name: builtins.str,
         base_version: builtins.int,
@@ -1222,7 +1226,7 @@ class PromptService(Service):
         name: builtins.str,
         label: builtins.str | None = ...,
         version: builtins.int | None = ...,
-        variables: builtins.dict[builtins.str, typing.Any] = ...,
+        variables: collections.abc.Mapping[builtins.str, typing.Any] = ...,
     ) -> schemas.prompt.PromptRenderResponse: ...
     async def render(
         self, request: typing.Any = None, /, **fields: typing.Any
@@ -1248,10 +1252,10 @@ class PromptService(Service):
         | collections.abc.Mapping[builtins.str, typing.Any]
         | None = ...,
         system_text: builtins.str | None = ...,
-        history: builtins.list[
+        history: collections.abc.Sequence[
             schemas.prompt.Message | collections.abc.Mapping[builtins.str, typing.Any]
         ] = ...,
-        passages: builtins.list[
+        passages: collections.abc.Sequence[
             schemas.prompt.Passage | collections.abc.Mapping[builtins.str, typing.Any]
         ] = ...,
         query: builtins.str | None = ...,
@@ -1295,12 +1299,12 @@ class RagService(Service):
         self,
         /,
         *,
-        collection_ids: builtins.list[builtins.str],
+        collection_ids: collections.abc.Sequence[builtins.str],
         question: builtins.str,
         top_k: builtins.int = ...,
         model: builtins.str | None = ...,
         mode: typing.Literal["hybrid", "vector", "keyword"] = ...,
-        filters: builtins.dict[builtins.str, typing.Any] | None = ...,
+        filters: collections.abc.Mapping[builtins.str, typing.Any] | None = ...,
         max_context_tokens: builtins.int = ...,
         use_cache: builtins.bool = ...,
     ) -> schemas.rag.QueryResponse: ...
@@ -1324,7 +1328,7 @@ class RagService(Service):
         *,
         name: builtins.str,
         embedding_model: builtins.str | None = ...,
-        metadata: builtins.dict[builtins.str, typing.Any] = ...,
+        metadata: collections.abc.Mapping[builtins.str, typing.Any] = ...,
     ) -> schemas.rag.Collection: ...
     async def create_collection(
         self, request: typing.Any = None, /, **fields: typing.Any
@@ -1392,7 +1396,7 @@ class RagService(Service):
         /,
         *,
         collection_id: builtins.str,
-        documents: builtins.list[
+        documents: collections.abc.Sequence[
             schemas.rag.IngestDocument | collections.abc.Mapping[builtins.str, typing.Any]
         ],
     ) -> schemas.rag.IngestResponse: ...
@@ -1412,11 +1416,11 @@ class RagService(Service):
         self,
         /,
         *,
-        collection_ids: builtins.list[builtins.str],
+        collection_ids: collections.abc.Sequence[builtins.str],
         query: builtins.str,
         mode: typing.Literal["hybrid", "vector", "keyword"] = ...,
         top_k: builtins.int = ...,
-        filters: builtins.dict[builtins.str, typing.Any] | None = ...,
+        filters: collections.abc.Mapping[builtins.str, typing.Any] | None = ...,
         rrf_k: builtins.int = ...,
         vector_weight: builtins.float = ...,
         keyword_weight: builtins.float = ...,
@@ -1482,7 +1486,7 @@ class RagService(Service):
         *,
         document_id: builtins.str,
         title: builtins.str | None = ...,
-        metadata: builtins.dict[builtins.str, typing.Any] | None = ...,
+        metadata: collections.abc.Mapping[builtins.str, typing.Any] | None = ...,
     ) -> schemas.rag.Document: ...
     async def update_document(
         self, request: typing.Any = None, /, **fields: typing.Any

@@ -37,6 +37,7 @@ TARGET = Path(__file__).with_name("_services.py")
 
 _BUILTINS = (str, int, float, bool, bytes, type(None))
 _CONTAINERS = {list: "list", dict: "dict", tuple: "tuple", set: "set", frozenset: "frozenset"}
+_READ_ONLY = {list: "collections.abc.Sequence", dict: "collections.abc.Mapping"}
 
 
 def service_names() -> list[str]:
@@ -80,6 +81,10 @@ class _Renderer:
         if origin in _CONTAINERS:
             inner = ", ".join("..." if a is Ellipsis else self(a, loose) for a in args)
             name = f"builtins.{_CONTAINERS[origin]}"
+            if loose and origin in _READ_ONLY:
+                # Arguments: pydantic takes any sequence/mapping, and the read-only ABCs are
+                # covariant, so a list[dict[str, str]] variable passes as list[Model | Mapping].
+                name = _READ_ONLY[origin]
             return f"{name}[{inner}]" if inner else name
         if tp in _CONTAINERS:
             return f"builtins.{_CONTAINERS[tp]}"
