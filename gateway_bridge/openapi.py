@@ -4,6 +4,13 @@ Path parameters come from the path template, the other request fields become que
 parameters on GET/DELETE and the JSON body otherwise (the bridge merges all three into
 the request model). Every operation documents its problem+json errors and the bearer
 security scheme.
+
+The routes the bridge serves itself are described here too: the OpenAI-compatible
+``/v1/chat/completions`` (JSON, or OpenAI's SSE framing with ``stream: true``),
+``/v1/embeddings`` and ``/v1/models`` (gateway_bridge/openai_routes.py; their bodies are
+OpenAI's wire shapes, modelled below from schemas/openai_compat.py, and their errors
+OpenAI's ``{"error": {...}}``), and the multipart upload route
+``/api/v1/ingestion/upload`` (gateway_bridge/upload.py).
 """
 
 from __future__ import annotations
@@ -13,10 +20,12 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from gateway_bridge.problems import PROBLEM_MEDIA_TYPE, Problem
+from schemas.gateway import MAX_EMBED_TEXTS, GenerateRequest, ToolCall
+from schemas.ingestion import MAX_BATCH, UPLOAD_PATH, SubmitResponse
 from schemas.routes import Route
 
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -60,6 +69,135 @@ _RATE_HEADERS = {
 }
 
 
+# ---------------------------------------------------------------- OpenAI wire shapes
+# What schemas/openai_compat.py accepts and answers, as models for the document only.
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool | None = None
+
+
+class ChatCompletionRequest(GenerateRequest):
+    """OpenAI's chat completions body: the gateway's generate fields, plus OpenAI's
+    streaming switch; ``user``, ``metadata``, ``store``, ``service_tier`` and
+    ``parallel_tool_calls`` are accepted and ignored; any other parameter is a 400."""
+
+    stream: bool | None = Field(default=None, description="answer as Server-Sent Events")
+    stream_options: StreamOptions | None = None
+    n: int | None = Field(default=None, ge=1, le=1, description="only 1")
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    logprobs: bool | None = Field(default=None, description="only false")
+    user: str | None = None
+    metadata: dict[str, Any] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    parallel_tool_calls: bool | None = None
+
+
+class ChatCompletionMessage(BaseModel):
+    role: str = "assistant"
+    content: str | None
+    refusal: None = None
+    tool_calls: list[ToolCall] | None = None
+
+
+class ChatCompletionUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletionChoice(BaseModel):
+    index: int
+    message: ChatCompletionMessage
+    finish_reason: str
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    """``chat.completion``, as OpenAI answers it."""
+
+    id: str
+    object: str = Field(description='"chat.completion"')
+    created: int
+    model: str
+    choices: list[ChatCompletionChoice]
+    usage: ChatCompletionUsage
+    system_fingerprint: None = None
+
+
+class EmbeddingsRequest(BaseModel):
+    """OpenAI's embeddings body (text inputs only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: str | list[str] = Field(description=f"a text or 1-{MAX_EMBED_TEXTS} texts")
+    model: str | None = Field(default=None, max_length=128)
+    dimensions: int | None = Field(default=None, ge=1, le=65_536)
+    encoding_format: str | None = Field(
+        default=None, description="float (default) or base64 (little-endian float32)"
+    )
+    user: str | None = None
+
+
+class EmbeddingData(BaseModel):
+    object: str = Field(description='"embedding"')
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingsUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class Embeddings(BaseModel):
+    object: str = Field(description='"list"')
+    data: list[EmbeddingData]
+    model: str
+    usage: EmbeddingsUsage
+
+
+class ModelData(BaseModel):
+    id: str
+    object: str = Field(description='"model"')
+    created: int
+    owned_by: str
+
+
+class Models(BaseModel):
+    object: str = Field(description='"list"')
+    data: list[ModelData]
+
+
+class OpenAIErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIError(BaseModel):
+    """An error of the ``/v1`` routes, in OpenAI's shape."""
+
+    error: OpenAIErrorBody
+
+
+class UploadForm(BaseModel):
+    """``multipart/form-data``: ``collection_id`` first, then the files."""
+
+    collection_id: str = Field(description="the collection the files go into (before files)")
+    metadata: str = Field(
+        default="{}", description="a JSON object, applied to every file's document"
+    )
+    file: list[bytes] = Field(
+        min_length=1,
+        max_length=MAX_BATCH,
+        description="one part per file; the file name becomes the source id",
+    )
+
+
 def path_params(path: str) -> list[str]:
     return _PATH_PARAM.findall(path)
 
@@ -73,6 +211,11 @@ def build_openapi(
 ) -> dict[str, Any]:
     routes = list(routes)
     wanted: list[tuple[type[BaseModel], JsonSchemaMode]] = [(Problem, "serialization")]
+    wanted += [(m, "validation") for m in (ChatCompletionRequest, EmbeddingsRequest, UploadForm)]
+    wanted += [
+        (m, "serialization")
+        for m in (ChatCompletion, Embeddings, Models, OpenAIError, SubmitResponse)
+    ]
     for r in routes:
         wanted.append((r.request, "validation"))
         if r.response is not None:
@@ -92,6 +235,8 @@ def build_openapi(
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(
             route, ref, definition(route.request)
         )
+    paths.update(_openai_paths(ref))
+    paths[UPLOAD_PATH] = {"post": _upload_operation(ref)}
     paths["/healthz"] = {"get": _ops_operation("healthz", "The process is alive.")}
     paths["/readyz"] = {
         "get": _ops_operation("readyz", "NATS is connected and JetStream answers.", not_ready=True)
@@ -168,7 +313,33 @@ def _operation(route: Route, ref: Any, model_schema: dict[str, Any]) -> dict[str
             "required": _needs_body(route),
             "content": {"application/json": {"schema": body}},
         }
-    parameters += [
+    parameters += _header_params()
+    op["parameters"] = parameters
+    if route.streaming:
+        ok_content: dict[str, Any] = {
+            "text/event-stream": _sse(
+                "`data:` events each holding one chunk as JSON, then "
+                "`event: end`; a failure mid-stream is `event: error` with problem details."
+            )
+        }
+    else:
+        schema = ref(route.response, "serialization") if route.response else {}
+        ok_content = {"application/json": {"schema": schema}}
+    responses: dict[str, Any] = {
+        str(route.status_code): {
+            "description": "Success",
+            "headers": {**_ID_HEADERS, **_RATE_HEADERS},
+            "content": ok_content,
+        }
+    }
+    for status, (name, _) in _ERRORS.items():
+        responses[status] = {"$ref": f"#/components/responses/{name}"}
+    op["responses"] = responses
+    return op
+
+
+def _header_params() -> list[dict[str, Any]]:
+    return [
         {
             "name": "X-Correlation-ID",
             "in": "header",
@@ -186,39 +357,130 @@ def _operation(route: Route, ref: Any, model_schema: dict[str, Any]) -> dict[str
             "schema": {"type": "number", "minimum": MIN_REQUEST_TIMEOUT_S},
         },
     ]
-    op["parameters"] = parameters
-    if route.streaming:
-        ok_content: dict[str, Any] = {
-            "text/event-stream": {
-                # One schema per event, as tools that parse SSE (schemathesis) read it; the
-                # chunk schema is the route's response model, carried as JSON in `data`.
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "event": {"type": "string"},
-                        "id": {"type": "string"},
-                        "data": {"type": "string", "contentMediaType": "application/json"},
-                        "retry": {"type": "integer"},
-                    },
-                },
-                "description": "`data:` events each holding one chunk as JSON, then "
-                "`event: end`; a failure mid-stream is `event: error` with problem details.",
-            }
+
+
+def _sse(description: str) -> dict[str, Any]:
+    # One schema per event, as tools that parse SSE (schemathesis) read it; the chunk
+    # schema is carried as JSON in `data`.
+    return {
+        "schema": {
+            "type": "object",
+            "properties": {
+                "event": {"type": "string"},
+                "id": {"type": "string"},
+                "data": {"type": "string", "contentMediaType": "application/json"},
+                "retry": {"type": "integer"},
+            },
+        },
+        "description": description,
+    }
+
+
+def _openai_paths(ref: Any) -> dict[str, dict[str, Any]]:
+    """``/v1/...`` (gateway_bridge/openai_routes.py): OpenAI's bodies and error shape."""
+    error = {"application/json": {"schema": ref(OpenAIError, "serialization")}}
+    errors: dict[str, Any] = {}
+    for status, (_, description) in _ERRORS.items():
+        errors[status] = {
+            "description": description.replace("problem details", "an OpenAI error object"),
+            "headers": dict(_ID_HEADERS),
+            "content": error,
         }
-    else:
-        schema = ref(route.response, "serialization") if route.response else {}
-        ok_content = {"application/json": {"schema": schema}}
+
+    def operation(
+        op_id: str, summary: str, ok: dict[str, Any], body: type[BaseModel] | None = None
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "operationId": op_id,
+            "summary": summary,
+            "description": "OpenAI-compatible: point the official `openai` client at "
+            "`<bridge>/v1` with the JWT as its API key. Errors are OpenAI error objects.",
+            "tags": ["openai"],
+            "parameters": _header_params(),
+            "responses": {
+                "200": {
+                    "description": "Success",
+                    "headers": {**_ID_HEADERS, **_RATE_HEADERS},
+                    "content": ok,
+                },
+                **errors,
+            },
+        }
+        if body is not None:
+            out["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": ref(body, "validation")}},
+            }
+        return out
+
+    def json_of(model: type[BaseModel]) -> dict[str, Any]:
+        return {"application/json": {"schema": ref(model, "serialization")}}
+
+    chat_ok = {
+        **json_of(ChatCompletion),
+        "text/event-stream": _sse(
+            "With `stream: true`: OpenAI's framing, `data:` lines each holding one "
+            "`chat.completion.chunk`, then `data: [DONE]`; a failure mid-stream is one "
+            "`data:` line with an OpenAI error object."
+        ),
+    }
+    return {
+        "/v1/chat/completions": {
+            "post": operation(
+                "openai_chat_completions",
+                "Chat completion (OpenAI-compatible), streamed with `stream: true`",
+                chat_ok,
+                ChatCompletionRequest,
+            )
+        },
+        "/v1/embeddings": {
+            "post": operation(
+                "openai_embeddings",
+                "Embeddings (OpenAI-compatible)",
+                json_of(Embeddings),
+                EmbeddingsRequest,
+            )
+        },
+        "/v1/models": {
+            "get": operation(
+                "openai_models", "The configured model aliases (OpenAI-compatible)", json_of(Models)
+            )
+        },
+    }
+
+
+def _upload_operation(ref: Any) -> dict[str, Any]:
+    """``POST /api/v1/ingestion/upload`` (gateway_bridge/upload.py)."""
     responses: dict[str, Any] = {
-        str(route.status_code): {
-            "description": "Success",
+        "202": {
+            "description": "Stored and queued: one job per file (follow them at "
+            "`/api/v1/ingestion/jobs/{job_id}`)",
             "headers": {**_ID_HEADERS, **_RATE_HEADERS},
-            "content": ok_content,
+            "content": {"application/json": {"schema": ref(SubmitResponse, "serialization")}},
         }
     }
     for status, (name, _) in _ERRORS.items():
         responses[status] = {"$ref": f"#/components/responses/{name}"}
-    op["responses"] = responses
-    return op
+    return {
+        "operationId": "ingestion_upload",
+        "summary": "Upload files into the object store and queue them for ingestion",
+        "description": "`multipart/form-data`, streamed: each file part goes straight into "
+        "the object store (at most `UPLOAD_MAX_BYTES` each, 413 above), then one "
+        "`ingestion.submit.request` queues a job per file. Whatever fails, the files "
+        "stored by this request are deleted before the answer.",
+        "tags": ["ingestion"],
+        "parameters": _header_params(),
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": ref(UploadForm, "validation"),
+                    "encoding": {"file": {"contentType": "application/octet-stream"}},
+                }
+            },
+        },
+        "responses": responses,
+    }
 
 
 def _needs_body(route: Route) -> bool:

@@ -17,6 +17,7 @@ from gateway_bridge.routes import ROUTES
 from mesh.registry import WORKERS
 from mesh.runner import serving as mesh_serving
 from schemas.gateway import DEFAULT_CHAT_MODEL, DEFAULT_EMBED_MODEL
+from schemas.ingestion import UPLOAD_PATH
 from tests.bridge_support import auth, bridge_settings, hs_token, http, serving
 from tests.gateway_support import serve_gateway
 from tests.openai_mock import MockOpenAI
@@ -85,6 +86,17 @@ async def test_openapi_is_3_1_with_every_route_and_bearer_security(bridge):
         assert op["responses"]["401"] == {"$ref": "#/components/responses/Unauthenticated"}
         assert op["responses"]["429"] == {"$ref": "#/components/responses/RateLimited"}
         assert "default" in op["responses"]
+    for method, path in OWN_ROUTES:
+        op = spec["paths"][path][method.lower()]
+        assert {"200", "202"} & set(op["responses"]) and "401" in op["responses"]
+    chat = spec["paths"]["/v1/chat/completions"]["post"]
+    assert set(chat["responses"]["200"]["content"]) == {"application/json", "text/event-stream"}
+    assert chat["responses"]["429"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/OpenAIError"
+    }
+    upload = spec["paths"][UPLOAD_PATH]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert upload["schema"] == {"$ref": "#/components/schemas/UploadForm"}
+    assert spec["components"]["schemas"]["UploadForm"]["required"] == ["collection_id", "file"]
     problem = spec["components"]["responses"]["Problem"]["content"]["application/problem+json"]
     assert problem["schema"] == {"$ref": "#/components/schemas/Problem"}
     assert "CacheSetRequest" in spec["components"]["schemas"]
@@ -100,8 +112,18 @@ async def test_docs_page_is_self_contained(bridge):
     assert 'SPEC_URL = "openapi.json"' in r.text
 
 
-def _run_schemathesis(base_url: str, token: str) -> tuple[int, list[str]]:
-    """Generate requests for every operation; collect every check failure."""
+#: The routes the bridge serves itself (not from the route table), fuzzed on their own.
+OWN_ROUTES = {
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/embeddings"),
+    ("GET", "/v1/models"),
+    ("POST", UPLOAD_PATH),
+}
+
+
+def _run_schemathesis(base_url: str, token: str, *, own: bool = False) -> tuple[int, list[str]]:
+    """Generate requests for the route table's operations (or, with ``own``, for the
+    routes the bridge serves itself); collect every check failure."""
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
     headers = auth(token)
     # Valid requests get a generous deadline: a generated short X-Request-Timeout makes a
@@ -111,6 +133,8 @@ def _run_schemathesis(base_url: str, token: str) -> tuple[int, list[str]]:
     operations = 0
     for result in schema.get_all_operations():
         operation = result.ok()
+        if ((operation.method.upper(), operation.path) in OWN_ROUTES) != own:
+            continue
         operations += 1
         for mode in schemathesis.GenerationMode:
             sent = positive if mode is schemathesis.GenerationMode.POSITIVE else headers
@@ -157,4 +181,12 @@ async def test_schemathesis_finds_no_server_error_or_schema_violation(bridge):
     token = hs_token(tenant="fuzz", user="schemathesis")
     operations, failures = await asyncio.to_thread(_run_schemathesis, bridge, token)
     assert operations == len(ROUTES) + 2  # the routes, /healthz and /readyz
+    assert not failures, "\n\n".join(failures)
+
+
+@pytest.mark.timeout(600)
+async def test_schemathesis_covers_the_openai_and_upload_routes(bridge):
+    token = hs_token(tenant="fuzz-own", user="schemathesis")
+    operations, failures = await asyncio.to_thread(_run_schemathesis, bridge, token, own=True)
+    assert operations == len(OWN_ROUTES)
     assert not failures, "\n\n".join(failures)
