@@ -16,8 +16,6 @@ away from the typed client.
 
 from __future__ import annotations
 
-import datetime
-import enum
 import importlib
 import keyword
 import subprocess
@@ -90,16 +88,16 @@ class _Renderer:
             return f"builtins.{_CONTAINERS[tp]}"
         if tp in _BUILTINS:
             return f"builtins.{tp.__name__}"
-        if isinstance(tp, type) and (
-            issubclass(tp, BaseModel | enum.Enum)
-            or tp in (datetime.datetime, datetime.date, datetime.time, datetime.timedelta)
-        ):
+        if isinstance(tp, type) and "<locals>" not in tp.__qualname__:
+            # A model, an enum, datetime, Decimal, UUID, ...: by its module-qualified name.
             self.modules.add(tp.__module__)
             name = f"{tp.__module__}.{tp.__qualname__}"
             if loose and issubclass(tp, BaseModel):
                 return f"{name} | collections.abc.Mapping[builtins.str, typing.Any]"
             return name
-        raise TypeError(f"cannot render the type {tp!r} for the generated client")
+        # Anything else (a type alias object, a callable validator type, ...): untyped
+        # here, still validated by pydantic at run time.
+        return "typing.Any"
 
 
 def _class_name(service: str) -> str:
