@@ -171,14 +171,19 @@ class Ingest:
         known = await self._digests(cid)
         results: list[FileResult] = []
         for f in files:
-            size = f.path.stat().st_size
-            r = FileResult(str(f.path), f.source_id, size, sha256=await _digest(f.path))
+            r = FileResult(str(f.path), f.source_id, 0)
+            results.append(r)
+            try:
+                r.size = f.path.stat().st_size
+                r.sha256 = await _digest(f.path)
+            except OSError as exc:
+                r.status, r.reason = "failed", f"cannot read the file: {exc.strerror or exc}"
+                continue
             if known.get(f.source_id) == r.sha256:
                 r.status = "unchanged"
-            elif size > self.max_bytes:
+            elif r.size > self.max_bytes:
                 r.status = "failed"
                 r.reason = f"payload_too_large: file exceeds the {self.max_bytes}-byte upload limit"
-            results.append(r)
         todo = [r for r in results if r.status == "pending"]
         with self._progress() as progress:
             uploaded = await self._upload(todo, progress)

@@ -83,7 +83,12 @@ def run(args: argparse.Namespace, nats_url: str, settings: Settings) -> int:
         raise SystemExit("give --tenant (or set MESH_TENANT)")
     if "LOG_LEVEL" not in os.environ:  # the tables are the output: log only errors
         setup_logging("error", settings.log_format)
-    return asyncio.run(_run(args, nats_url, settings))
+    try:
+        return asyncio.run(_run(args, nats_url, settings))
+    except KeyboardInterrupt:
+        # Submitted jobs carry on in the mesh: nothing acknowledged is lost.
+        print("interrupted; submitted files are still being ingested (see `mesh jobs`)")
+        return 130
 
 
 async def _run(args: argparse.Namespace, nats_url: str, settings: Settings) -> int:

@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator, Iterable, Mapping
 
 from bus.client import Client
-from bus.codec import Codec
+from bus.codec import Codec, CodecName
 from bus.connection import connect as nats_connect
 from bus.context import DEFAULT_TIMEOUT_S
 from mesh.client._base import DynamicService, call_context
@@ -50,7 +50,7 @@ class Mesh(Services):
             raise ValueError("timeout must be a positive number of seconds")
         self.client = client
         self.tenant = context.tenant if context is not None else tenant
-        self.user = user
+        self.user = user if context is None else context.user
         self.roles = tuple(roles)
         self.timeout = timeout
         self.correlation_id = correlation_id
@@ -70,7 +70,7 @@ class Mesh(Services):
         roles: Iterable[str] = (),
         timeout: float = DEFAULT_TIMEOUT_S,
         correlation_id: str | None = None,
-        codec: str = "msgpack",
+        codec: CodecName = "msgpack",
         name: str = "mesh-client",
         connect_timeout: float = CONNECT_TIMEOUT_S,
         served_as: Mapping[str, str] | None = None,
@@ -78,7 +78,7 @@ class Mesh(Services):
         """Connect to NATS at ``url``; drain the connection on leaving the block."""
         nc = await nats_connect(url, name=name, first_attempt_timeout=connect_timeout)
         try:
-            client = Client(nc, codec=Codec(codec))  # type: ignore[arg-type]
+            client = Client(nc, codec=Codec(codec))
             yield cls(
                 client,
                 tenant=tenant,
