@@ -268,6 +268,20 @@ async def test_only_idempotent_operations_are_retried(env, tenant):
         assert flaky.calls == 1
 
 
+async def test_the_breaker_opens_and_then_fails_fast_without_calling_the_service(env, tenant):
+    down = _Flaky(failures=1_000)
+    worker = Worker("downclient", endpoints=[Endpoint(cache.GET.served_as("downclient"), down.get)])
+    async with worker.serve(env.nc):
+        mesh = Mesh(Client(env.nc), tenant=tenant, served_as={"cache": "downclient"})
+        for _ in range(2):  # 3 + 2 attempts: the fifth failure opens the circuit
+            with pytest.raises(Unavailable):
+                await mesh.cache.get(key="k")
+        assert down.calls == 5
+        with pytest.raises(Unavailable, match="circuit open"):
+            await mesh.with_options(timeout=5).cache.get(key="k")  # copies share breakers
+        assert down.calls == 5
+
+
 async def test_a_handler_context_carries_its_correlation_id_and_deadline(env, mesh_workers):
     from bus.context import new_context
 
