@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -74,9 +75,14 @@ STREAMS: tuple[api.StreamConfig, ...] = (
 )
 
 
-async def ensure_streams(js: JetStreamContext) -> None:
-    """Create every stream, or bring an existing one to this definition."""
+async def ensure_streams(js: JetStreamContext, *, replicas: int = 1) -> None:
+    """Create every stream, or bring an existing one to this definition.
+
+    ``replicas`` is 3 on a 3-node cluster (docs/deploy.md): every stream and bucket then
+    survives the loss of one node.
+    """
     for config in STREAMS:
+        config = dataclasses.replace(config, num_replicas=replicas)
         try:
             await js.add_stream(config)
         except nats.js.errors.BadRequestError:
@@ -84,7 +90,13 @@ async def ensure_streams(js: JetStreamContext) -> None:
     try:
         await js.object_store(UPLOADS_BUCKET)
     except nats.js.errors.BucketNotFoundError:
-        await js.create_object_store(UPLOADS_BUCKET, storage=api.StorageType.FILE)
+        await js.create_object_store(
+            UPLOADS_BUCKET, storage=api.StorageType.FILE, replicas=replicas
+        )
+    else:
+        info = await js.stream_info(f"OBJ_{UPLOADS_BUCKET}")
+        if info.config.num_replicas != replicas:
+            await js.update_stream(dataclasses.replace(info.config, num_replicas=replicas))
 
 
 async def publish(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_BRIDGE_HOST = "127.0.0.1"
@@ -58,7 +58,28 @@ class Settings(BaseSettings):
     log_format: Literal["console", "json"] = Field(
         default="console", description="json in production, console in development"
     )
-    nats_url: str | None = Field(default=None, description="e.g. nats://127.0.0.1:4222")
+    nats_url: str | None = Field(
+        default=None,
+        description="e.g. nats://127.0.0.1:4222; a cluster as a comma-separated list of URLs",
+    )
+    nats_user: str | None = Field(
+        default=None, description="NATS user (deploy/nats-auth.conf); also sets the inbox prefix"
+    )
+    nats_password: str | None = Field(default=None, description="the NATS user's password")
+    jetstream_provision: bool = Field(
+        default=True,
+        description=(
+            "create/update the streams and buckets at every start (development); false in "
+            "production, where `mesh provision` does it once per deploy as its own NATS user"
+        ),
+    )
+    jetstream_replicas: int = Field(
+        default=1, ge=1, le=5, description="replicas of every stream and bucket (3 in a cluster)"
+    )
+    health_dir: str | None = Field(
+        default=None,
+        description="where `mesh worker` writes each service's instance id for `mesh probe`",
+    )
     database_url: str | None = Field(default=None, description="postgresql://user@host:port/db")
     redis_url: str | None = Field(default=None, description="redis://host:port/0")
     otel_exporter_otlp_endpoint: str | None = None
@@ -134,3 +155,23 @@ class Settings(BaseSettings):
         ge=1,
         description="seconds a cached gateway answer lives unless the request says",
     )
+
+    @field_validator(
+        "nats_url",
+        "nats_user",
+        "nats_password",
+        "database_url",
+        "redis_url",
+        "otel_exporter_otlp_endpoint",
+        "jwt_secret",
+        "jwt_jwks_url",
+        "jwt_audience",
+        "jwt_issuer",
+        "gateway_models",
+        "health_dir",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """``JWT_SECRET=`` (compose's ``${JWT_SECRET:-}``) means unset, not an empty key."""
+        return None if isinstance(value, str) and not value.strip() else value

@@ -120,7 +120,12 @@ class Bridge:
         settings = self.settings
         if not settings.nats_url:
             raise RuntimeError("NATS_URL is not set (mesh up starts an embedded one)")
-        self.nc = await connect(settings.nats_url, name=f"bridge:{settings.service_name}")
+        self.nc = await connect(
+            settings.nats_url,
+            name=f"bridge:{settings.service_name}",
+            user=settings.nats_user,
+            password=settings.nats_password,
+        )
         self.js = self.nc.jetstream()
         self.client = Client(self.nc, codec=Codec(settings.codec_type))
         if settings.redis_url:

@@ -8,6 +8,8 @@ mesh bridge                   the HTTP bridge against configured NATS/Redis
 mesh token --tenant T --user U [--roles r1,r2]
 mesh ingest PATH... --collection NAME --tenant T    files/folders into a RAG collection
 mesh jobs | search QUERY | ask QUESTION --collection NAME --tenant T
+mesh provision                create/update every stream and bucket (production)
+mesh probe NAME [--live]      Kubernetes probe: this pod's NAME instance answers $SRV.PING
 """
 
 from __future__ import annotations
@@ -77,7 +79,9 @@ def cmd_services(args: argparse.Namespace) -> None:
     from mesh.tools import services
 
     settings = _settings("mesh-cli")
-    rows = asyncio.run(services(_nats_url(settings)))
+    rows = asyncio.run(
+        services(_nats_url(settings), user=settings.nats_user, password=settings.nats_password)
+    )
     if args.json:
         print(json.dumps(rows, indent=2))
         return
@@ -108,6 +112,8 @@ def cmd_request(args: argparse.Namespace) -> None:
             tenant=args.tenant,
             user=args.user,
             timeout=args.timeout,
+            nats_user=settings.nats_user,
+            nats_password=settings.nats_password,
         )
     )
     print(json.dumps(answer, indent=2, default=str))
@@ -148,6 +154,58 @@ def cmd_token(args: argparse.Namespace) -> None:
             tenant_claim=settings.jwt_tenant_claim,
         )
     )
+
+
+def cmd_provision(args: argparse.Namespace) -> None:
+    from mesh.tools import provision
+
+    settings = _settings("mesh-provision")
+    replicas = args.replicas or settings.jetstream_replicas
+    asyncio.run(
+        provision(
+            _nats_url(settings),
+            user=settings.nats_user,
+            password=settings.nats_password,
+            replicas=replicas,
+        )
+    )
+    print(f"streams and buckets provisioned at {replicas} replica(s)")
+
+
+def cmd_probe(args: argparse.Namespace) -> None:
+    """Exit 0 when this pod's instance of the service answers ``$SRV.PING`` (ready).
+
+    ``--live`` also passes when NATS itself cannot be reached: restarting the worker
+    would not help (it reconnects by itself), so only a worker that NATS can reach but
+    that does not answer is "not live".
+    """
+    from mesh.tools import probe
+
+    settings = Settings(service_name="mesh-probe")  # type: ignore[call-arg]
+    if not settings.health_dir:
+        raise SystemExit("HEALTH_DIR is not set: `mesh worker` writes instance ids there")
+    path = Path(settings.health_dir) / f"{args.name}.id"
+    if not path.exists():
+        raise SystemExit(f"{args.name} is not serving yet (no {path})")
+    try:
+        problem = asyncio.run(
+            probe(
+                _nats_url(settings),
+                args.name,
+                path.read_text().strip(),
+                user=settings.nats_user,
+                password=settings.nats_password,
+                timeout=args.timeout,
+            )
+        )
+    except Exception as exc:  # NATS unreachable or refused us
+        if args.live:
+            print(f"NATS unreachable ({type(exc).__name__}); the worker reconnects by itself")
+            return
+        raise SystemExit(f"NATS unreachable: {type(exc).__name__}: {exc}") from None
+    if problem:
+        raise SystemExit(problem)
+    print(f"{args.name} ok")
 
 
 def _dev_secret() -> str:
@@ -206,6 +264,16 @@ def build_parser() -> argparse.ArgumentParser:
     from mesh.terminal import add_commands
 
     add_commands(sub, cmd_terminal)
+
+    pr = sub.add_parser("provision", help="create/update every stream and bucket, then exit")
+    pr.add_argument("--replicas", type=int, default=0, help="default: $JETSTREAM_REPLICAS")
+    pr.set_defaults(func=cmd_provision)
+
+    pb = sub.add_parser("probe", help="exit 0 if this pod's instance of NAME answers")
+    pb.add_argument("name")
+    pb.add_argument("--live", action="store_true", help="NATS unreachable counts as live")
+    pb.add_argument("--timeout", type=float, default=3.0)
+    pb.set_defaults(func=cmd_probe)
     return p
 
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import structlog
 
@@ -25,10 +26,13 @@ async def bus_env(settings: Settings, name: str) -> AsyncIterator[WorkerEnv]:
     """A NATS connection, a client and JetStream (streams ensured) for one process."""
     if not settings.nats_url:
         raise SystemExit("NATS_URL is not set (mesh up starts an embedded one)")
-    nc = await connect(settings.nats_url, name=name)
+    nc = await connect(
+        settings.nats_url, name=name, user=settings.nats_user, password=settings.nats_password
+    )
     try:
         js = nc.jetstream()
-        await ensure_streams(js)
+        if settings.jetstream_provision:  # production: `mesh provision` did it
+            await ensure_streams(js, replicas=settings.jetstream_replicas)
         client = Client(nc, codec=Codec(settings.codec_type))
         yield WorkerEnv(settings=settings, nc=nc, client=client, js=js)
     finally:
@@ -38,11 +42,20 @@ async def bus_env(settings: Settings, name: str) -> AsyncIterator[WorkerEnv]:
 
 @contextlib.asynccontextmanager
 async def serving(names: list[str], env: WorkerEnv) -> AsyncIterator[None]:
-    """Start each named worker's resources and service; stop them in reverse order."""
+    """Start each named worker's resources and service; stop them in reverse order.
+
+    With ``HEALTH_DIR`` set, each service's instance id is written to
+    ``<HEALTH_DIR>/<name>.id`` once it serves, for ``mesh probe <name>``.
+    """
+    health = Path(env.settings.health_dir) if env.settings.health_dir else None
     async with contextlib.AsyncExitStack() as stack:
         for name in names:
             worker = await stack.enter_async_context(lifespan_of(name)(env))
-            await stack.enter_async_context(worker.serve(env.nc))
+            service = await stack.enter_async_context(worker.serve(env.nc))
+            if health is not None:
+                health.mkdir(parents=True, exist_ok=True)
+                (health / f"{name}.id").write_text(str(service.id))
+                stack.callback((health / f"{name}.id").unlink, missing_ok=True)
         yield
 
 

@@ -9,8 +9,10 @@ from typing import Any
 import nats
 
 from bus.client import Client
+from bus.connection import connect
 from bus.context import new_context
 from bus.errors import MeshError
+from bus.jetstream import ensure_streams
 
 GATHER_S = 0.5
 
@@ -33,8 +35,10 @@ async def _gather(nc: Any, subject: str) -> list[dict[str, Any]]:
     return replies
 
 
-async def services(url: str) -> list[dict[str, Any]]:
-    nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=0)
+async def services(
+    url: str, *, user: str | None = None, password: str | None = None
+) -> list[dict[str, Any]]:
+    nc = await connect(url, "mesh-cli", user=user, password=password, first_attempt_timeout=2)
     try:
         infos = {i["id"]: i for i in await _gather(nc, "$SRV.INFO")}
         stats = {s["id"]: s for s in await _gather(nc, "$SRV.STATS")}
@@ -63,10 +67,20 @@ async def services(url: str) -> list[dict[str, Any]]:
 
 
 async def request(
-    url: str, subject: str, payload: Any, *, tenant: str, user: str, timeout: float
+    url: str,
+    subject: str,
+    payload: Any,
+    *,
+    tenant: str,
+    user: str,
+    timeout: float,
+    nats_user: str | None = None,
+    nats_password: str | None = None,
 ) -> tuple[str | None, Any]:
     """Send one request; return (error code or None, answer)."""
-    nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=0)
+    nc = await connect(
+        url, "mesh-cli", user=nats_user, password=nats_password, first_attempt_timeout=2
+    )
     try:
         client = Client(nc)
         ctx = new_context(tenant, user=user, timeout=timeout)
@@ -74,5 +88,43 @@ async def request(
             return None, await client.request(subject, payload, ctx)
         except MeshError as exc:
             return exc.code, {"error": exc.body().model_dump()}
+    finally:
+        await nc.close()
+
+
+async def provision(url: str, *, user: str | None, password: str | None, replicas: int) -> None:
+    """Create or update every stream and bucket (bus/jetstream.py) at ``replicas``."""
+    nc = await connect(url, "mesh-provision", user=user, password=password)
+    try:
+        await ensure_streams(nc.jetstream(), replicas=replicas)
+    finally:
+        await nc.close()
+
+
+async def probe(
+    url: str,
+    service: str,
+    instance: str,
+    *,
+    user: str | None,
+    password: str | None,
+    timeout: float,
+) -> str | None:
+    """Ping one instance of ``service`` (``$SRV.PING.<service>.<id>``); None if it answered,
+    else why not. Raises ``OSError``-like errors from connecting when NATS is unreachable."""
+    nc = await connect(
+        url, f"mesh-probe:{service}", user=user, password=password, first_attempt_timeout=timeout
+    )
+    try:
+        try:
+            msg = await nc.request(f"$SRV.PING.{service}.{instance}", b"", timeout=timeout)
+        except nats.errors.NoRespondersError:
+            return f"{service} instance {instance} is not subscribed"
+        except nats.errors.TimeoutError:
+            return f"{service} instance {instance} did not answer in {timeout}s"
+        answer = json.loads(msg.data)
+        if answer.get("id") != instance:
+            return f"unexpected answer {answer!r}"
+        return None
     finally:
         await nc.close()
