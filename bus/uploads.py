@@ -217,6 +217,8 @@ async def _publish(
         nats.errors.NoRespondersError,
         nats.errors.ConnectionClosedError,
         nats.js.errors.ServiceUnavailableError,
+        # 503 from JetStream: the stream has no leader for a moment (a node was lost)
+        nats.js.errors.NoStreamResponseError,
     ) as exc:
         raise Unavailable(f"object store write failed: {type(exc).__name__}") from None
 

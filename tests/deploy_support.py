@@ -35,8 +35,10 @@ def password_var(user: str) -> str:
 
 
 def mint_passwords() -> dict[str, str]:
-    """A fresh password per user, never a fixed one."""
-    return {user: secrets.token_urlsafe(24) for user in USERS}
+    """A fresh password per user, never a fixed one. nats-server parses the value of an
+    environment variable as a config value, so a password must read as a string: a
+    letter first, then letters and digits (docs/deploy.md, "Passwords")."""
+    return {user: "p" + secrets.token_hex(24) for user in USERS}
 
 
 def password_env(passwords: dict[str, str]) -> dict[str, str]:
@@ -110,8 +112,6 @@ class ClusterNode(NatsServer):
             str(self.monitor_port),
             "--cluster",
             f"nats://127.0.0.1:{self.cluster_ports[self.index]}",
-            "-sd",
-            str(self.data_dir / "store"),
         ]
 
     def popen_kwargs(self) -> dict[str, object]:
@@ -124,6 +124,7 @@ class ClusterNode(NatsServer):
             **password_env(self.passwords),
             **routes,
             "NATS_SERVER_NAME": self.server_name,
+            "NATS_STORE_DIR": str(self.data_dir / "store"),
         }
         return {"env": env}
 
