@@ -7,7 +7,7 @@ client as options, so servers learned from the cluster's gossip (which carry no
 credentials) are reachable too.
 
 A process that connects as a NATS user gets the inbox prefix ``_INBOX.<user>``: the
-deployment's permissions (deploy/nats-auth.conf, docs/deploy.md) let each user subscribe
+deployment's permissions (deploy/nats/nats-auth.conf, docs/deploy.md) let each user subscribe
 only to its own inboxes, so one service cannot read the replies another receives.
 """
 

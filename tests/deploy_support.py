@@ -1,7 +1,7 @@
 """Helpers for the deployment tests: nats-server on the deployment's own config files.
 
-``AuthNats`` is one node with ``deploy/nats-auth.conf`` (the users, passwords minted per
-session); ``ClusterNode`` is one node of a 3-node cluster on ``deploy/nats-server.conf``
+``AuthNats`` is one node with ``deploy/nats/nats-auth.conf`` (the users, passwords minted per
+session); ``ClusterNode`` is one node of a 3-node cluster on ``deploy/nats/nats-server.conf``
 itself, its ports moved to free loopback ports on the command line.
 """
 
@@ -20,8 +20,8 @@ from mesh.infra import NatsServer, _binary, free_port
 from mesh.registry import WORKERS
 
 ROOT = Path(__file__).resolve().parent.parent
-AUTH_CONF = ROOT / "deploy" / "nats-auth.conf"
-SERVER_CONF = ROOT / "deploy" / "nats-server.conf"
+AUTH_CONF = ROOT / "deploy" / "nats" / "nats-auth.conf"
+SERVER_CONF = ROOT / "deploy" / "nats" / "nats-server.conf"
 DEV_CONF = ROOT / "nats.conf"
 
 #: Every NATS user of the deployment: the services (those not built yet included), the
@@ -86,7 +86,7 @@ class AuthNats(NatsServer):
 
 @dataclass
 class ClusterNode(NatsServer):
-    """One node of a 3-node cluster running ``deploy/nats-server.conf`` unchanged; client,
+    """One node of a 3-node cluster running ``deploy/nats/nats-server.conf`` unchanged; client,
     cluster and monitoring ports come from the command line (they override the file)."""
 
     index: int = 0

@@ -1,4 +1,4 @@
-"""A 3-node JetStream cluster on ``deploy/nats-server.conf`` survives the loss of a node.
+"""A 3-node JetStream cluster on ``deploy/nats/nats-server.conf`` survives the loss of a node.
 
 Three nats-server processes on loopback ports (the production file unchanged, ports moved
 on the command line), streams and the object store at R3 created by ``mesh provision``'s

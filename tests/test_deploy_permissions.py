@@ -1,4 +1,4 @@
-"""The deployment's NATS users, for real: a nats-server on ``deploy/nats-auth.conf`` with
+"""The deployment's NATS users, for real: a nats-server on ``deploy/nats/nats-auth.conf`` with
 passwords minted for this run, streams created by the ``provision`` user, every worker
 and the bridge each on its own connection as its own user (``mesh worker``'s code path:
 ``mesh.runner.bus_env`` + ``serving``), and the end-to-end flows driven over HTTP through
@@ -389,7 +389,7 @@ async def test_no_worker_or_the_bridge_hit_a_permission_violation(
 
 
 def test_the_auth_file_has_a_user_per_registry_worker():
-    text = (Path(__file__).resolve().parent.parent / "deploy" / "nats-auth.conf").read_text()
+    text = (Path(__file__).resolve().parent.parent / "deploy" / "nats" / "nats-auth.conf").read_text()
     from mesh.registry import WORKERS
 
     for name in WORKERS:
