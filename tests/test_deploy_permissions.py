@@ -389,7 +389,9 @@ async def test_no_worker_or_the_bridge_hit_a_permission_violation(
 
 
 def test_the_auth_file_has_a_user_per_registry_worker():
-    text = (Path(__file__).resolve().parent.parent / "deploy" / "nats" / "nats-auth.conf").read_text()
+    text = (
+        Path(__file__).resolve().parent.parent / "deploy" / "nats" / "nats-auth.conf"
+    ).read_text()
     from mesh.registry import WORKERS
 
     for name in WORKERS:

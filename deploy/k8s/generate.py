@@ -185,7 +185,11 @@ def deployment(svc: Service) -> dict[str, Any]:
             {
                 "name": "JWT_JWKS_URL",
                 "valueFrom": {
-                    "configMapKeyRef": {"name": "mesh-config", "key": "JWT_JWKS_URL", "optional": True}
+                    "configMapKeyRef": {
+                        "name": "mesh-config",
+                        "key": "JWT_JWKS_URL",
+                        "optional": True,
+                    }
                 },
             }
         )
@@ -219,9 +223,7 @@ def deployment(svc: Service) -> dict[str, Any]:
                             "maxSkew": 1,
                             "topologyKey": "kubernetes.io/hostname",
                             "whenUnsatisfiable": "ScheduleAnyway",
-                            "labelSelector": {
-                                "matchLabels": {"app.kubernetes.io/name": svc.name}
-                            },
+                            "labelSelector": {"matchLabels": {"app.kubernetes.io/name": svc.name}},
                         }
                     ],
                     "containers": [container],
