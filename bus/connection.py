@@ -128,3 +128,33 @@ async def connect(
             _log.warning("nats_connect_retry", urls=servers.urls, error=type(exc).__name__)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 2.0)
+
+
+async def connect_once(
+    url: str,
+    name: str,
+    *,
+    user: str | None = None,
+    password: str | None = None,
+    timeout: float = CONNECT_TIMEOUT_S,
+) -> NATS:
+    """A short-lived connection for a command (``mesh probe``, ``mesh services``): fails
+    within seconds when no server answers, instead of retrying forever."""
+    servers = parse_servers(url, user, password)
+
+    async def quiet(exc: Exception) -> None:  # the caller reports the final failure
+        _log.debug("nats_error", error=str(exc) or type(exc).__name__)
+
+    return await nats.connect(
+        list(servers.urls),
+        name=name,
+        user=servers.user,
+        password=servers.password,
+        inbox_prefix=servers.inbox_prefix,
+        connect_timeout=timeout,
+        error_cb=quiet,
+        # nats-py drops a server from its pool only past this many failures (0 would mean
+        # "never"): every server gets two short tries, then NoServersError.
+        max_reconnect_attempts=1,
+        reconnect_time_wait=0.1,
+    )

@@ -182,6 +182,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
     from mesh.tools import probe
 
     settings = Settings(service_name="mesh-probe")  # type: ignore[call-arg]
+    setup_logging("error", settings.log_format)  # a probe's output is its one line
     if not settings.health_dir:
         raise SystemExit("HEALTH_DIR is not set: `mesh worker` writes instance ids there")
     path = Path(settings.health_dir) / f"{args.name}.id"

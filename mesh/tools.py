@@ -9,7 +9,7 @@ from typing import Any
 import nats
 
 from bus.client import Client
-from bus.connection import connect
+from bus.connection import connect_once
 from bus.context import new_context
 from bus.errors import MeshError
 from bus.jetstream import ensure_streams
@@ -38,7 +38,7 @@ async def _gather(nc: Any, subject: str) -> list[dict[str, Any]]:
 async def services(
     url: str, *, user: str | None = None, password: str | None = None
 ) -> list[dict[str, Any]]:
-    nc = await connect(url, "mesh-cli", user=user, password=password, first_attempt_timeout=2)
+    nc = await connect_once(url, "mesh-cli", user=user, password=password)
     try:
         infos = {i["id"]: i for i in await _gather(nc, "$SRV.INFO")}
         stats = {s["id"]: s for s in await _gather(nc, "$SRV.STATS")}
@@ -78,9 +78,7 @@ async def request(
     nats_password: str | None = None,
 ) -> tuple[str | None, Any]:
     """Send one request; return (error code or None, answer)."""
-    nc = await connect(
-        url, "mesh-cli", user=nats_user, password=nats_password, first_attempt_timeout=2
-    )
+    nc = await connect_once(url, "mesh-cli", user=nats_user, password=nats_password)
     try:
         client = Client(nc)
         ctx = new_context(tenant, user=user, timeout=timeout)
@@ -94,7 +92,7 @@ async def request(
 
 async def provision(url: str, *, user: str | None, password: str | None, replicas: int) -> None:
     """Create or update every stream and bucket (bus/jetstream.py) at ``replicas``."""
-    nc = await connect(url, "mesh-provision", user=user, password=password)
+    nc = await connect_once(url, "mesh-provision", user=user, password=password)
     try:
         await ensure_streams(nc.jetstream(), replicas=replicas)
     finally:
@@ -112,8 +110,8 @@ async def probe(
 ) -> str | None:
     """Ping one instance of ``service`` (``$SRV.PING.<service>.<id>``); None if it answered,
     else why not. Raises ``OSError``-like errors from connecting when NATS is unreachable."""
-    nc = await connect(
-        url, f"mesh-probe:{service}", user=user, password=password, first_attempt_timeout=timeout
+    nc = await connect_once(
+        url, f"mesh-probe:{service}", user=user, password=password, timeout=timeout
     )
     try:
         try:

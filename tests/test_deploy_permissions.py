@@ -13,6 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -93,18 +96,26 @@ def _as(base: Settings, nats_auth: AuthNats, user: str, passwords: dict[str, str
 
 
 @pytest.fixture(scope="module")
+def health_dir(tmp_path_factory) -> Path:
+    return Path(tmp_path_factory.mktemp("health"))
+
+
+@pytest.fixture(scope="module")
 async def deployed(
     settings: Settings,
     nats_auth: AuthNats,
     passwords: dict[str, str],
     mock: MockOpenAI,
+    health_dir: Path,
     tmp_path_factory,
 ) -> AsyncIterator[str]:
     """Streams provisioned, every worker as its own user, the bridge; yields its URL."""
     await provision(nats_auth.url, user="provision", password=passwords["provision"], replicas=1)
     models = tmp_path_factory.mktemp("deploy-models") / "models.yaml"
     models.write_text(yaml.safe_dump(_models(mock.url)))
-    base = settings.model_copy(update={"gateway_models": str(models)})
+    base = settings.model_copy(
+        update={"gateway_models": str(models), "health_dir": str(health_dir)}
+    )
     async with contextlib.AsyncExitStack() as stack:
         for name in WORKER_NAMES:
             env = await stack.enter_async_context(
@@ -376,6 +387,60 @@ async def test_every_stream_was_created_by_the_provision_user(
     async with _Session(nats_auth, "admin", passwords["admin"]) as admin:
         names = {s.config.name for s in await admin.nc.jetstream().streams_info()}
     assert {s.name for s in STREAMS} | {"OBJ_uploads"} <= names
+
+
+# --------------------------------------------------------------------------- probes
+
+
+def _probe(name: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``mesh probe`` exactly as Kubernetes runs it: a process, configured by environment."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "HEALTH_"))}
+    return subprocess.run(  # noqa: S603 - fixed argv
+        [sys.executable, "-m", "mesh", "probe", name, "--timeout", "5", *args],
+        env={**clean, "MESH_DATA_DIR": env["HEALTH_DIR"], **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _probe_env(nats_auth: AuthNats, passwords: dict[str, str], user: str, health: Path):
+    return {
+        "NATS_URL": nats_auth.url,
+        "NATS_USER": user,
+        "NATS_PASSWORD": passwords[user],
+        "HEALTH_DIR": str(health),
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+    }
+
+
+@pytest.mark.parametrize("name", WORKER_NAMES)
+async def test_each_workers_probe_gets_an_answer_from_its_own_instance(
+    deployed: str, nats_auth: AuthNats, passwords: dict[str, str], health_dir: Path, name: str
+):
+    instance = (health_dir / f"{name}.id").read_text()
+    env = _probe_env(nats_auth, passwords, name, health_dir)
+    out = await asyncio.to_thread(_probe, name, env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == f"{name} ok"
+    (health_dir / "stale").mkdir(exist_ok=True)
+    (health_dir / "stale" / f"{name}.id").write_text(instance[:-4] + "0000")
+    stale = await asyncio.to_thread(_probe, name, {**env, "HEALTH_DIR": str(health_dir / "stale")})
+    assert stale.returncode == 1 and "not subscribed" in stale.stderr
+
+
+async def test_liveness_passes_when_nats_is_unreachable_but_readiness_does_not(
+    deployed: str, nats_auth: AuthNats, passwords: dict[str, str], health_dir: Path
+):
+    env = {
+        **_probe_env(nats_auth, passwords, "cache", health_dir),
+        "NATS_URL": "nats://127.0.0.1:1",
+    }
+    ready, live = await asyncio.gather(
+        asyncio.to_thread(_probe, "cache", env), asyncio.to_thread(_probe, "cache", env, "--live")
+    )
+    assert ready.returncode == 1 and "NATS unreachable" in ready.stderr
+    assert live.returncode == 0, live.stderr
 
 
 async def test_no_worker_or_the_bridge_hit_a_permission_violation(
