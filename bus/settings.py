@@ -63,7 +63,8 @@ class Settings(BaseSettings):
         description="e.g. nats://127.0.0.1:4222; a cluster as a comma-separated list of URLs",
     )
     nats_user: str | None = Field(
-        default=None, description="NATS user (deploy/nats/nats-auth.conf); also sets the inbox prefix"
+        default=None,
+        description="NATS user (deploy/nats/nats-auth.conf); also sets the inbox prefix",
     )
     nats_password: str | None = Field(default=None, description="the NATS user's password")
     jetstream_provision: bool = Field(
