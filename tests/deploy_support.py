@@ -93,6 +93,7 @@ class ClusterNode(NatsServer):
     cluster_ports: tuple[int, ...] = ()
     monitor_port: int = field(default_factory=free_port)
     passwords: dict[str, str] = field(default_factory=dict)
+    config: Path = SERVER_CONF
     name: str = "nats-node"
 
     @property
@@ -103,7 +104,7 @@ class ClusterNode(NatsServer):
         return [
             _binary("nats-server"),
             "-c",
-            str(SERVER_CONF),
+            str(self.config),
             "-a",
             "127.0.0.1",
             "-p",
