@@ -41,7 +41,9 @@ from schemas.ingestion import Job
 from tests.deploy_support import ClusterNode, mint_passwords
 from tests.fake_gateway import FakeGateway
 
-pytestmark = pytest.mark.timeout(420)
+# method="thread": a hang in teardown (connections draining towards a killed node) ends
+# the run with every thread's stack instead of stalling it.
+pytestmark = pytest.mark.timeout(420, method="thread")
 
 DOCUMENTS = 200
 BATCH = 10
