@@ -107,21 +107,25 @@ async def connect(
     give_up = None if first_attempt_timeout is None else loop.time() + first_attempt_timeout
     pause = 0.1
     while True:
+        # nats-py itself retries an unreachable cluster forever when reconnects are
+        # unlimited, so the first connection's deadline is enforced here.
+        left = None if give_up is None else max(give_up - loop.time(), CONNECT_TIMEOUT_S)
         try:
-            return await nats.connect(
-                list(servers.urls),
-                name=name,
-                user=servers.user,
-                password=servers.password,
-                inbox_prefix=servers.inbox_prefix,
-                connect_timeout=CONNECT_TIMEOUT_S,
-                reconnect_time_wait=RECONNECT_WAIT_S,
-                max_reconnect_attempts=RECONNECT_FOREVER,
-                allow_reconnect=True,
-                error_cb=on_error,
-                disconnected_cb=on_disconnect,
-                reconnected_cb=on_reconnect,
-            )
+            async with asyncio.timeout(left):
+                return await nats.connect(
+                    list(servers.urls),
+                    name=name,
+                    user=servers.user,
+                    password=servers.password,
+                    inbox_prefix=servers.inbox_prefix,
+                    connect_timeout=CONNECT_TIMEOUT_S,
+                    reconnect_time_wait=RECONNECT_WAIT_S,
+                    max_reconnect_attempts=RECONNECT_FOREVER,
+                    allow_reconnect=True,
+                    error_cb=on_error,
+                    disconnected_cb=on_disconnect,
+                    reconnected_cb=on_reconnect,
+                )
         except (OSError, nats.errors.NoServersError, TimeoutError) as exc:
             if give_up is not None and loop.time() + pause > give_up:
                 raise

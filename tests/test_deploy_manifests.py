@@ -424,3 +424,12 @@ def test_credentials_in_the_url_become_options_and_explicit_ones_win():
 def test_a_nats_url_naming_no_server_or_a_bad_user_is_refused(url):
     with pytest.raises(ValueError):
         parse_servers(url, "bad.user" if url.startswith("nats") else None)
+
+
+async def test_the_first_connection_gives_up_at_its_deadline_on_an_unreachable_cluster():
+    from bus.connection import connect
+    from mesh.infra import free_port
+
+    urls = ",".join(f"nats://127.0.0.1:{free_port()}" for _ in range(3))
+    with pytest.raises(TimeoutError):
+        await connect(urls, "unreachable", first_attempt_timeout=2.0)
