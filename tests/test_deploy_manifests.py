@@ -348,6 +348,17 @@ def test_the_image_is_multi_stage_with_compilers_only_in_the_build_stage():
     assert re.search(r"(?m)^USER 10001", final)
 
 
+def test_the_image_copies_every_package_the_project_installs():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = project["tool"]["setuptools"]["packages"]["find"]["include"]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for pattern in packages:
+        name = pattern.rstrip("*")
+        assert re.search(rf"(?m)^COPY {name} {name}$", dockerfile), name
+
+
 # --------------------------------------------------------------------------- NATS
 
 

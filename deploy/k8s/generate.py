@@ -128,25 +128,27 @@ def _probes(svc: Service) -> dict[str, Any]:
             },
         }
     ready = ["mesh", "probe", svc.name]
+    # A probe is a Python process: ~1 s of CPU to import and ask, more under a low CPU
+    # limit; its own wait for the answer is 3 s. 10 s leaves room for both.
     return {
         # Migrations and model loading happen before the service answers: up to 5 min.
         "startupProbe": {
             "exec": {"command": ready},
             "periodSeconds": 5,
-            "timeoutSeconds": 5,
+            "timeoutSeconds": 10,
             "failureThreshold": 60,
         },
         "readinessProbe": {
             "exec": {"command": ready},
             "periodSeconds": 10,
-            "timeoutSeconds": 5,
+            "timeoutSeconds": 10,
             "failureThreshold": 3,
         },
         # "--live": NATS being unreachable is not the worker's fault (it reconnects).
         "livenessProbe": {
             "exec": {"command": [*ready, "--live"]},
             "periodSeconds": 20,
-            "timeoutSeconds": 5,
+            "timeoutSeconds": 10,
             "failureThreshold": 3,
         },
     }
