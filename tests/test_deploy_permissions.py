@@ -341,6 +341,7 @@ async def test_agent_cannot_publish_ingestion_jobs(
     [
         ("agent", "_INBOX.bridge.>"),  # another service's replies
         ("agent", "_INBOX.>"),
+        ("gateway", "_INBOX.bridge.*.*"),  # cancel subjects only, not the replies beside them
         ("bridge", "cache.>"),  # the bridge calls services, never serves them
         ("gateway", "agent.*.request"),  # a service serves only its own subjects
         ("cache", "$JS.API.>"),  # nobody but the admin sees the whole JetStream API
