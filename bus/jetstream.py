@@ -72,6 +72,17 @@ STREAMS: tuple[api.StreamConfig, ...] = (
         duplicate_window=DUPLICATE_WINDOW_S,
         description="queued agent runs",
     ),
+    # ML training jobs (workers/ml): one small message per job, Nats-Msg-Id = job id.
+    api.StreamConfig(
+        name="ML",
+        subjects=["ml.jobs.>"],
+        retention=api.RetentionPolicy.WORK_QUEUE,
+        storage=api.StorageType.FILE,
+        max_age=7 * DAY_S,
+        max_bytes=64 * 1024**2,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        description="ML training jobs",
+    ),
 )
 
 

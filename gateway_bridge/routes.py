@@ -6,7 +6,7 @@ adding a service to the edge is adding its tuple here.
 
 from __future__ import annotations
 
-from schemas import agent, cache, gateway, ingestion, prompt, rag
+from schemas import agent, cache, gateway, ingestion, ml, prompt, rag
 from schemas.routes import Route
 
 ROUTES: tuple[Route, ...] = (
@@ -16,4 +16,5 @@ ROUTES: tuple[Route, ...] = (
     *rag.ROUTES,
     *ingestion.ROUTES,
     *agent.ROUTES,
+    *ml.ROUTES,
 )

@@ -15,6 +15,7 @@ WORKERS: dict[str, str] = {
     "rag": "workers.rag",
     "gateway": "workers.gateway",
     "agent": "workers.agent",
+    "ml": "workers.ml",
 }
 
 
