@@ -157,7 +157,6 @@ async def test_a_dataset_object_of_another_tenant_is_not_found(client: Client, e
 
 async def test_a_csv_dataset_from_the_object_store_trains(client: Client, env) -> None:
     from bus.uploads import put_stream
-
     from tests.ml_support import wait_job
 
     tenant = unique("csv")

@@ -47,8 +47,8 @@ class _Shell:
 
 
 def iris_onnx() -> bytes:
-    from sklearn.linear_model import LogisticRegression
     from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
 
     X = np.asarray([[r[f] for f in IRIS_FEATURES] for r in iris_rows()], dtype=np.float32)
     y = np.asarray([CLASSES.index(r["species"]) for r in iris_rows()])
@@ -56,7 +56,9 @@ def iris_onnx() -> bytes:
     return to_onnx(clf, X[:1], options={"zipmap": False}).SerializeToString()
 
 
-async def offer(client: Client, env, tenant: str, data: bytes, name: str = "up") -> ml.UploadModelResponse:
+async def offer(
+    client: Client, env, tenant: str, data: bytes, name: str = "up"
+) -> ml.UploadModelResponse:
     stored = await put_stream(env.js, tenant, [data], max_bytes=1 << 24)
     return await client.call(
         ml.UPLOAD_MODEL,

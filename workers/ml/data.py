@@ -285,9 +285,7 @@ def _categorical(values: list[Any], name: str) -> list[str]:
     out: list[str] = []
     for i, v in enumerate(values):
         if v is None:
-            raise DataError(
-                f"column {name!r} row {i}: missing value", {"column": name, "row": i}
-            )
+            raise DataError(f"column {name!r} row {i}: missing value", {"column": name, "row": i})
         if not isinstance(v, str):
             raise DataError(
                 f"column {name!r} row {i}: {_show(v)} is not a string (categorical column)",
@@ -357,7 +355,9 @@ def check_rows(features: Sequence[Feature], rows: Iterable[Any]) -> dict[str, li
         if problems and len(problems) >= MAX_PROBLEMS:
             break
     if problems:
-        shown = "; ".join(f"row {p['row']} feature {p['feature']!r}: {p['problem']}" for p in problems[:5])
+        shown = "; ".join(
+            f"row {p['row']} feature {p['feature']!r}: {p['problem']}" for p in problems[:5]
+        )
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise DataError(f"rows do not match the model's signature: {shown}{more}", problems)
     return cols

@@ -93,7 +93,11 @@ def _numeric(ref: dict[str, Any], cur: np.ndarray) -> dict[str, Any]:
         lo = np.searchsorted(q, x, side="left")
         hi = np.searchsorted(q, x, side="right")
         inner = np.interp(x, q, probs)
-        at = probs[np.clip(hi - 1, 0, q.size - 1)] if side == "right" else probs[np.clip(lo, 0, q.size - 1)]
+        at = (
+            probs[np.clip(hi - 1, 0, q.size - 1)]
+            if side == "right"
+            else probs[np.clip(lo, 0, q.size - 1)]
+        )
         jump = hi > lo
         res = np.where(jump, at, inner)
         res = np.where(x < q[0], 0.0, res)
@@ -154,7 +158,10 @@ def _categorical(ref: dict[str, Any], cur: list[Any]) -> dict[str, Any]:
     cur_p = (observed + 0.5) / (m + 0.5 * k)
     mid = (ref_p + cur_p) / 2
     js = math.sqrt(
-        max(0.0, 0.5 * np.sum(ref_p * np.log2(ref_p / mid)) + 0.5 * np.sum(cur_p * np.log2(cur_p / mid)))
+        max(
+            0.0,
+            0.5 * np.sum(ref_p * np.log2(ref_p / mid)) + 0.5 * np.sum(cur_p * np.log2(cur_p / mid)),
+        )
     )
     return {
         "test": "chi2",

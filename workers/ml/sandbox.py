@@ -17,7 +17,7 @@ from typing import Any
 import msgpack
 import structlog
 
-from bus.errors import Internal, InvalidRequest, MeshError, PayloadTooLarge, Timeout
+from bus.errors import Internal, InvalidRequest, MeshError, PayloadTooLarge
 from workers.ml.trainer import MEMORY_ENV, PARENT_ENV
 
 _log = structlog.get_logger("workers.ml.sandbox")
@@ -123,4 +123,4 @@ def _kill(proc: asyncio.subprocess.Process) -> None:
         proc.kill()
 
 
-__all__ = ["Cancelled", "Limits", "TimeLimit", "Timeout", "run"]
+__all__ = ["Cancelled", "Limits", "TimeLimit", "run"]

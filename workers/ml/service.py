@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import random
 import time
@@ -70,7 +71,7 @@ from schemas.ml import (
 )
 from workers.ml import drift, sandbox
 from workers.ml.algorithms import check_params
-from workers.ml.data import DataError, Feature, check_rows, encode_rows, width_of
+from workers.ml.data import DataError, Feature, check_rows, encode_rows, features_of, width_of
 from workers.ml.serving import Loaded, SessionCache, infer
 from workers.ml.settings import MLConfig
 from workers.ml.store import MAX_ATTEMPTS, MLStore, Superseded, new_job_id
@@ -224,7 +225,12 @@ class MLService:
             raise
         try:
             await publish(
-                self.js, TRAIN_SUBJECT, TrainJob(job_id=job_id), ctx, msg_id=job_id, codec=self.codec
+                self.js,
+                TRAIN_SUBJECT,
+                TrainJob(job_id=job_id),
+                ctx,
+                msg_id=job_id,
+                codec=self.codec,
             )
         except MeshError as exc:
             await self.store.finish_failed(tenant, job_id, exc.code, "could not queue the job")
@@ -327,8 +333,6 @@ class MLService:
             )
             await self._cleanup(tenant, row)
             return
-        import hashlib
-
         try:
             version = await self.store.register(
                 tenant,
@@ -521,7 +525,9 @@ class MLService:
             artifact=data,
             sha256=answer["sha256"],
         )
-        return UploadModelResponse(model=req.name, version=version, artifact_sha256=answer["sha256"])
+        return UploadModelResponse(
+            model=req.name, version=version, artifact_sha256=answer["sha256"]
+        )
 
     # ------------------------------------------------------------ inference
 
@@ -616,8 +622,6 @@ class MLService:
                 {"rows": len(rows)},
             )
         signature = _json(row["signature"])
-        from workers.ml.data import features_of
-
         features = features_of(signature)
         n_ref = max((int(r.get("n", 0)) for r in ref.values()), default=0)
 

@@ -87,7 +87,9 @@ class SessionCache:
             self.bytes -= old.size
 
 
-def _build(artifact: bytes, stored_sha: str, expected_sha: str, signature: dict[str, Any]) -> Loaded:
+def _build(
+    artifact: bytes, stored_sha: str, expected_sha: str, signature: dict[str, Any]
+) -> Loaded:
     digest = hashlib.sha256(artifact).hexdigest()
     if digest != stored_sha or digest != expected_sha:
         raise Internal("model artifact failed its sha256 check")  # corrupted: never served
@@ -112,7 +114,12 @@ def infer(loaded: Loaded, X: np.ndarray) -> tuple[list[Any], list[list[float]] |
         classes = sig["classes"]
         probs = np.asarray(outputs[1], dtype=np.float64)
         labels = np.asarray(outputs[0]).ravel()
-        if labels.dtype.kind in "iu" and labels.size and 0 <= labels.min() and labels.max() < len(classes):
+        if (
+            labels.dtype.kind in "iu"
+            and labels.size
+            and 0 <= labels.min()
+            and labels.max() < len(classes)
+        ):
             predictions = [classes[i] for i in labels.tolist()]
         else:  # an uploaded model that outputs its own labels: use the probabilities
             predictions = [classes[i] for i in probs.argmax(axis=1).tolist()]

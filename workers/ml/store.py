@@ -322,8 +322,9 @@ class MLStore:
             )
         return _json(value)
 
-    async def model(self, tenant: str, name: str) -> tuple[asyncpg.Record, list[asyncpg.Record],
-                                                           list[asyncpg.Record]]:
+    async def model(
+        self, tenant: str, name: str
+    ) -> tuple[asyncpg.Record, list[asyncpg.Record], list[asyncpg.Record]]:
         async with self.db.connection() as conn:
             m = await conn.fetchrow(
                 "SELECT * FROM ml.models WHERE tenant_id = $1 AND name = $2", tenant, name
@@ -341,7 +342,9 @@ class MLStore:
 
     async def list_models(
         self, tenant: str, limit: int, cursor: str | None
-    ) -> tuple[list[tuple[asyncpg.Record, asyncpg.Record | None, list[asyncpg.Record]]], str | None]:
+    ) -> tuple[
+        list[tuple[asyncpg.Record, asyncpg.Record | None, list[asyncpg.Record]]], str | None
+    ]:
         after = ""
         if cursor:
             try:
@@ -350,8 +353,7 @@ class MLStore:
                 raise InvalidRequest("invalid cursor") from None
         async with self.db.connection() as conn:
             models = await conn.fetch(
-                "SELECT * FROM ml.models WHERE tenant_id = $1 AND name > $2"
-                " ORDER BY name LIMIT $3",
+                "SELECT * FROM ml.models WHERE tenant_id = $1 AND name > $2 ORDER BY name LIMIT $3",
                 tenant,
                 after,
                 limit + 1,
@@ -385,9 +387,7 @@ class MLStore:
         )
         return out, nxt
 
-    async def set_alias(
-        self, tenant: str, model: str, alias: str, version: int
-    ) -> int | None:
+    async def set_alias(self, tenant: str, model: str, alias: str, version: int) -> int | None:
         """Point ``alias`` at ``version`` in one statement; the previous version."""
         async with self.db.transaction() as conn:
             exists = await conn.fetchval(
@@ -420,8 +420,7 @@ class MLStore:
     async def delete_version(self, tenant: str, model: str, version: int) -> bool:
         async with self.db.transaction() as conn:
             aliases = await conn.fetch(
-                "SELECT alias FROM ml.aliases WHERE tenant_id = $1 AND model = $2"
-                " AND version = $3",
+                "SELECT alias FROM ml.aliases WHERE tenant_id = $1 AND model = $2 AND version = $3",
                 tenant,
                 model,
                 version,

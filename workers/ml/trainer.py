@@ -282,7 +282,9 @@ def check_model(request: dict[str, Any]) -> dict[str, Any]:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
         raise DataError(f"the ONNX model is invalid: {str(exc)[:300]}") from None
-    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    inputs = [
+        i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}
+    ]
     if len(inputs) != 1:
         raise DataError(f"the model must take one input, it takes {len(inputs)}")
     tensor_type = inputs[0].type.tensor_type
