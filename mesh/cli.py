@@ -4,6 +4,7 @@ mesh up                       embedded infrastructure + every worker (+ bridge)
 mesh worker NAME...           workers against configured NATS/Postgres/Redis
 mesh services                 live services with endpoints and counts
 mesh request SUBJECT JSON --tenant T
+mesh upload FILE --tenant T   put a file in the uploads object store (e.g. an ML dataset)
 mesh bridge                   the HTTP bridge against configured NATS/Redis
 mesh token --tenant T --user U [--roles r1,r2]
 mesh ingest PATH... --collection NAME --tenant T    files/folders into a RAG collection
@@ -126,6 +127,23 @@ def cmd_terminal(args: argparse.Namespace) -> None:
 
     settings = _settings("mesh-cli")
     sys.exit(run(args, _nats_url(settings), settings))
+
+
+def cmd_upload(args: argparse.Namespace) -> None:
+    from mesh.tools import upload
+
+    settings = _settings("mesh-cli")
+    ref = asyncio.run(
+        upload(
+            _nats_url(settings),
+            args.file,
+            tenant=args.tenant,
+            max_bytes=settings.upload_max_bytes,
+            nats_user=settings.nats_user,
+            nats_password=settings.nats_password,
+        )
+    )
+    print(json.dumps(ref, indent=2))
 
 
 def cmd_bridge(args: argparse.Namespace) -> None:
@@ -251,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--user", default="cli")
     r.add_argument("--timeout", type=float, default=30.0)
     r.set_defaults(func=cmd_request)
+
+    u = sub.add_parser("upload", help="put a file in the uploads object store, print its name")
+    u.add_argument("file")
+    u.add_argument("--tenant", required=True)
+    u.set_defaults(func=cmd_upload)
 
     b = sub.add_parser("bridge", help="run the HTTP bridge against configured infrastructure")
     b.set_defaults(func=cmd_bridge)

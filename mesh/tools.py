@@ -126,3 +126,27 @@ async def probe(
         return None
     finally:
         await nc.close()
+
+
+async def upload(
+    url: str,
+    path: str,
+    *,
+    tenant: str,
+    max_bytes: int,
+    nats_user: str | None = None,
+    nats_password: str | None = None,
+) -> dict[str, Any]:
+    """Stream a local file into the ``uploads`` object store as ``tenant``'s object."""
+    from bus.uploads import put_stream
+
+    nc = await connect_once(url, "mesh-upload", user=nats_user, password=nats_password)
+    try:
+        with open(path, "rb") as f:
+            pieces = iter(lambda: f.read(128 * 1024), b"")
+            stored = await put_stream(
+                nc.jetstream(), tenant, pieces, max_bytes=max_bytes, filename=path.rsplit("/")[-1]
+            )
+        return stored.ref()
+    finally:
+        await nc.close()

@@ -12,7 +12,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
 
 from schemas.operations import Operation
 from schemas.routes import Route
@@ -20,23 +27,27 @@ from schemas.routes import Route
 #: JetStream subject of training jobs (stream ``ML``).
 TRAIN_SUBJECT = "ml.jobs.train"
 
+# Every request is also bounded by the envelope codec: 8 MiB and 100,000 items in all
+# containers together, so rows x (features + 1) x 2 stays under ~100,000 (docs/services/ml.md).
 #: Most rows one inline training dataset may carry (larger: upload a CSV).
-MAX_INLINE_ROWS = 50_000
+MAX_INLINE_ROWS = 10_000
 #: Most features (columns besides the target) a dataset may have.
 MAX_FEATURES = 200
 #: Most rows one ``ml.predict`` may score.
 MAX_PREDICT_ROWS = 1_000
 #: Most rows one ``ml.drift`` may carry inline.
-MAX_DRIFT_ROWS = 10_000
+MAX_DRIFT_ROWS = 2_000
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]
 """A model or alias name: letters, digits, ``_.-``, up to 128 characters."""
 Column = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 Id = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 ObjectName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_./=-]{1,256}$")]
-#: A scalar cell of a row: number, string or null (booleans are refused by validation).
-Cell = float | int | str | None
-Row = dict[Column, Cell]
+#: A cell of a row: a number, a string or null. Typed here for the OpenAPI document only:
+#: the service checks every cell against the dataset or the model's signature itself,
+#: naming row and column (a pydantic union per cell would cost more than the inference).
+Cell = Annotated[Any, WithJsonSchema({"type": ["number", "string", "null"]})]
+Row = dict[str, Cell]
 
 Task = Literal["classification", "regression"]
 Algorithm = Literal[

@@ -4,14 +4,20 @@ predictions use follows them), delete refused while aliased, and tenant isolatio
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from bus.client import Client
 from bus.errors import Conflict, NotFound
 from schemas import ml
-from tests.ml_support import IRIS_FEATURES, ctx, ml_mesh, train_iris, unique
+from tests.ml_support import IRIS_FEATURES, ctx, iris_rows, ml_mesh, train_iris, unique, wait_job
 
 __all__ = ["ml_mesh"]
 
@@ -155,18 +161,27 @@ async def test_a_dataset_object_of_another_tenant_is_not_found(client: Client, e
         )
 
 
-async def test_a_csv_dataset_from_the_object_store_trains(client: Client, env) -> None:
-    from bus.uploads import put_stream
-    from tests.ml_support import wait_job
-
+async def test_a_csv_uploaded_with_mesh_upload_trains(
+    client: Client, settings, tmp_path: Path
+) -> None:
     tenant = unique("csv")
     header = ",".join([*IRIS_FEATURES, "species"])
-    from tests.ml_support import iris_rows
-
     lines = [header] + [
         ",".join(str(r[k]) for k in [*IRIS_FEATURES, "species"]) for r in iris_rows()
     ]
-    stored = await put_stream(env.js, tenant, ["\n".join(lines).encode()], max_bytes=1 << 20)
+    path = tmp_path / "iris.csv"
+    path.write_text("\n".join(lines) + "\n")
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "mesh", "upload", str(path), "--tenant", tenant],
+        env={**os.environ, "NATS_URL": settings.nats_url, "LOG_LEVEL": "warning"},
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    ref = json.loads(done.stdout)
+    assert ref["filename"] == "iris.csv" and ref["size"] == path.stat().st_size
+    stored = SimpleNamespace(name=ref["name"])
     out = await client.call(
         ml.TRAIN,
         {

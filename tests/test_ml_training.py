@@ -88,6 +88,13 @@ BAD_DATA = [
         _rows_with_text_in_numeric(), "sepal_width", 17, "is not a number", id="text-in-numeric"
     ),
     pytest.param(iris_rows()[:4], None, None, "too few rows", id="too-few-rows"),
+    pytest.param(
+        [*iris_rows()[:20], {**iris_rows()[20], "species": ["x"]}, *iris_rows()[21:]],
+        "species",
+        20,
+        "is not a label",
+        id="nested-target",
+    ),
     pytest.param(iris_rows()[:40], "species", None, "one class only", id="one-class"),
 ]
 
@@ -161,8 +168,9 @@ async def test_an_algorithm_outside_the_allow_list_is_refused(client: Client) ->
         ({"sepal_length": 5.0, "sepal_width": 3.0, "petal_length": 1.4}, "petal_width"),
         ({**dict.fromkeys(IRIS_FEATURES, 1.0), "colour": "red"}, "colour"),
         ({**dict.fromkeys(IRIS_FEATURES, 1.0), "sepal_width": "wide"}, "sepal_width"),
+        ({**dict.fromkeys(IRIS_FEATURES, 1.0), "petal_length": {"$gt": 1}}, "petal_length"),
     ],
-    ids=["missing", "extra", "mistyped"],
+    ids=["missing", "extra", "mistyped", "nested"],
 )
 async def test_rows_not_matching_the_signature_are_refused_naming_the_feature(
     client: Client, row: dict, named: str

@@ -561,7 +561,8 @@ class MLService:
         except DataError as exc:
             raise InvalidRequest(exc.message, exc.details) from None
         self._record(tenant, req.model, version, req.rows, time.perf_counter() - started)
-        return PredictResponse(
+        # Built from the registry's classes and onnxruntime's floats: nothing to validate.
+        return PredictResponse.model_construct(
             model=req.model,
             version=version,
             predictions=predictions,
@@ -666,6 +667,12 @@ def build_worker(svc: MLService, codec: Codec | None = None, max_concurrency: in
     )
 
 
+def _warm_up() -> None:
+    """Import what the first drift report would otherwise import mid-request (seconds)."""
+    import scipy.special  # noqa: F401
+    import scipy.stats  # noqa: F401
+
+
 @asynccontextmanager
 async def lifespan(env: WorkerEnv) -> AsyncIterator[Worker]:
     if not env.settings.database_url:
@@ -674,6 +681,7 @@ async def lifespan(env: WorkerEnv) -> AsyncIterator[Worker]:
     db = await create_database(env.settings.database_url)
     try:
         await migrate(db, "ml", migrations_of("workers.ml"))
+        await asyncio.to_thread(_warm_up)
         codec = Codec(env.settings.codec_type)
         stopping = asyncio.Event()
         svc = MLService(db, env.js, config, codec=codec, stopping=stopping)
