@@ -264,7 +264,22 @@ def _to_float(v: Any, from_csv: bool) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _numeric(values: list[Any], name: str, from_csv: bool) -> list[float]:
+def _numeric(values: list[Any], name: str, from_csv: bool) -> Any:
+    """The column as float64, or the first bad cell named. Fast path: numpy converts the
+    whole column (CSV strings are parsed in C); any doubt takes the per-cell path."""
+    if None not in values:
+        kinds = set(map(type, values))
+        if kinds <= ({str} if from_csv else {int, float}):
+            try:
+                column = np.asarray(values, dtype=np.float64)
+            except (ValueError, TypeError, OverflowError):
+                column = None
+            if column is not None and np.isfinite(column).all():
+                return column
+    return _numeric_cells(values, name, from_csv)
+
+
+def _numeric_cells(values: list[Any], name: str, from_csv: bool) -> list[float]:
     out: list[float] = []
     for i, v in enumerate(values):
         if v is None:
