@@ -48,6 +48,9 @@ ObjectName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_./=-]{1,256}
 #: naming row and column (a pydantic union per cell would cost more than the inference).
 Cell = Annotated[Any, WithJsonSchema({"type": ["number", "string", "null"]})]
 Row = dict[str, Cell]
+#: A predicted value: a class label (string or number, as in the training data) or, for
+#: regression, a number. Documented, not re-validated item by item on the client.
+Prediction = Annotated[Any, WithJsonSchema({"type": ["string", "number"]})]
 
 Task = Literal["classification", "regression"]
 Algorithm = Literal[
@@ -257,7 +260,7 @@ class PredictRequest(_Selector):
 class PredictResponse(BaseModel):
     model: str
     version: int
-    predictions: list[str | int | float]
+    predictions: list[Prediction]
     probabilities: list[list[float]] | None = None
 
 
