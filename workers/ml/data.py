@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ MAX_CATEGORIES = 100
 MAX_PROBLEMS = 20
 #: Longest CSV field accepted (csv's own default limit is 128 KiB).
 MAX_CSV_FIELD = 64 * 1024
+_INT = re.compile(r"-?[0-9]{1,18}\Z")
 
 
 class DataError(Exception):
@@ -241,6 +243,8 @@ def _target(values: list[Any], target: str, task: str, from_csv: bool) -> list[A
             if isinstance(v, float) and v.is_integer():
                 v = int(v)
             out.append(v)
+    if task == "classification" and from_csv and all(_INT.match(v) for v in out):
+        out = [int(v) for v in out]  # CSV labels 0/1/2 stay numbers, as in JSON rows
     if task == "classification" and len({type(v) for v in out}) > 1:
         first = type(out[0])
         i = next(i for i, v in enumerate(out) if type(v) is not first)

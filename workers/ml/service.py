@@ -606,8 +606,8 @@ class MLService:
         tenant = _tenant(ctx)
         row = await self.store.resolve(tenant, req.model, req.version, req.alias)
         version = row["version"]
-        ref = await self.store.reference(tenant, req.model, version)
-        if not ref:
+        ref_text = await self.store.reference(tenant, req.model, version)
+        if not ref_text:
             raise InvalidRequest(
                 f"version {version} of {req.model!r} has no training reference (uploaded model)"
             )
@@ -624,13 +624,15 @@ class MLService:
             )
         signature = _json(row["signature"])
         features = features_of(signature)
-        n_ref = max((int(r.get("n", 0)) for r in ref.values()), default=0)
 
-        def report() -> list[dict[str, Any]]:
-            return drift.compare(features, ref, check_rows(features, rows))
+        def report() -> tuple[int, list[dict[str, Any]]]:
+            # The reference (1,001 quantiles a feature) is parsed here, off the loop.
+            ref = _json(ref_text)
+            n_ref = max((int(r.get("n", 0)) for r in ref.values()), default=0)
+            return n_ref, drift.compare(features, ref, check_rows(features, rows))
 
         try:
-            results = await asyncio.to_thread(report)
+            n_ref, results = await asyncio.to_thread(report)
         except DataError as exc:
             raise InvalidRequest(exc.message, exc.details) from None
         items = [FeatureDrift(**r) for r in results]

@@ -311,7 +311,8 @@ class MLStore:
             raise NotFound(f"model {model!r} has no version {version}")
         return bytes(row["artifact"]), row["artifact_sha256"]
 
-    async def reference(self, tenant: str, model: str, version: int) -> dict[str, Any] | None:
+    async def reference(self, tenant: str, model: str, version: int) -> Any:
+        """The version's drift reference as stored (JSON text), or ``None``."""
         async with self.db.connection() as conn:
             value = await conn.fetchval(
                 "SELECT reference FROM ml.versions"
@@ -320,7 +321,7 @@ class MLStore:
                 model,
                 version,
             )
-        return _json(value)
+        return value
 
     async def model(
         self, tenant: str, name: str
