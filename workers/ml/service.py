@@ -38,7 +38,7 @@ from bus.errors import (
 )
 from bus.jetstream import ConsumerSpec, JobConsumer, publish
 from bus.postgres import Database, create_database, migrate, migrations_of
-from bus.uploads import delete_object, object_info, put_stream, read_object
+from bus.uploads import object_info, read_object
 from bus.worker import Endpoint, Worker, WorkerEnv
 from schemas import ml
 from schemas.context import Context
@@ -184,18 +184,16 @@ class MLService:
         if req.target in {f if isinstance(f, str) else f.name for f in req.features or ()}:
             raise InvalidRequest(f"the target {req.target!r} cannot be a feature")
         job_id = new_job_id()
-        owns = req.dataset.rows is not None
+        dataset: bytes | None = None
+        dataset_object: str | None = None
         if req.dataset.rows is not None:
-            body = msgpack.packb(req.dataset.rows, use_bin_type=True)
-            stored = await put_stream(
-                self.js,
-                tenant,
-                [body],
-                max_bytes=self.config.max_dataset_bytes,
-                content_type="application/x-msgpack",
-                name=f"ml/{job_id}",
-            )
-            dataset_object, fmt = stored.name, "msgpack"
+            # Inline rows live in the job's row until it ends (the service only reads the
+            # object store: uploads are the caller's).
+            dataset, fmt = msgpack.packb(req.dataset.rows, use_bin_type=True), "msgpack"
+            if len(dataset) > self.config.max_dataset_bytes:
+                raise PayloadTooLarge(
+                    f"dataset exceeds the {self.config.max_dataset_bytes}-byte limit"
+                )
         else:
             assert req.dataset.object is not None
             info = await object_info(self.js, req.dataset.object, tenant)
@@ -206,23 +204,17 @@ class MLService:
                 )
             dataset_object, fmt = req.dataset.object, "csv"
         spec = req.model_dump(exclude={"dataset"}) | {"params": params}
-        try:
-            await self.store.create_job(
-                tenant,
-                job_id,
-                name=req.name,
-                task=req.task,
-                algorithm=req.algorithm,
-                spec=spec,
-                dataset_object=dataset_object,
-                dataset_format=fmt,
-                owns_dataset=owns,
-            )
-        except BaseException:
-            if owns:
-                with contextlib.suppress(Exception):
-                    await delete_object(self.js, dataset_object, tenant)
-            raise
+        await self.store.create_job(
+            tenant,
+            job_id,
+            name=req.name,
+            task=req.task,
+            algorithm=req.algorithm,
+            spec=spec,
+            dataset_object=dataset_object,
+            dataset=dataset,
+            dataset_format=fmt,
+        )
         try:
             await publish(
                 self.js,
@@ -273,7 +265,6 @@ class MLService:
                 "unavailable",
                 f"training was interrupted {row['attempts']} times (the worker stopped)",
             )
-            await self._cleanup(tenant, row)
             return
         row = await self.store.start_attempt(tenant, job.job_id)
         if row is None:
@@ -282,9 +273,17 @@ class MLService:
         log = _log.bind(job_id=job.job_id, attempt=attempt)
         log.info("training_started")
         try:
-            _, data = await read_object(
-                self.js, row["dataset_object"], tenant, max_bytes=self.config.max_dataset_bytes
-            )
+            if row["has_dataset"]:
+                data = await self.store.dataset(tenant, job.job_id)
+                if data is None:
+                    raise NotFound("the job's inline rows are gone")
+            else:
+                _, data = await read_object(
+                    self.js,
+                    row["dataset_object"],
+                    tenant,
+                    max_bytes=self.config.max_dataset_bytes,
+                )
         except (NotFound, PayloadTooLarge) as exc:
             await self.store.finish_failed(
                 tenant, job.job_id, exc.code, f"dataset: {exc.message}", attempt=attempt
@@ -308,14 +307,12 @@ class MLService:
                 log.info("training_interrupted_by_shutdown")
                 raise Unavailable("the worker is stopping; the job will be retried") from None
             log.info("training_cancelled")
-            await self._cleanup(tenant, row)
             return
         except MeshError as exc:  # bad data, time limit, a crash in the process
             log.info("training_failed", code=exc.code, error=exc.message)
             await self.store.finish_failed(
                 tenant, job.job_id, exc.code, exc.message, exc.details, attempt=attempt
             )
-            await self._cleanup(tenant, row)
             return
         finally:
             beat.cancel()
@@ -331,7 +328,6 @@ class MLService:
                 f" {self.config.max_artifact_bytes}-byte limit; use fewer or smaller trees",
                 attempt=attempt,
             )
-            await self._cleanup(tenant, row)
             return
         try:
             version = await self.store.register(
@@ -357,10 +353,8 @@ class MLService:
             await self.store.finish_failed(
                 tenant, job.job_id, exc.code, exc.message, exc.details, attempt=attempt
             )
-            await self._cleanup(tenant, row)
             return
         log.info("training_succeeded", version=version, seconds=round(answer["seconds"], 2))
-        await self._cleanup(tenant, row)
 
     async def _lease(
         self, tenant: str, job_id: str, attempt: int, cancelled: asyncio.Event
@@ -381,12 +375,6 @@ class MLService:
             if status != "running":
                 cancelled.set()
                 return
-
-    async def _cleanup(self, tenant: str, row: Any) -> None:
-        """Remove the inline dataset the service stored once the job is finished."""
-        if row["owns_dataset"]:
-            with contextlib.suppress(Exception):
-                await delete_object(self.js, row["dataset_object"], tenant)
 
     async def train_failed(self, job: TrainJob | None, ctx: Context | None, reason: str) -> None:
         """The consumer gives up on a message: fail its job with the reason."""

@@ -18,6 +18,12 @@ from bus.postgres import Database
 
 #: Tries of one job before it is failed (JetStream ``max_deliver`` matches it).
 MAX_ATTEMPTS = 3
+#: Every column of a job but its inline rows, which only the training consumer reads.
+_JOB = (
+    "tenant_id, job_id, name, task, algorithm, spec, dataset_object, dataset_format,"
+    " (dataset IS NOT NULL) AS has_dataset, status, attempts, error, error_code,"
+    " error_details, version, metrics, heartbeat_at, created_at, started_at, finished_at"
+)
 
 
 def new_job_id() -> str:
@@ -55,15 +61,15 @@ class MLStore:
         task: str,
         algorithm: str,
         spec: dict[str, Any],
-        dataset_object: str,
+        dataset_object: str | None,
+        dataset: bytes | None,
         dataset_format: str,
-        owns_dataset: bool,
     ) -> asyncpg.Record:
         async with self.db.connection() as conn:
             return await conn.fetchrow(
                 "INSERT INTO ml.jobs (tenant_id, job_id, name, task, algorithm, spec,"
-                " dataset_object, dataset_format, owns_dataset)"
-                " VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9) RETURNING *",
+                " dataset_object, dataset, dataset_format)"
+                " VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9) RETURNING " + _JOB,
                 tenant,
                 job_id,
                 name,
@@ -71,14 +77,16 @@ class MLStore:
                 algorithm,
                 json.dumps(spec),
                 dataset_object,
+                dataset,
                 dataset_format,
-                owns_dataset,
             )
 
     async def get_job(self, tenant: str, job_id: str) -> asyncpg.Record | None:
         async with self.db.connection() as conn:
             return await conn.fetchrow(
-                "SELECT * FROM ml.jobs WHERE tenant_id = $1 AND job_id = $2", tenant, job_id
+                "SELECT " + _JOB + " FROM ml.jobs WHERE tenant_id = $1 AND job_id = $2",
+                tenant,
+                job_id,
             )
 
     async def list_jobs(
@@ -87,7 +95,7 @@ class MLStore:
         before_ts, before_id = _uncursor(cursor) if cursor else (None, "")
         async with self.db.connection() as conn:
             rows = await conn.fetch(
-                "SELECT * FROM ml.jobs WHERE tenant_id = $1"
+                "SELECT " + _JOB + " FROM ml.jobs WHERE tenant_id = $1"
                 " AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR name = $3)"
                 " AND ($4::timestamptz IS NULL OR (created_at, job_id) < ($4::timestamptz, $5))"
                 " ORDER BY created_at DESC, job_id DESC LIMIT $6",
@@ -102,6 +110,16 @@ class MLStore:
         nxt = _cursor(items[-1]["created_at"], items[-1]["job_id"]) if len(rows) > limit else None
         return items, nxt
 
+    async def dataset(self, tenant: str, job_id: str) -> bytes | None:
+        """A job's inline rows (msgpack), if it has them."""
+        async with self.db.connection() as conn:
+            value = await conn.fetchval(
+                "SELECT dataset FROM ml.jobs WHERE tenant_id = $1 AND job_id = $2",
+                tenant,
+                job_id,
+            )
+        return bytes(value) if value is not None else None
+
     async def start_attempt(self, tenant: str, job_id: str) -> asyncpg.Record | None:
         """Enter ``running`` for one more attempt; ``None`` if the job is finished."""
         async with self.db.connection() as conn:
@@ -109,7 +127,7 @@ class MLStore:
                 "UPDATE ml.jobs SET status = 'running', attempts = attempts + 1,"
                 " started_at = coalesce(started_at, now()), heartbeat_at = now()"
                 " WHERE tenant_id = $1 AND job_id = $2 AND status IN ('queued', 'running')"
-                " RETURNING *",
+                " RETURNING " + _JOB,
                 tenant,
                 job_id,
             )
@@ -139,7 +157,7 @@ class MLStore:
         """Fail a job that is not finished yet (of this attempt, when given)."""
         async with self.db.connection() as conn:
             row = await conn.fetchval(
-                "UPDATE ml.jobs SET status = 'failed', error = $3, error_code = $4,"
+                "UPDATE ml.jobs SET status = 'failed', error = $3, error_code = $4, dataset = NULL,"
                 " error_details = $5::jsonb, finished_at = now()"
                 " WHERE tenant_id = $1 AND job_id = $2 AND status IN ('queued', 'running')"
                 " AND ($6::int IS NULL OR attempts = $6) RETURNING 1",
@@ -155,15 +173,17 @@ class MLStore:
     async def cancel_job(self, tenant: str, job_id: str) -> asyncpg.Record | None:
         async with self.db.connection() as conn:
             row = await conn.fetchrow(
-                "UPDATE ml.jobs SET status = 'cancelled', finished_at = now()"
+                "UPDATE ml.jobs SET status = 'cancelled', finished_at = now(), dataset = NULL"
                 " WHERE tenant_id = $1 AND job_id = $2 AND status IN ('queued', 'running')"
-                " RETURNING *",
+                " RETURNING " + _JOB,
                 tenant,
                 job_id,
             )
             if row is None:
                 row = await conn.fetchrow(
-                    "SELECT * FROM ml.jobs WHERE tenant_id = $1 AND job_id = $2", tenant, job_id
+                    "SELECT " + _JOB + " FROM ml.jobs WHERE tenant_id = $1 AND job_id = $2",
+                    tenant,
+                    job_id,
                 )
         return row
 
@@ -174,7 +194,7 @@ class MLStore:
         any attempt (JetStream would have redelivered them by then). All tenants."""
         async with self.db.connection() as conn:
             return await conn.fetch(
-                "UPDATE ml.jobs SET status = 'failed', error_code = 'unavailable',"
+                "UPDATE ml.jobs SET status = 'failed', error_code = 'unavailable', dataset = NULL,"
                 " error = 'unavailable: the training worker stopped during attempt '"
                 "   || attempts || ' of ' || $2 || ' and the job was not retried',"
                 " finished_at = now()"
@@ -249,7 +269,7 @@ class MLStore:
             if job_id is not None:
                 done = await conn.fetchval(
                     "UPDATE ml.jobs SET status = 'succeeded', version = $3, metrics = $4::jsonb,"
-                    " finished_at = now() WHERE tenant_id = $1 AND job_id = $2"
+                    " dataset = NULL, finished_at = now() WHERE tenant_id = $1 AND job_id = $2"
                     " AND status = 'running' AND ($5::int IS NULL OR attempts = $5) RETURNING 1",
                     tenant,
                     job_id,

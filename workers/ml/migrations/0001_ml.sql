@@ -6,9 +6,9 @@ CREATE TABLE ml.jobs (
     task          text        NOT NULL,
     algorithm     text        NOT NULL,
     spec          jsonb       NOT NULL,  -- the train request less the dataset
-    dataset_object text       NOT NULL,  -- object in the uploads bucket
+    dataset_object text,                 -- a CSV in the uploads bucket, or
+    dataset       bytea,                 -- inline rows (msgpack), cleared when the job ends
     dataset_format text       NOT NULL CHECK (dataset_format IN ('msgpack', 'csv')),
-    owns_dataset  boolean     NOT NULL DEFAULT false,  -- inline rows stored by the service
     status        text        NOT NULL DEFAULT 'queued' CHECK (status IN
                       ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
     attempts      integer     NOT NULL DEFAULT 0,
