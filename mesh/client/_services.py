@@ -14,6 +14,7 @@ import schemas.agent
 import schemas.cache
 import schemas.gateway
 import schemas.ingestion
+import schemas.ml
 import schemas.prompt
 import schemas.rag
 from mesh.client._base import Service
@@ -990,6 +991,246 @@ class IngestionService(Service):
         return await self._call(schemas.ingestion.LIST_JOBS, request, fields)
 
 
+class MlService(Service):
+    """The ``ml`` service (``schemas/ml.py``)."""
+
+    name = "ml"
+    operations = {
+        "train": schemas.ml.TRAIN,
+        "get_job": schemas.ml.GET_JOB,
+        "list_jobs": schemas.ml.LIST_JOBS,
+        "cancel_job": schemas.ml.CANCEL_JOB,
+        "predict": schemas.ml.PREDICT,
+        "list_models": schemas.ml.LIST_MODELS,
+        "get_model": schemas.ml.GET_MODEL,
+        "set_alias": schemas.ml.SET_ALIAS,
+        "delete_version": schemas.ml.DELETE_VERSION,
+        "drift": schemas.ml.DRIFT,
+        "upload_model": schemas.ml.UPLOAD_MODEL,
+    }
+
+    @typing.overload
+    async def train(self, request: schemas.ml.TrainRequest, /) -> schemas.ml.TrainResponse: ...
+    @typing.overload
+    async def train(
+        self,
+        /,
+        *,
+        name: builtins.str,
+        task: typing.Literal["classification", "regression"],
+        algorithm: typing.Literal[
+            "logistic_regression",
+            "linear_regression",
+            "ridge",
+            "random_forest",
+            "hist_gradient_boosting",
+        ],
+        params: collections.abc.Mapping[builtins.str, typing.Any] = ...,
+        target: builtins.str,
+        features: collections.abc.Sequence[
+            builtins.str
+            | schemas.ml.FeatureSpec
+            | collections.abc.Mapping[builtins.str, typing.Any]
+        ]
+        | None = ...,
+        dataset: schemas.ml.Dataset | collections.abc.Mapping[builtins.str, typing.Any],
+        test_size: builtins.float = ...,
+        time_limit_s: builtins.int = ...,
+        random_state: builtins.int = ...,
+    ) -> schemas.ml.TrainResponse: ...
+    async def train(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.ml.TrainResponse:
+        """Queue a training job (202).
+
+        ``ml.train.request``; not retried.
+        """
+        return await self._call(schemas.ml.TRAIN, request, fields)
+
+    @typing.overload
+    async def get_job(self, request: schemas.ml.GetJobRequest, /) -> schemas.ml.Job: ...
+    @typing.overload
+    async def get_job(self, /, *, job_id: builtins.str) -> schemas.ml.Job: ...
+    async def get_job(self, request: typing.Any = None, /, **fields: typing.Any) -> schemas.ml.Job:
+        """One job.
+
+        ``ml.get_job.request``; idempotent: retried on unavailable/timeout.
+        """
+        return await self._call(schemas.ml.GET_JOB, request, fields)
+
+    @typing.overload
+    async def list_jobs(
+        self, request: schemas.ml.ListJobsRequest, /
+    ) -> schemas.ml.ListJobsResponse: ...
+    @typing.overload
+    async def list_jobs(
+        self,
+        /,
+        *,
+        status: typing.Literal["queued", "running", "succeeded", "failed", "cancelled"]
+        | None = ...,
+        name: builtins.str | None = ...,
+        limit: builtins.int = ...,
+        cursor: builtins.str | None = ...,
+    ) -> schemas.ml.ListJobsResponse: ...
+    async def list_jobs(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.ml.ListJobsResponse:
+        """Jobs.
+
+        ``ml.list_jobs.request``; idempotent: retried on unavailable/timeout.
+        """
+        return await self._call(schemas.ml.LIST_JOBS, request, fields)
+
+    @typing.overload
+    async def cancel_job(self, request: schemas.ml.CancelJobRequest, /) -> schemas.ml.Job: ...
+    @typing.overload
+    async def cancel_job(self, /, *, job_id: builtins.str) -> schemas.ml.Job: ...
+    async def cancel_job(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.ml.Job:
+        """Cancel a job.
+
+        ``ml.cancel_job.request``; idempotent: retried on unavailable/timeout.
+        """
+        return await self._call(schemas.ml.CANCEL_JOB, request, fields)
+
+    @typing.overload
+    async def predict(
+        self, request: schemas.ml.PredictRequest, /
+    ) -> schemas.ml.PredictResponse: ...
+    @typing.overload
+    async def predict(
+        self,
+        /,
+        *,
+        model: builtins.str,
+        version: builtins.int | None = ...,
+        alias: builtins.str | None = ...,
+        rows: collections.abc.Sequence[collections.abc.Mapping[builtins.str, typing.Any]],
+    ) -> schemas.ml.PredictResponse: ...
+    async def predict(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.ml.PredictResponse:
+        """Score up to 1,000 rows.
+
+        ``ml.predict.request``; idempotent: retried on unavailable/timeout.
+        """
+        return await self._call(schemas.ml.PREDICT, request, fields)
+
+    @typing.overload
+    async def list_models(
+        self, request: schemas.ml.ListModelsRequest, /
+    ) -> schemas.ml.ListModelsResponse: ...
+    @typing.overload
+    async def list_models(
+        self, /, *, limit: builtins.int = ..., cursor: builtins.str | None = ...
+    ) -> schemas.ml.ListModelsResponse: ...
+    async def list_models(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.ml.ListModelsResponse:
+        """Models of the tenant.
+
+        ``ml.list_models.request``; idempotent: retried on unavailable/timeout.
+        """
+        return await self._call(schemas.ml.LIST_MODELS, request, fields)
+
+    @typing.overload
+    async def get_model(self, request: schemas.ml.GetModelRequest, /) -> schemas.ml.ModelInfo: ...
+    @typing.overload
+    async def get_model(self, /, *, model: builtins.str) -> schemas.ml.ModelInfo: ...
+    async def get_model(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.ml.ModelInfo:
+        """One model.
+
+        ``ml.get_model.request``; idempotent: retried on unavailable/timeout.
+        """
+        return await self._call(schemas.ml.GET_MODEL, request, fields)
+
+    @typing.overload
+    async def set_alias(
+        self, request: schemas.ml.SetAliasRequest, /
+    ) -> schemas.ml.SetAliasResponse: ...
+    @typing.overload
+    async def set_alias(
+        self, /, *, model: builtins.str, alias: builtins.str, version: builtins.int
+    ) -> schemas.ml.SetAliasResponse: ...
+    async def set_alias(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.ml.SetAliasResponse:
+        """Point an alias at a version.
+
+        ``ml.set_alias.request``; idempotent: retried on unavailable/timeout.
+        """
+        return await self._call(schemas.ml.SET_ALIAS, request, fields)
+
+    @typing.overload
+    async def delete_version(
+        self, request: schemas.ml.DeleteVersionRequest, /
+    ) -> schemas.ml.DeleteVersionResponse: ...
+    @typing.overload
+    async def delete_version(
+        self, /, *, model: builtins.str, version: builtins.int
+    ) -> schemas.ml.DeleteVersionResponse: ...
+    async def delete_version(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.ml.DeleteVersionResponse:
+        """Delete a version no alias points at.
+
+        ``ml.delete_version.request``; idempotent: retried on unavailable/timeout.
+        """
+        return await self._call(schemas.ml.DELETE_VERSION, request, fields)
+
+    @typing.overload
+    async def drift(self, request: schemas.ml.DriftRequest, /) -> schemas.ml.DriftResponse: ...
+    @typing.overload
+    async def drift(
+        self,
+        /,
+        *,
+        model: builtins.str,
+        version: builtins.int | None = ...,
+        alias: builtins.str | None = ...,
+        rows: collections.abc.Sequence[collections.abc.Mapping[builtins.str, typing.Any]]
+        | None = ...,
+    ) -> schemas.ml.DriftResponse: ...
+    async def drift(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.ml.DriftResponse:
+        """Drift report.
+
+        ``ml.drift.request``; idempotent: retried on unavailable/timeout.
+        """
+        return await self._call(schemas.ml.DRIFT, request, fields)
+
+    @typing.overload
+    async def upload_model(
+        self, request: schemas.ml.UploadModelRequest, /
+    ) -> schemas.ml.UploadModelResponse: ...
+    @typing.overload
+    async def upload_model(
+        self,
+        /,
+        *,
+        name: builtins.str,
+        object: builtins.str,
+        task: typing.Literal["classification", "regression"],
+        features: collections.abc.Sequence[
+            schemas.ml.FeatureSpec | collections.abc.Mapping[builtins.str, typing.Any]
+        ],
+        classes: collections.abc.Sequence[builtins.str | builtins.int] | None = ...,
+    ) -> schemas.ml.UploadModelResponse: ...
+    async def upload_model(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.ml.UploadModelResponse:
+        """Register a checked ONNX model.
+
+        ``ml.upload_model.request``; not retried.
+        """
+        return await self._call(schemas.ml.UPLOAD_MODEL, request, fields)
+
+
 class PromptService(Service):
     """The ``prompt`` service (``schemas/prompt.py``)."""
 
@@ -1539,6 +1780,7 @@ class Services:
     cache: CacheService
     gateway: GatewayService
     ingestion: IngestionService
+    ml: MlService
     prompt: PromptService
     rag: RagService
 
@@ -1548,6 +1790,7 @@ SERVICE_CLASSES: dict[str, type[Service]] = {
     "cache": CacheService,
     "gateway": GatewayService,
     "ingestion": IngestionService,
+    "ml": MlService,
     "prompt": PromptService,
     "rag": RagService,
 }
