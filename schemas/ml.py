@@ -366,7 +366,8 @@ DELETE_VERSION = Operation(
     "delete_version",
     DeleteVersionRequest,
     DeleteVersionResponse,
-    idempotent=True,
+    # Not retried: a retry after a delete that went through would answer not_found.
+    idempotent=False,
     description="delete a version no alias points at",
 )
 DRIFT = Operation(

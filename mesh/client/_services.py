@@ -1178,7 +1178,7 @@ class MlService(Service):
     ) -> schemas.ml.DeleteVersionResponse:
         """Delete a version no alias points at.
 
-        ``ml.delete_version.request``; idempotent: retried on unavailable/timeout.
+        ``ml.delete_version.request``; not retried.
         """
         return await self._call(schemas.ml.DELETE_VERSION, request, fields)
 
