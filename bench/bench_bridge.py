@@ -87,15 +87,15 @@ def serve_worker() -> None:
 
 
 def bridge_app() -> Any:
-    from bus.settings import Settings
     from gateway_bridge.app import create_app
+    from gateway_bridge.settings import BridgeSettings
     from schemas.routes import Route
 
     request_model, response_model = _models()
     from schemas.operations import Operation
 
     route = Route("POST", PATH, Operation("bench", "noop", request_model, response_model))
-    return create_app(Settings(), (route,))  # type: ignore[call-arg]
+    return create_app(BridgeSettings(), (route,))
 
 
 def plain_app() -> Any:

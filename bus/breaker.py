@@ -13,7 +13,7 @@ from bus.errors import Unavailable
 
 State = Literal["closed", "open", "half_open"]
 
-_log = structlog.get_logger("bus.breaker")
+_log = structlog.get_logger(__name__)
 
 DEFAULT_FAILURE_THRESHOLD = 5
 DEFAULT_RESET_TIMEOUT_S = 5.0

@@ -1,4 +1,5 @@
-"""Envelope codecs: msgpack (default), JSON and protobuf, recognised from the first byte.
+"""Envelope codecs: msgpack (default), JSON and protobuf, recognised from the first byte
+(docs/architecture.md, "Envelope").
 
 An envelope is ``{"h": {context headers}, "d": payload}``. Decoding is bounded (size,
 nesting, container lengths) and anything that is not a valid envelope raises

@@ -21,7 +21,7 @@ import nats
 import structlog
 from nats.aio.client import Client as NATS
 
-_log = structlog.get_logger("bus.connection")
+_log = structlog.get_logger(__name__)
 
 #: nats-py gives up after 60 attempts (~2 minutes) by default; a worker must not.
 RECONNECT_FOREVER = -1

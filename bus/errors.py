@@ -1,4 +1,8 @@
-"""The mesh's error hierarchy: one class per code of DESIGN §4.
+"""The mesh's error hierarchy: one class per error code (docs/architecture.md, "Errors").
+
+Each class carries its wire ``code``, the HTTP ``status`` the bridge answers with (also
+sent in the ``Nats-Service-Error-Code`` header) and the problem ``title``: this module is
+the one list of the codes; everything else derives from :data:`BY_CODE`.
 
 ::
 
@@ -24,25 +28,25 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from schemas.errors import HTTP_STATUS, ErrorBody
+from schemas.errors import ErrorBody, ErrorCode
 
 
 class MeshError(Exception):
     """Root of every error a mesh call can raise."""
 
-    code: ClassVar[str] = "internal"
+    code: ClassVar[ErrorCode] = "internal"
+    status: ClassVar[int] = 500
+    """The HTTP status the bridge answers with."""
+    title: ClassVar[str] = "Internal error"
+    """The RFC 9457 problem ``title``."""
 
     def __init__(self, message: str = "", details: Any = None) -> None:
         super().__init__(message or self.code)
         self.message = message or self.code
         self.details = details
 
-    @property
-    def status(self) -> int:
-        return HTTP_STATUS[self.code]
-
     def body(self) -> ErrorBody:
-        return ErrorBody(code=self.code, message=self.message, details=self.details)  # type: ignore[arg-type]
+        return ErrorBody(code=self.code, message=self.message, details=self.details)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r})"
@@ -50,30 +54,44 @@ class MeshError(Exception):
 
 class InvalidRequest(MeshError):
     code = "invalid_request"
+    status = 400
+    title = "Invalid request"
 
 
 class Unauthenticated(MeshError):
     code = "unauthenticated"
+    status = 401
+    title = "Unauthenticated"
 
 
 class Forbidden(MeshError):
     code = "forbidden"
+    status = 403
+    title = "Forbidden"
 
 
 class NotFound(MeshError):
     code = "not_found"
+    status = 404
+    title = "Not found"
 
 
 class Conflict(MeshError):
     code = "conflict"
+    status = 409
+    title = "Conflict"
 
 
 class PayloadTooLarge(MeshError):
     code = "payload_too_large"
+    status = 413
+    title = "Payload too large"
 
 
 class RateLimited(MeshError):
     code = "rate_limited"
+    status = 429
+    title = "Rate limited"
 
     @property
     def retry_after(self) -> float | None:
@@ -86,10 +104,14 @@ class RateLimited(MeshError):
 
 class Internal(MeshError):
     code = "internal"
+    status = 500
+    title = "Internal error"
 
 
 class UpstreamError(MeshError):
     code = "upstream_error"
+    status = 502
+    title = "Upstream error"
 
 
 class RetryableError(MeshError):
@@ -98,12 +120,17 @@ class RetryableError(MeshError):
 
 class Unavailable(RetryableError):
     code = "unavailable"
+    status = 503
+    title = "Service unavailable"
 
 
 class Timeout(RetryableError):
     code = "timeout"
+    status = 504
+    title = "Timeout"
 
 
+#: Every error class by its wire code.
 BY_CODE: dict[str, type[MeshError]] = {
     cls.code: cls
     for cls in (

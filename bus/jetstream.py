@@ -1,4 +1,5 @@
-"""JetStream streams (DESIGN §5), deduplicated publishing, and durable job consumers.
+"""JetStream streams, deduplicated publishing, and durable job consumers
+(docs/architecture.md, "JetStream").
 
 Stream and consumer definitions live here, in one place, and are created idempotently
 at start. A job that exhausts its deliveries is reported to ``on_failed`` with its last
@@ -26,7 +27,7 @@ from bus.errors import InvalidRequest, MeshError, RetryableError, Unavailable, t
 from bus.worker import validation_details
 from schemas.context import Context
 
-_log = structlog.get_logger("bus.jetstream")
+_log = structlog.get_logger(__name__)
 
 DAY_S = 24 * 3600.0
 DUPLICATE_WINDOW_S = 120.0

@@ -23,7 +23,7 @@ from schemas.context import Context
 
 T = TypeVar("T")
 
-_log = structlog.get_logger("bus.patience")
+_log = structlog.get_logger(__name__)
 
 #: How long one delivery waits for its dependencies before handing back to JetStream.
 DEFAULT_BUDGET_S = 300.0

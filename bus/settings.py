@@ -1,51 +1,19 @@
-"""Process settings from the environment (DESIGN §7), read once at the edge."""
+"""The settings every process of the mesh reads (docs/architecture.md, "Configuration").
+
+Read once at the edge (``mesh`` CLI, a test's fixture) and passed inward. A component
+with settings of its own has its own class beside its code: the bridge's
+(``gateway_bridge.settings.BridgeSettings``, which extends this one), a worker's
+(``workers/<name>/settings.py``, read in its ``lifespan``).
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import AfterValidator, Field, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_BRIDGE_HOST = "127.0.0.1"
-DEFAULT_BRIDGE_PORT = 8080
 DEFAULT_MAX_CONCURRENCY = 256
-DEFAULT_JWT_LEEWAY_S = 30.0
-DEFAULT_JWKS_MIN_REFRESH_S = 30.0
-DEFAULT_JWKS_TTL_S = 600.0
-DEFAULT_BRIDGE_MAX_BODY_BYTES = 1024 * 1024
-DEFAULT_BRIDGE_TIMEOUT_S = 30.0
-DEFAULT_BRIDGE_MAX_TIMEOUT_S = 300.0
-DEFAULT_RATE_LIMIT_TENANT = "6000/60"
-DEFAULT_RATE_LIMIT_USER = "1200/60"
-
-
-def parse_quota(text: str) -> tuple[int, float]:
-    """``"<requests>/<seconds>"`` → (requests, seconds): a token bucket holding ``requests``
-    that refills fully in ``seconds`` ("6000/60": bursts of 6000, 100 a second sustained)."""
-    count, sep, window = text.partition("/")
-    try:
-        requests, seconds = int(count), float(window)
-    except ValueError:
-        requests, seconds = 0, 0.0
-    if not sep or requests < 1 or not seconds > 0 or seconds == float("inf"):
-        raise ValueError(f"quota {text!r} must look like '<requests>/<seconds>', e.g. '600/60'")
-    return requests, seconds
-
-
-def _check_quota(text: str) -> str:
-    parse_quota(text)
-    return text.strip()
-
-
-#: Which requests the bridge writes an access log line for.
-AccessLog = Literal["all", "errors", "off"]
-
-#: A rate-limit quota, validated when settings are read.
-QuotaText = Annotated[str, AfterValidator(_check_quota)]
-#: Largest file one upload may hold (the bridge answers 413 above it; ingestion fails it).
-DEFAULT_UPLOAD_MAX_BYTES = 25 * 1024 * 1024
-DEFAULT_GATEWAY_CACHE_TTL_S = 3600
 
 
 class Settings(BaseSettings):
@@ -92,71 +60,6 @@ class Settings(BaseSettings):
         description="handlers in flight per worker",
     )
 
-    bridge_host: str = DEFAULT_BRIDGE_HOST
-    bridge_port: int = Field(default=DEFAULT_BRIDGE_PORT, ge=0, le=65535)
-    jwt_secret: str | None = None
-    jwt_jwks_url: str | None = None
-    jwt_audience: str | None = None
-    jwt_issuer: str | None = None
-    jwt_tenant_claim: str = Field(default="tenant_id", min_length=1)
-    jwt_leeway_seconds: float = Field(
-        default=DEFAULT_JWT_LEEWAY_S, ge=0, le=300, description="clock skew allowed on exp/nbf"
-    )
-    jwt_jwks_min_refresh_seconds: float = Field(
-        default=DEFAULT_JWKS_MIN_REFRESH_S,
-        ge=0,
-        description="an unknown kid refetches the JWKS at most once per this many seconds",
-    )
-    jwt_jwks_ttl_seconds: float = Field(
-        default=DEFAULT_JWKS_TTL_S, gt=0, description="cached JWKS is refetched after this"
-    )
-
-    bridge_max_body_bytes: int = Field(
-        default=DEFAULT_BRIDGE_MAX_BODY_BYTES, ge=1, description="larger request bodies get 413"
-    )
-    bridge_default_timeout_seconds: float = Field(
-        default=DEFAULT_BRIDGE_TIMEOUT_S, gt=0, description="deadline of a route without its own"
-    )
-    bridge_max_timeout_seconds: float = Field(
-        default=DEFAULT_BRIDGE_MAX_TIMEOUT_S,
-        gt=0,
-        description="cap on a client's X-Request-Timeout header",
-    )
-    bridge_access_log: AccessLog = Field(
-        default="all",
-        description=(
-            "the bridge's per-request log line (at info level): for every request, only "
-            "for those answered with an error status (>= 400), or none"
-        ),
-    )
-    rate_limit_enabled: bool = True
-    rate_limit_tenant: QuotaText = Field(
-        default=DEFAULT_RATE_LIMIT_TENANT, description="per tenant"
-    )
-    rate_limit_user: QuotaText = Field(default=DEFAULT_RATE_LIMIT_USER, description="per user")
-    rate_limit_overrides: dict[str, dict[Literal["tenant", "user"], QuotaText]] = Field(
-        default_factory=dict,
-        description='per-tenant quotas as JSON: {"acme": {"tenant": "60000/60", "user": "600/60"}}',
-    )
-
-    upload_max_bytes: int = Field(
-        default=DEFAULT_UPLOAD_MAX_BYTES,
-        ge=1,
-        description="largest uploaded or submitted file, in bytes",
-    )
-
-    gateway_models: str | None = Field(
-        default=None, description="path to a LiteLLM proxy model_list file"
-    )
-    gateway_log_content: bool = Field(
-        default=False, description="put prompt and completion text in LLMOps events"
-    )
-    gateway_cache_ttl: int = Field(
-        default=DEFAULT_GATEWAY_CACHE_TTL_S,
-        ge=1,
-        description="seconds a cached gateway answer lives unless the request says",
-    )
-
     @field_validator(
         "nats_url",
         "nats_user",
@@ -164,15 +67,15 @@ class Settings(BaseSettings):
         "database_url",
         "redis_url",
         "otel_exporter_otlp_endpoint",
-        "jwt_secret",
-        "jwt_jwks_url",
-        "jwt_audience",
-        "jwt_issuer",
-        "gateway_models",
         "health_dir",
         mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
-        """``JWT_SECRET=`` (compose's ``${JWT_SECRET:-}``) means unset, not an empty key."""
-        return None if isinstance(value, str) and not value.strip() else value
+        return empty_is_unset(value)
+
+
+def empty_is_unset(value: object) -> object:
+    """``NATS_USER=`` (compose's ``${NATS_USER:-}``) means unset, not an empty value; a
+    component's settings class applies it to its own optional strings too."""
+    return None if isinstance(value, str) and not value.strip() else value

@@ -15,7 +15,6 @@ still serves the operations endpoints and answers 404/405.
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -39,49 +38,36 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from bus.client import Client
 from bus.codec import Codec
 from bus.connection import connect
-from bus.context import now_ms, trusted
-from bus.errors import (
-    Internal,
-    InvalidRequest,
-    MeshError,
-    NotFound,
-    PayloadTooLarge,
-    RateLimited,
-    Unauthenticated,
-    Unavailable,
-)
-from bus.settings import Settings
+from bus.errors import Internal, InvalidRequest, MeshError, NotFound, Unavailable
 from bus.worker import validation_details
+from gateway_bridge.admission import Admission, read_body
 from gateway_bridge.auth import Authenticator
+from gateway_bridge.connections import Connections
 from gateway_bridge.edge import EdgeMiddleware, RequestInfo, request_info
 from gateway_bridge.encoding import dumps, loads
 from gateway_bridge.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway_bridge.metrics import BridgeMetrics
 from gateway_bridge.openai_routes import OpenAIRoutes
-from gateway_bridge.openapi import MIN_REQUEST_TIMEOUT_S, build_openapi
+from gateway_bridge.openapi import build_openapi
 from gateway_bridge.problems import problem_body, problem_response
 from gateway_bridge.ratelimit import TAKE_SCRIPT, RateLimiter
 from gateway_bridge.redis_script import RedisScript
 from gateway_bridge.routes import ROUTES
 from gateway_bridge.routing import RouteTable
-from gateway_bridge.sse import MEDIA_TYPE as SSE_MEDIA_TYPE
-from gateway_bridge.sse import EventStream, event
+from gateway_bridge.settings import BridgeSettings
+from gateway_bridge.sse import EventStream, event, first_chunk
 from gateway_bridge.upload import UploadRoute
 from schemas.context import Context
 from schemas.routes import Route
 
-_log = structlog.get_logger("gateway_bridge")
+_log = structlog.get_logger(__name__)
 
 #: Redis answers a rate-limit script in well under a millisecond; past this it is "down".
 RATE_LIMIT_REDIS_TIMEOUT_S = 0.25
 READY_TIMEOUT_S = 2.0
 JSON_MEDIA_TYPE = "application/json"
 _JSON_CONTENT_TYPE = JSON_MEDIA_TYPE.encode()
-CLIENT_CLOSED = 499
-#: What the codec raises for a value it cannot encode (Codec.encode does not translate).
-_UNENCODABLE = (ValueError, OverflowError, TypeError)
-#: Body and query fields that claim a tenant: dropped, the tenant comes from the token.
-TENANT_FIELDS = frozenset({"tenant", "tenant_id", "tenantId"})
+_END = event({}, name="end")
 
 
 @dataclass(frozen=True)
@@ -95,23 +81,32 @@ class _Plan:
 
 
 class Bridge:
-    """One bridge app's state: settings, routes, bus/Redis connections, auth, limiter."""
+    """One bridge app's state: settings, routes, connections, admission (auth, limiter)."""
 
-    def __init__(self, settings: Settings, routes: Iterable[Route]) -> None:
+    def __init__(self, settings: BridgeSettings, routes: Iterable[Route]) -> None:
         self.settings = settings
         self.routes = tuple(routes)
         self.metrics = BridgeMetrics()
         self.http = httpx.AsyncClient() if settings.jwt_jwks_url else None
         self.auth = Authenticator(settings, self.http)
+        self.admission = Admission(settings, self.auth, self.metrics)
+        self.bus = Connections()
         self.openapi = build_openapi(self.routes)
         self._openapi_json = dumps(self.openapi)
         self._docs_html = (resources.files("gateway_bridge") / "docs.html").read_bytes()
-        self._tenant_fields = TENANT_FIELDS | {settings.jwt_tenant_claim}
-        self.nc: NATS | None = None
-        self.js: JetStreamContext | None = None
-        self.client: Client | None = None
         self.redis: RedisScript | None = None
-        self.limiter: RateLimiter | None = None
+
+    @property
+    def nc(self) -> NATS | None:
+        return self.bus.nc
+
+    @property
+    def js(self) -> JetStreamContext | None:
+        return self.bus.js
+
+    @property
+    def client(self) -> Client | None:
+        return self.bus.client
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -120,14 +115,14 @@ class Bridge:
         settings = self.settings
         if not settings.nats_url:
             raise RuntimeError("NATS_URL is not set (mesh up starts an embedded one)")
-        self.nc = await connect(
+        nc = await connect(
             settings.nats_url,
             name=f"bridge:{settings.service_name}",
             user=settings.nats_user,
             password=settings.nats_password,
         )
-        self.js = self.nc.jetstream()
-        self.client = Client(self.nc, codec=Codec(settings.codec_type))
+        self.bus.nc, self.bus.js = nc, nc.jetstream()
+        self.bus.client = Client(nc, codec=Codec(settings.codec_type))
         if settings.redis_url:
             self.redis = RedisScript(
                 settings.redis_url, TAKE_SCRIPT, timeout=RATE_LIMIT_REDIS_TIMEOUT_S
@@ -135,7 +130,7 @@ class Bridge:
         if settings.rate_limit_enabled:
             if self.redis is None:
                 _log.warning("ratelimit_local_only", reason="REDIS_URL is not set")
-            self.limiter = RateLimiter.from_settings(
+            self.admission.limiter = RateLimiter.from_settings(
                 settings, self.redis, on_fallback=self.metrics.ratelimit_fallback.inc
             )
         _log.info("bridge_started", routes=len(self.routes))
@@ -146,8 +141,8 @@ class Bridge:
                 await self.http.aclose()
             if self.redis is not None:
                 await self.redis.close()
-            if not self.nc.is_closed:
-                await self.nc.drain()
+            if not nc.is_closed:
+                await nc.drain()
             _log.info("bridge_stopped")
 
     # -- routes ------------------------------------------------------------------------
@@ -188,151 +183,68 @@ class Bridge:
     # -- the one place errors become responses ------------------------------------------
 
     async def handle(self, scope: Scope, receive: Receive, plan: _Plan) -> ASGIApp:
-        info = request_info(scope)
         headers: dict[str, str] = {}  # rate-limit headers, on success and failure alike
         try:
-            return await self._forward(scope, receive, plan, info, headers)
+            return await self._forward(scope, receive, plan, headers)
         except MeshError as exc:
-            return self.problem(scope, exc, headers)
+            return self.admission.problem(scope, exc, headers)
         except ClientDisconnect:
-            # The client left while sending its body: nobody reads an answer. 499 is the
-            # status proxies (nginx) log for this, so metrics and logs tell it apart.
-            info.code = "client_closed"
-            return Response(status_code=CLIENT_CLOSED)
+            return self.admission.client_closed(scope)
         except Exception:
             _log.exception("bridge_failed", route=plan.route.path)
-            return self.problem(scope, Internal("internal error"), headers)
+            return self.admission.problem(scope, Internal("internal error"), headers)
 
     def problem(
         self, scope: Scope, error: MeshError, headers: dict[str, str] | None = None
     ) -> Response:
-        info = request_info(scope)
-        info.code = error.code
-        extra = dict(headers or {})
-        if isinstance(error, Unauthenticated):
-            # RFC 6750 §3: tell the client which scheme, and that its token was the problem.
-            has_token = any(name == b"authorization" for name, _ in scope["headers"])
-            extra["WWW-Authenticate"] = 'Bearer realm="mesh"' + (
-                ', error="invalid_token"' if has_token else ""
-            )
-        elif isinstance(error, RateLimited) and "Retry-After" not in extra:
-            # A worker's own quota (e.g. an LLM provider's) still tells the client when.
-            extra["Retry-After"] = str(max(1, math.ceil(error.retry_after or 1)))
-        return problem_response(
-            error,
-            instance=URL(scope=scope).path,
-            correlation_id=info.correlation_id,
-            request_id=info.request_id,
-            headers=extra,
-        )
+        return self.admission.problem(scope, error, headers)
 
     async def _forward(
-        self,
-        scope: Scope,
-        receive: Receive,
-        plan: _Plan,
-        info: RequestInfo,
-        headers: dict[str, str],
+        self, scope: Scope, receive: Receive, plan: _Plan, headers: dict[str, str]
     ) -> ASGIApp:
         route = plan.route
-        limit = self.settings.bridge_max_body_bytes
-        # One pass over the request headers (the first of repeated ones counts, as with
-        # Starlette's Headers.get): cheaper than building a Request and its Headers.
-        length = authorization = asked_timeout = None
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                if length is None:
-                    length = value.decode("latin-1")
-            elif name == b"authorization":
-                if authorization is None:
-                    authorization = value.decode("latin-1")
-            elif name == b"x-request-timeout" and asked_timeout is None:
-                asked_timeout = value.decode("latin-1")
-        if length is not None:
-            if not length.isdigit():
-                raise InvalidRequest("Content-Length is not a number")
-            if int(length) > limit:
-                raise PayloadTooLarge(f"request body exceeds {limit} bytes")
-        principal = await self.auth.authenticate(authorization)
-        info.tenant, info.user = principal.tenant, principal.user
-        if self.limiter is not None:
-            decision = await self.limiter.take(principal.tenant, principal.user)
-            headers.update(decision.headers())
-            if not decision.allowed:
-                self.metrics.rate_limited.labels(principal.tenant).inc()
-                raise RateLimited(
-                    "rate limit exceeded", {"retry_after": int(headers["Retry-After"])}
-                )
-        timeout = self._timeout(asked_timeout, plan)
-        payload = self._payload(scope, plan, await _body(receive, limit))
+        admission = self.admission
+        admitted = await admission.admit(
+            scope, headers, max_body=admission.max_body, timeout=plan.timeout
+        )
+        payload = self._payload(scope, plan, await read_body(receive, admission.max_body))
         try:
             model = route.request.model_validate(payload)
         except ValidationError as exc:
             raise InvalidRequest("invalid request", validation_details(exc)) from None
-        # Every field is already checked (token claims, the id pattern): skip re-validation.
-        ctx = trusted(
-            tenant=principal.tenant,
-            user=principal.user,
-            roles=principal.roles,
-            correlation_id=info.correlation_id,
-            request_id=info.request_id,
-            deadline=now_ms() + int(timeout * 1000),
-            traceparent=info.traceparent,
-            tracestate=info.tracestate,
-        )
-        assert self.client is not None
+        ctx = admitted.context()
+        client = self.bus.bus_client()
         if route.streaming:
-            return await self._stream(scope, route, model, ctx, headers)
-        try:
-            data = await self.client.call_raw(route.op, model, ctx)
-        except _UNENCODABLE:
-            # msgpack refuses lone surrogates and integers beyond 64 bits that pydantic's
-            # `Any` lets through: the client's input, not a bug.
-            raise InvalidRequest("request holds values that cannot be encoded") from None
+            return await self._stream(scope, client, route, model, ctx, headers)
+        # A value pydantic's `Any` lets through but msgpack refuses (a lone surrogate, an
+        # integer beyond 64 bits) is the client's input: Codec.encode raises InvalidRequest.
+        data = await client.call_raw(route.op, model, ctx)
         return _JsonResponse(dumps(data), route.status_code, headers)
 
     async def _stream(
-        self, scope: Scope, route: Route, model: Any, ctx: Context, headers: dict[str, str]
+        self,
+        scope: Scope,
+        client: Client,
+        route: Route,
+        model: Any,
+        ctx: Context,
+        headers: dict[str, str],
     ) -> ASGIApp:
-        assert self.client is not None
-        chunks = self.client.stream_raw(route.op, model, ctx)
-        try:
-            first = await chunks.__anext__()
-        except StopAsyncIteration:
-            return Response(event({}, name="end"), headers=headers, media_type=SSE_MEDIA_TYPE)
-        except _UNENCODABLE:
-            await chunks.aclose()
-            raise InvalidRequest("request holds values that cannot be encoded") from None
-        except BaseException:
-            await chunks.aclose()
-            raise
+        chunks = client.stream_raw(route.op, model, ctx)
+        first = await first_chunk(chunks)
         info = request_info(scope)
 
-        def on_error(error: MeshError) -> None:
-            info.code = error.code
-
-        def problem(error: MeshError) -> dict[str, Any]:
-            return problem_body(
-                error,
+        def error(exc: MeshError) -> bytes:
+            info.code = exc.code
+            problem = problem_body(
+                exc,
                 instance=URL(scope=scope).path,
                 correlation_id=info.correlation_id,
                 request_id=info.request_id,
             )
+            return event(problem, name="error")
 
-        return EventStream(first, chunks, headers=headers, problem=problem, on_error=on_error)
-
-    def _timeout(self, raw: str | None, plan: _Plan) -> float:
-        if raw is None:
-            return plan.timeout
-        try:
-            asked = float(raw)
-        except ValueError:
-            asked = math.nan
-        if not math.isfinite(asked) or asked < MIN_REQUEST_TIMEOUT_S:
-            raise InvalidRequest(
-                f"X-Request-Timeout must be a number of seconds ≥ {MIN_REQUEST_TIMEOUT_S}"
-            )
-        return min(asked, self.settings.bridge_max_timeout_seconds)
+        return EventStream(first, chunks, headers=headers, frame=_event, error=error, end=_END)
 
     def _payload(self, scope: Scope, plan: _Plan, body: bytes) -> dict[str, Any]:
         """Query, then body, then path parameters: later ones win; tenant claims dropped."""
@@ -353,7 +265,7 @@ class Bridge:
         path_params = scope.get("path_params")
         if path_params:
             payload.update(path_params)
-        for name in self._tenant_fields:
+        for name in self.admission.tenant_fields:
             payload.pop(name, None)
         return payload
 
@@ -364,12 +276,13 @@ class Bridge:
 
     async def readyz(self, request: Request) -> Response:
         checks: dict[str, str] = {}
-        ready = self.nc is not None and self.nc.is_connected
+        nc, js = self.bus.nc, self.bus.js
+        ready = nc is not None and nc.is_connected
         checks["nats"] = "connected" if ready else "disconnected"
-        if ready and self.js is not None:
+        if ready and js is not None:
             try:
                 async with asyncio.timeout(READY_TIMEOUT_S):
-                    await self.js.account_info()
+                    await js.account_info()
                 checks["jetstream"] = "ok"
             except Exception as exc:  # any failure means "not ready", never a 500
                 checks["jetstream"] = f"unreachable: {type(exc).__name__}"
@@ -434,13 +347,14 @@ class Bridge:
         )
 
 
-def create_app(settings: Settings, routes: Iterable[Route] = ROUTES) -> Starlette:
+def create_app(settings: BridgeSettings, routes: Iterable[Route] = ROUTES) -> Starlette:
     """The bridge app for ``settings``; it connects to NATS and Redis in its lifespan."""
     bridge = Bridge(settings, routes)
     endpoints = [
         *bridge.route_endpoints(),
-        *OpenAIRoutes(bridge).routes(),  # /v1/...: gateway_bridge/openai_routes.py
-        *UploadRoute(bridge).routes(),  # multipart: gateway_bridge/upload.py
+        # /v1/...: gateway_bridge/openai_routes.py; multipart: gateway_bridge/upload.py
+        *OpenAIRoutes(bridge.admission, bridge.bus).routes(),
+        *UploadRoute(bridge.admission, bridge.bus, settings.upload_max_bytes).routes(),
     ]
     app = Starlette(
         routes=[*endpoints, *bridge.operation_routes()],
@@ -504,20 +418,5 @@ class _JsonResponse:
         await send({"type": "http.response.body", "body": self._body})
 
 
-async def _body(receive: Receive, limit: int) -> bytes:
-    """The request body, counted as it arrives (Content-Length may be absent or lie)."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.request":
-            chunk = message.get("body", b"")
-            if chunk:
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(f"request body exceeds {limit} bytes")
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        elif message["type"] == "http.disconnect":
-            raise ClientDisconnect()
+def _event(chunk: Any, n: int) -> bytes:
+    return event(chunk, event_id=n)

@@ -26,10 +26,10 @@ import structlog
 from pydantic import ValidationError
 
 from bus.errors import Unauthenticated, Unavailable
-from bus.settings import Settings
+from gateway_bridge.settings import BridgeSettings
 from schemas.context import Context
 
-_log = structlog.get_logger("gateway_bridge.auth")
+_log = structlog.get_logger(__name__)
 
 #: RFC 7518 §3.2: an HMAC key at least as long as the hash output.
 MIN_SECRET_BYTES = 32
@@ -136,8 +136,10 @@ def _parse_jwks(document: Any) -> dict[str | None, _Key]:
     for jwk in document["keys"]:
         if not isinstance(jwk, dict) or jwk.get("use", "sig") != "sig":
             continue
-        kty = jwk.get("kty")
-        pinned = _PINNED.get((kty, jwk.get("crv") if kty == "EC" else None))
+        kty, crv = jwk.get("kty"), jwk.get("crv")
+        if not isinstance(kty, str) or (kty == "EC" and not isinstance(crv, str)):
+            continue
+        pinned = _PINNED.get((kty, crv if kty == "EC" else None))
         if pinned is None or jwk.get("alg", pinned) != pinned:
             continue  # symmetric keys, other curves, or a key declaring another algorithm
         try:
@@ -152,7 +154,7 @@ def _parse_jwks(document: Any) -> dict[str | None, _Key]:
 class Authenticator:
     """Verifies ``Authorization: Bearer <JWT>`` and returns the :class:`Principal`."""
 
-    def __init__(self, settings: Settings, http: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, settings: BridgeSettings, http: httpx.AsyncClient | None = None) -> None:
         secret = settings.jwt_secret
         if secret is not None and len(secret.encode()) < MIN_SECRET_BYTES:
             raise ValueError(f"JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes long")
@@ -179,7 +181,7 @@ class Authenticator:
         if self._issuer is not None:
             required.append("iss")
         self._verified: OrderedDict[str, _Verified] = OrderedDict()
-        self._options: dict[str, Any] = {
+        self._options: jwt.types.Options = {
             "require": required,
             "verify_aud": self._audience is not None,
             "verify_iss": self._issuer is not None,
@@ -256,7 +258,8 @@ class Authenticator:
             raise Unauthenticated("invalid token") from None
         if not isinstance(claims.get("exp"), int | float):
             raise Unauthenticated("token 'exp' must be a number")
-        return claims  # type: ignore[no-any-return]
+        verified: dict[str, Any] = claims
+        return verified
 
     def _principal(self, claims: dict[str, Any]) -> Principal:
         tenant = claims.get(self._tenant_claim)

@@ -30,12 +30,12 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bus.context import new_id
-from bus.settings import AccessLog
 from bus.telemetry import tracing_enabled
 from gateway_bridge.metrics import BridgeMetrics
 from gateway_bridge.routing import RouteTable
+from gateway_bridge.settings import AccessLog
 
-_access = structlog.get_logger("gateway_bridge.access")
+_access = structlog.get_logger(__name__)
 _tracer = trace.get_tracer("gateway_bridge")
 
 #: The id pattern of schemas.context.Context (correlation ids end up in every envelope).
@@ -69,7 +69,8 @@ class RequestInfo:
 
 
 def request_info(scope: Scope) -> RequestInfo:
-    return scope[SCOPE_KEY]  # type: ignore[no-any-return]
+    info: RequestInfo = scope[SCOPE_KEY]  # set by EdgeMiddleware for every http request
+    return info
 
 
 class EdgeMiddleware:

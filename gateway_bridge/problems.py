@@ -1,8 +1,9 @@
 """Error responses as ``application/problem+json`` (RFC 9457), one shape for every error.
 
 A problem carries the standard members (``type``, ``title``, ``status``, ``detail``,
-``instance``) and the mesh's own: ``code`` (DESIGN §4), ``correlation_id``, ``request_id``
-and, for schema violations, ``details`` (the field errors).
+``instance``) and the mesh's own: ``code``, ``correlation_id``, ``request_id`` and, for
+schema violations, ``details`` (the field errors). Code, status and title are the error
+class's own (:mod:`bus.errors`).
 """
 
 from __future__ import annotations
@@ -21,20 +22,6 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 #: ``type`` is a URN per code: stable, and not pretending to be a page anyone can open.
 TYPE_PREFIX = "urn:motadata:mesh:error:"
 
-TITLES: dict[str, str] = {
-    "invalid_request": "Invalid request",
-    "unauthenticated": "Unauthenticated",
-    "forbidden": "Forbidden",
-    "not_found": "Not found",
-    "conflict": "Conflict",
-    "payload_too_large": "Payload too large",
-    "rate_limited": "Rate limited",
-    "internal": "Internal error",
-    "upstream_error": "Upstream error",
-    "unavailable": "Service unavailable",
-    "timeout": "Timeout",
-}
-
 
 class Problem(BaseModel):
     """An error answer (RFC 9457 problem details with the mesh's members); documents the
@@ -46,7 +33,7 @@ class Problem(BaseModel):
     title: str
     status: int = Field(ge=400, le=599)
     detail: str
-    code: ErrorCode = Field(description="the mesh error code (DESIGN §4)")
+    code: ErrorCode = Field(description="the mesh error code (docs/architecture.md, Errors)")
     instance: str | None = Field(default=None, description="the request path")
     correlation_id: str | None = None
     request_id: str | None = None
@@ -63,7 +50,7 @@ def problem_body(
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "type": TYPE_PREFIX + error.code,
-        "title": TITLES.get(error.code, error.code),
+        "title": error.title,
         "status": status or error.status,
         "detail": error.message,
         "code": error.code,

@@ -1,20 +1,21 @@
 """Per-tenant and per-user token buckets in Redis, taken in one atomic script call.
 
 Every request takes one token from its tenant's bucket and one from its user's bucket,
-or from neither when either is empty, in a single Lua script: Redis runs scripts one at a
-time, so any number of bridge processes sharing Redis admit exactly the quota. The clock
-is Redis's own (``TIME``), so the bridges' clocks never disagree about refills.
+or from neither when either is empty, in a single Lua script: Redis runs scripts one at
+a time, so any number of bridge processes sharing Redis admit exactly the quota. The
+clock is Redis's own (``TIME``), so the bridges' clocks never disagree about refills.
 
-The requests of one tenant that arrive in the same event-loop turn share one script call,
-which decides them one by one in arrival order (exactly as separate calls would) and
-reads and writes each bucket once: under load that divides Redis's work per request by
-the batch size (a script call costs Redis ~15 µs, most of it per call, not per request).
+The requests of one tenant that arrive in the same event-loop turn share one script
+call, which decides them one by one in arrival order (exactly as separate calls would)
+and reads and writes each bucket once: under load that divides Redis's work per request
+by the batch size (a script call costs Redis ~15 µs, most of it per call, not per
+request).
 
 When Redis is down the limiter **fails open onto an in-process bucket** with the same
-quotas: a cache outage (DESIGN §6: Redis is a cache) must not become an API outage, and
-each bridge process still bounds what one tenant or user can send through it (N bridge
-processes admit up to N× the quota while Redis is away). Redis is retried after
-:data:`REDIS_RETRY_S`; each switch is logged and counted.
+quotas: Redis is a cache (docs/architecture.md, "State"), so a cache outage must not
+become an API outage, and each bridge process still bounds what one tenant or user can
+send through it (N bridge processes admit up to N× the quota while Redis is away). Redis
+is retried after :data:`REDIS_RETRY_S`; each switch is logged and counted.
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ from typing import Any, NamedTuple
 import hiredis
 import structlog
 
-from bus.settings import Settings, parse_quota
 from gateway_bridge.redis_script import RedisScript
+from gateway_bridge.settings import BridgeSettings, parse_quota
 
-_log = structlog.get_logger("gateway_bridge.ratelimit")
+_log = structlog.get_logger(__name__)
 
 #: Seconds to stay on the local buckets after a Redis failure before trying Redis again.
 REDIS_RETRY_S = 5.0
@@ -231,7 +232,7 @@ class RateLimiter:
     @classmethod
     def from_settings(
         cls,
-        settings: Settings,
+        settings: BridgeSettings,
         script: RedisScript | None,
         on_fallback: Callable[[], None] | None = None,
     ) -> RateLimiter:

@@ -12,17 +12,17 @@ import sys
 
 import uvicorn
 
-from bus.settings import Settings
 from gateway_bridge.app import create_app
+from gateway_bridge.settings import BridgeSettings
 
-GRACEFUL_SHUTDOWN_S = 10.0
+GRACEFUL_SHUTDOWN_S = 10
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:
     sys.exit(0)
 
 
-def run(settings: Settings) -> None:
+def run(settings: BridgeSettings) -> None:
     config = uvicorn.Config(
         create_app(settings),
         host=settings.bridge_host,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from python_multipart import MultipartParser
@@ -29,26 +29,28 @@ from starlette.routing import Route as HttpRoute
 
 from bus.errors import Internal, InvalidRequest, MeshError, PayloadTooLarge
 from bus.uploads import StoredObject, delete_object, put_stream
-from gateway_bridge.admission import admit
+from gateway_bridge.admission import Admission
+from gateway_bridge.connections import Connections
 from gateway_bridge.edge import request_info
 from gateway_bridge.encoding import dumps, loads
 from schemas import ingestion
 from schemas.ingestion import MAX_BATCH, UPLOAD_PATH
 
-if TYPE_CHECKING:
-    from gateway_bridge.app import Bridge
-
-_log = structlog.get_logger("gateway_bridge.upload")
+_log = structlog.get_logger(__name__)
 
 FILE_FIELD = "file"
 #: A form field (collection id, metadata JSON) is small; a larger one is refused.
 FIELD_MAX_BYTES = 64 * 1024
-CLIENT_CLOSED = 499
 
 
 class UploadRoute:
-    def __init__(self, bridge: Bridge) -> None:
-        self.bridge = bridge
+    """The upload route; ``admission`` admits each request (no body limit: ``max_bytes``
+    bounds each file instead), ``bus`` stores the files and submits the job."""
+
+    def __init__(self, admission: Admission, bus: Connections, max_bytes: int) -> None:
+        self.admission = admission
+        self.bus = bus
+        self.max_bytes = max_bytes
 
     def routes(self) -> list[HttpRoute]:
         return [HttpRoute(UPLOAD_PATH, self.endpoint, methods=["POST"])]
@@ -63,21 +65,19 @@ class UploadRoute:
                 await self._discard(request, stored)
                 raise
         except MeshError as exc:
-            return self.bridge.problem(request, exc, headers)
+            return self.admission.problem(request.scope, exc, headers)
         except ClientDisconnect:
-            request_info(request.scope).code = "client_closed"
-            return Response(status_code=CLIENT_CLOSED)
+            return self.admission.client_closed(request.scope)
         except Exception:
             _log.exception("upload_failed")
-            return self.bridge.problem(request, Internal("internal error"), headers)
+            return self.admission.problem(request.scope, Internal("internal error"), headers)
 
     async def _upload(
         self, request: Request, headers: dict[str, str], stored: list[StoredObject]
     ) -> Response:
-        bridge = self.bridge
-        admitted = await admit(bridge, request, headers, max_body=None)
+        admitted = await self.admission.admit(request.scope, headers, max_body=None)
         tenant = admitted.principal.tenant
-        assert bridge.js is not None and bridge.client is not None  # set in the lifespan
+        js, client = self.bus.jetstream(), self.bus.bus_client()
         body = MultipartBody(request)
         collection_id: str | None = None
         metadata: dict[str, Any] = {}
@@ -89,7 +89,7 @@ class UploadRoute:
                     collection_id = _text(value, name)
                 elif name == "metadata":
                     metadata = _metadata(value)
-                elif name in bridge._tenant_fields:
+                elif name in self.admission.tenant_fields:
                     pass  # the tenant comes from the token, as on every route
                 else:
                     raise InvalidRequest(f"unknown form field {name!r}")
@@ -102,10 +102,10 @@ class UploadRoute:
                 raise PayloadTooLarge(f"more than {MAX_BATCH} files in one upload")
             stored.append(
                 await put_stream(
-                    bridge.js,
+                    js,
                     tenant,
                     body.data(),
-                    max_bytes=bridge.settings.upload_max_bytes,
+                    max_bytes=self.max_bytes,
                     filename=filename or None,
                     content_type=content_type,
                 )
@@ -119,7 +119,7 @@ class UploadRoute:
             "documents": [{"object": s.ref(), "metadata": metadata} for s in stored],
         }
         # The deadline starts now: the upload itself may have taken longer than it.
-        resp = await bridge.client.call(ingestion.SUBMIT, payload, admitted.context(request))
+        resp = await client.call(ingestion.SUBMIT, payload, admitted.context())
         return Response(
             dumps(resp.model_dump(mode="json")),
             status_code=202,
@@ -129,11 +129,12 @@ class UploadRoute:
 
     async def _discard(self, request: Request, stored: list[StoredObject]) -> None:
         tenant = request_info(request.scope).tenant
-        if not stored or tenant is None or self.bridge.js is None:
+        js = self.bus.js
+        if not stored or tenant is None or js is None:
             return
         for obj in stored:
             try:
-                await delete_object(self.bridge.js, obj.name, tenant)
+                await delete_object(js, obj.name, tenant)
             except Exception:  # best effort: the original error is the answer
                 _log.warning("upload_discard_failed", object=obj.name, exc_info=True)
 

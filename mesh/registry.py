@@ -22,4 +22,6 @@ WORKERS: dict[str, str] = {
 def lifespan_of(name: str) -> Callable[[Any], AbstractAsyncContextManager[Any]]:
     if name not in WORKERS:
         raise SystemExit(f"unknown worker {name!r}; known: {', '.join(WORKERS)}")
-    return importlib.import_module(WORKERS[name]).lifespan  # type: ignore[no-any-return]
+    lifespan: Callable[[Any], AbstractAsyncContextManager[Any]]
+    lifespan = importlib.import_module(WORKERS[name]).lifespan
+    return lifespan

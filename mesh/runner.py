@@ -18,7 +18,7 @@ from bus.settings import Settings
 from bus.worker import WorkerEnv
 from mesh.registry import lifespan_of
 
-_log = structlog.get_logger("mesh.runner")
+_log = structlog.get_logger(__name__)
 
 
 @contextlib.asynccontextmanager

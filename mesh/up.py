@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from bus.settings import Settings
+from gateway_bridge.settings import BridgeSettings
 from mesh.infra import Infrastructure, NatsServer, PostgresServer, RedisServer
 from mesh.registry import WORKERS
 
@@ -64,7 +65,7 @@ def _has_bridge() -> bool:
     return importlib.util.find_spec("gateway_bridge.app") is not None
 
 
-def _dev_secret(data_dir: Path, settings: Settings) -> dict[str, str]:
+def _dev_secret(data_dir: Path, settings: BridgeSettings) -> dict[str, str]:
     """A random JWT secret for this run (never a fixed one), unless JWT is configured.
 
     Written to ``<data_dir>/jwt_secret`` (0600) so ``mesh token`` mints matching tokens.
@@ -80,7 +81,7 @@ def _dev_secret(data_dir: Path, settings: Settings) -> dict[str, str]:
     return {"JWT_SECRET": secret}
 
 
-def _say_token(settings: Settings, secret: str | None) -> None:
+def _say_token(settings: BridgeSettings, secret: str | None) -> None:
     if not secret:
         _say("JWT_JWKS_URL is set: get tokens from your identity provider")
         return
@@ -107,7 +108,8 @@ def _say_token(settings: Settings, secret: str | None) -> None:
 
 def up(data_dir: Path, *, bridge: bool = True) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
-    settings = Settings()  # type: ignore[call-arg]
+    # The bridge's settings extend the process settings: read once, used for both.
+    settings = BridgeSettings()
     stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -4,6 +4,6 @@ Pure pydantic v2, no I/O. Service modules are imported by name (``schemas.cache`
 """
 
 from schemas.context import Context
-from schemas.errors import HTTP_STATUS, ErrorBody, ErrorCode, ErrorReply
+from schemas.errors import ErrorBody, ErrorCode, ErrorReply
 
-__all__ = ["HTTP_STATUS", "Context", "ErrorBody", "ErrorCode", "ErrorReply"]
+__all__ = ["Context", "ErrorBody", "ErrorCode", "ErrorReply"]

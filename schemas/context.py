@@ -1,4 +1,7 @@
-"""The context headers every envelope carries in its ``h`` map (DESIGN §3)."""
+"""The context headers every envelope carries in its ``h`` map.
+
+See docs/architecture.md, "Envelope".
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""The error body a failed request answers with (DESIGN §4)."""
+"""The error body a failed request answers with (docs/architecture.md, "Errors").
+
+``ErrorCode`` names the wire codes for the pydantic contract; their classes, HTTP
+statuses and titles are listed once, in :mod:`bus.errors` (``tests/test_errors.py``
+checks both lists name the same codes).
+"""
 
 from __future__ import annotations
 
@@ -19,21 +24,6 @@ ErrorCode = Literal[
     "unavailable",
     "timeout",
 ]
-
-#: The HTTP status the bridge answers for each code.
-HTTP_STATUS: dict[str, int] = {
-    "invalid_request": 400,
-    "unauthenticated": 401,
-    "forbidden": 403,
-    "not_found": 404,
-    "conflict": 409,
-    "payload_too_large": 413,
-    "rate_limited": 429,
-    "internal": 500,
-    "upstream_error": 502,
-    "unavailable": 503,
-    "timeout": 504,
-}
 
 
 class ErrorBody(BaseModel):

@@ -28,6 +28,9 @@ UPLOAD_PATH = "/api/v1/ingestion/upload"
 
 #: Most documents one submit may carry.
 MAX_BATCH = 100
+#: Largest uploaded or submitted file unless ``UPLOAD_MAX_BYTES`` says otherwise (the
+#: bridge answers 413 above it; ingestion fails such a document).
+DEFAULT_UPLOAD_MAX_BYTES = 25 * 1024 * 1024
 #: Largest inline text or JSON document, in characters of text / bytes of JSON.
 MAX_INLINE_CHARS = 2_000_000
 
@@ -154,11 +157,15 @@ class IndexJob(BaseModel):
     )
 
 
+#: The stages RAG reports for an ingestion job.
+ProgressStage = Literal["chunking", "embedding", "indexed", "failed"]
+
+
 class JobProgress(BaseModel):
     """``events.domain.ingestion.job``: RAG reports a stage of an ingestion job."""
 
     job_id: str
-    stage: Literal["chunking", "embedding", "indexed", "failed"]
+    stage: ProgressStage
     started: bool = Field(default=False, description="a new processing attempt begins")
     document_id: str | None = None
     chunks: int | None = None

@@ -15,7 +15,7 @@ Pure functions, no I/O: the bridge calls them around its NATS requests.
 Errors
     A body the gateway cannot take raises :class:`OpenAIRequestError` (answer 400 with
     ``error_body("invalid_request", exc.message, exc.param)``); a mesh error answers
-    ``HTTP_STATUS[code]`` with ``error_body(code, message)``; mid-stream, ``sse(
+    the error class's ``status`` with ``error_body(code, message)``; mid-stream, ``sse(
     error_body(...))`` then close, which the ``openai`` client raises as ``APIError``.
 
 Parameters the gateway cannot honour are refused (400), never silently dropped; a few
@@ -32,7 +32,6 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from schemas.errors import HTTP_STATUS
 from schemas.gateway import (
     EmbedRequest,
     EmbedResponse,
@@ -271,7 +270,7 @@ def models_list(resp: ModelsResponse, created: int = 0) -> dict[str, Any]:
 
 
 def error_body(code: str, message: str, param: str | None = None) -> dict[str, Any]:
-    """OpenAI's error shape for a mesh error code; its status is ``error_status(code)``."""
+    """OpenAI's error shape for a mesh error code (its status is the error class's)."""
     return {
         "error": {
             "message": message,
@@ -280,10 +279,6 @@ def error_body(code: str, message: str, param: str | None = None) -> dict[str, A
             "code": code,
         }
     }
-
-
-def error_status(code: str) -> int:
-    return HTTP_STATUS.get(code, 500)
 
 
 def sse(data: dict[str, Any]) -> bytes:

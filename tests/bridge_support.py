@@ -28,6 +28,7 @@ from starlette.routing import Route as HttpRoute
 
 from bus.settings import Settings
 from gateway_bridge.routes import ROUTES
+from gateway_bridge.settings import BridgeSettings
 from schemas.routes import Route
 from tests.support import COUNT, EchoRequest, EchoResponse, Empty, SleepRequest, probe_op
 
@@ -53,7 +54,9 @@ PROBE_ROUTES: tuple[Route, ...] = (
 ALL_ROUTES = (*ROUTES, *PROBE_ROUTES)
 
 
-def bridge_settings(base: Settings, **overrides: Any) -> Settings:
+def bridge_settings(base: Settings, **overrides: Any) -> BridgeSettings:
+    """The bridge's settings on the session's servers, with a test secret and no quotas
+    worth noticing; ``overrides`` are BridgeSettings fields."""
     values: dict[str, Any] = {
         "jwt_secret": SECRET,
         "rate_limit_tenant": "100000/60",
@@ -61,7 +64,7 @@ def bridge_settings(base: Settings, **overrides: Any) -> Settings:
         "log_level": "warning",
         **overrides,
     }
-    return base.model_copy(update=values)
+    return BridgeSettings(**{**base.model_dump(), **values})
 
 
 class _Server(uvicorn.Server):

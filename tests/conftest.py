@@ -21,6 +21,11 @@ from bus.settings import Settings
 from bus.worker import WorkerEnv
 from mesh.infra import Infrastructure, embedded
 from mesh.runner import serving
+from workers.gateway.settings import prefer_offline
+
+# Test modules import the gateway's modules (and so litellm) directly, not through the
+# gateway's lifespan: litellm must find its offline switches before the first of them.
+prefer_offline()
 
 _SPANS = InMemorySpanExporter()
 

@@ -5,13 +5,20 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 from opentelemetry.trace import SpanKind
 
 from bus.context import new_context
+from bus.uploads import delete_object
+from bus.worker import Endpoint, Worker
 from gateway_bridge.app import create_app
+from schemas import gateway, ingestion
 from schemas.cache import CacheGetResponse
+from schemas.context import Context
+from schemas.gateway import ModelsRequest, ModelsResponse
+from schemas.ingestion import SubmitRequest, SubmitResponse
 from schemas.routes import Route
 from tests.bridge_support import ALL_ROUTES, auth, bridge_settings, hs_token, http, serving
 from tests.support import Empty, Probe, SleepRequest, probe_op, probe_worker
@@ -224,3 +231,66 @@ async def test_without_tracing_an_invalid_traceparent_is_dropped(
     assert r.status_code == 200  # the worker got a valid context (no oversized traceparent)
     worker = next(s for s in spans.get_finished_spans() if s.name == "probe.echo.request")
     assert worker.parent is None  # a new trace, not the malformed one
+
+
+# -- every route keeps the caller's trace context (issue #10, item 10) --------------------
+
+
+@pytest.fixture
+async def seen(env) -> AsyncIterator[list[Context]]:
+    """Stand-ins answering ``gateway.models`` and ``ingestion.submit`` (deleting the files
+    they were handed) that record the context each request arrived with."""
+    contexts: list[Context] = []
+
+    async def models(req: ModelsRequest, ctx: Context) -> ModelsResponse:
+        contexts.append(ctx)
+        return ModelsResponse(models=[])
+
+    async def submit(req: SubmitRequest, ctx: Context) -> SubmitResponse:
+        contexts.append(ctx)
+        for doc in req.documents:
+            assert doc.object is not None and ctx.tenant is not None
+            await delete_object(env.js, doc.object.name, ctx.tenant)
+        return SubmitResponse(jobs=[])
+
+    async with (
+        Worker("gateway", endpoints=[Endpoint(gateway.MODELS, models)]).serve(env.nc),
+        Worker("ingestion", endpoints=[Endpoint(ingestion.SUBMIT, submit)]).serve(env.nc),
+    ):
+        yield contexts
+
+
+async def _with_trace(c, method: str, path: str, **kw) -> tuple[str, str]:
+    trace_id = uuid.uuid4().hex
+    parent = f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
+    headers = {**auth(hs_token()), "traceparent": parent, "tracestate": "vendor=x"}
+    r = await c.request(method, path, headers=headers, **kw)
+    assert r.status_code < 300, r.text
+    return trace_id, parent
+
+
+@pytest.mark.parametrize("traced", [False, True], ids=["untraced_edge", "traced_edge"])
+async def test_openai_and_upload_routes_keep_the_callers_trace_context(
+    settings, seen, monkeypatch, traced
+):
+    if not traced:
+        monkeypatch.setattr("gateway_bridge.edge.tracing_enabled", lambda: False)
+    async with serving(create_app(bridge_settings(settings))) as url, http(url) as c:
+        models_trace, models_parent = await _with_trace(c, "GET", "/v1/models")
+        upload_trace, upload_parent = await _with_trace(
+            c,
+            "POST",
+            "/api/v1/ingestion/upload",
+            data={"collection_id": "col-trace"},
+            files=[("file", ("a.md", b"# A\n\ntext", "text/markdown"))],
+        )
+    assert len(seen) == 2
+    for ctx, trace_id, parent in zip(
+        seen, (models_trace, upload_trace), (models_parent, upload_parent), strict=True
+    ):
+        assert ctx.traceparent is not None
+        assert ctx.traceparent.split("-")[1] == trace_id  # the caller's trace continues
+        if traced:  # the edge's own span is the parent now; the caller's state travels on
+            assert ctx.traceparent != parent
+        else:  # carried unchanged, state included
+            assert (ctx.traceparent, ctx.tracestate) == (parent, "vendor=x")

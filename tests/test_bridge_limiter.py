@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from bus.settings import Settings
 from gateway_bridge.ratelimit import (
     TAKE_SCRIPT,
     Decision,
@@ -21,6 +20,7 @@ from gateway_bridge.ratelimit import (
     _Bucket,
 )
 from gateway_bridge.redis_script import RedisScript
+from gateway_bridge.settings import BridgeSettings
 from mesh.infra import RedisServer
 
 
@@ -35,7 +35,7 @@ class FakeClock:
 @pytest.mark.parametrize("text", ["10", "0/60", "-1/60", "10/0", "10/-5", "ten/60", "10/inf"])
 def test_malformed_quota_is_refused_when_settings_are_read(text):
     with pytest.raises(ValueError, match="requests>/<seconds"):
-        Settings(rate_limit_tenant=text)
+        BridgeSettings(rate_limit_tenant=text)
 
 
 def test_quota_refill_rate_and_policy():

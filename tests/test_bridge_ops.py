@@ -17,6 +17,7 @@ from structlog.testing import capture_logs
 
 from bus.settings import Settings
 from gateway_bridge.app import create_app
+from gateway_bridge.settings import BridgeSettings
 from mesh.infra import NatsServer, free_port
 from mesh.up import _dev_secret
 from tests.bridge_support import auth, bridge_settings, hs_token, http, serving
@@ -120,13 +121,14 @@ def _cli_env(settings: Settings, **extra: str) -> dict[str, str]:
 def test_mesh_up_dev_secret_is_random_private_and_used_by_mesh_token(tmp_path):
     data_dir = tmp_path / ".mesh"
     data_dir.mkdir()
-    blank = Settings(jwt_secret=None, jwt_jwks_url=None)
+    blank = BridgeSettings(jwt_secret=None, jwt_jwks_url=None)
     first = _dev_secret(data_dir, blank)["JWT_SECRET"]
     second = _dev_secret(data_dir, blank)["JWT_SECRET"]
     path = data_dir / "jwt_secret"
     assert first != second and len(second) >= 32
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert _dev_secret(data_dir, Settings(jwt_secret="s" * 32)) == {}  # configured: left alone
+    configured = BridgeSettings(jwt_secret="s" * 32)
+    assert _dev_secret(data_dir, configured) == {}  # configured: left alone
     env = {k: v for k, v in os.environ.items() if not k.startswith("JWT_")}
     out = subprocess.run(
         [sys.executable, "-m", "mesh", "token", "--tenant", "t1", "--user", "me"],

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from starlette.routing import Match
 
-from bus.settings import Settings
 from gateway_bridge.app import Bridge
 from gateway_bridge.routing import RouteTable
+from gateway_bridge.settings import BridgeSettings
 from tests.bridge_support import ALL_ROUTES, SECRET
 
-ENDPOINTS = Bridge(Settings(jwt_secret=SECRET), ALL_ROUTES).route_endpoints()
+ENDPOINTS = Bridge(BridgeSettings(jwt_secret=SECRET), ALL_ROUTES).route_endpoints()
 TABLE = RouteTable(ENDPOINTS)
 
 

@@ -200,6 +200,9 @@ def connect(self, addr):
     return real_connect(self, addr)
 
 socket.getaddrinfo, socket.socket.connect = gai, connect
+# What the gateway's lifespan (and any other entry point) does before litellm loads.
+from workers.gateway.settings import prefer_offline
+prefer_offline()
 from workers.gateway import local, tokens
 from workers.gateway.config import load_config
 from workers.gateway.llm import litellm

@@ -9,7 +9,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-import workers.gateway  # noqa: F401  (sets litellm's offline variables before litellm loads)
 from bus.errors import InvalidRequest, RateLimited, Timeout, Unavailable, UpstreamError
 from schemas.gateway import GenerateRequest
 from workers.gateway.background import Background, running

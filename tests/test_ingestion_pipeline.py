@@ -4,7 +4,6 @@ consumer → job indexed → rag.query cites the file."""
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import os
@@ -27,6 +26,8 @@ from tests.fake_gateway import FakeGateway
 from tests.rag_support import create_collection, ctx, fake_gateway, unique, wait_jobs
 from workers.ingestion.parsing import MIME
 from workers.ingestion.service import Ingestion
+from workers.ingestion.service import lifespan as ingestion_lifespan
+from workers.ingestion.settings import IngestionSettings
 
 __all__ = ["fake_gateway"]
 
@@ -35,16 +36,22 @@ LIMIT = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-async def small_limit_env(env: WorkerEnv) -> WorkerEnv:
-    settings = env.settings.model_copy(update={"upload_max_bytes": LIMIT})
-    return dataclasses.replace(env, settings=settings)
+def small_limits() -> IngestionSettings:
+    return IngestionSettings(upload_max_bytes=LIMIT)
 
 
 @pytest.fixture(scope="module", autouse=True)
 async def mesh(
-    small_limit_env: WorkerEnv, fake_gateway: FakeGateway, cache_worker: None
+    env: WorkerEnv,
+    small_limits: IngestionSettings,
+    fake_gateway: FakeGateway,
+    cache_worker: None,
 ) -> AsyncIterator[None]:
-    async with serving(["ingestion", "rag"], small_limit_env):
+    async with (
+        ingestion_lifespan(env, small_limits) as worker,
+        worker.serve(env.nc),
+        serving(["rag"], env),
+    ):
         yield
 
 
@@ -321,12 +328,12 @@ async def test_get_job_of_another_tenant_is_not_found(client):
         )
 
 
-async def test_sweeper_publishes_jobs_whose_publish_never_happened(env, small_limit_env, client):
+async def test_sweeper_publishes_jobs_whose_publish_never_happened(env, small_limits, client):
     """The outbox: a recorded job whose JetStream publish was lost is published later."""
     cid = await create_collection(client)
     db = await create_database(env.settings.database_url)
     try:
-        ingestion = Ingestion(db, env.js, env.client, small_limit_env.settings)
+        ingestion = Ingestion(db, env.js, env.client, small_limits)
         stored = await put_stream(
             env.js,
             "acme",

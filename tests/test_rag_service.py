@@ -90,7 +90,7 @@ async def test_create_collection_learns_dimensions_from_the_embedder(client):
         "rag.create_collection.request", {"name": unique("dims")}, ctx(), Collection
     )
     assert out.dimensions == 384 and out.embedding_model == "local-embed"
-    assert out.collection_id.startswith("col_")
+    assert out.collection_id.startswith("col-")
 
 
 async def test_duplicate_collection_name_is_a_conflict_for_the_same_tenant_only(client):

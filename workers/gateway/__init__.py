@@ -1,14 +1,30 @@
 """Gateway Service: the one door to LLMs — generate, stream, embed, models, count_tokens —
-through litellm, with offline local models, response caching and LLMOps events."""
+through litellm, with offline local models, response caching and LLMOps events.
 
-import os
+Importing this package changes nothing: :func:`lifespan` reads the gateway's settings and
+sets litellm's offline switches (:func:`~workers.gateway.settings.prefer_offline`) before
+the modules that import litellm are loaded.
+"""
 
-# Before anything imports litellm: otherwise it fetches its price map and tokenizers from
-# the network at import and on first token count (a ~20 s stall offline).
-os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "true")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from __future__ import annotations
 
-from workers.gateway.service import lifespan  # noqa: E402
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
-__all__ = ["lifespan"]
+from bus.worker import Worker, WorkerEnv
+from workers.gateway.settings import GatewaySettings, prefer_offline
+
+
+@asynccontextmanager
+async def lifespan(
+    env: WorkerEnv, settings: GatewaySettings | None = None
+) -> AsyncIterator[Worker]:
+    """The gateway worker; ``settings`` default to the environment's (``GATEWAY_*``)."""
+    prefer_offline()
+    from workers.gateway import service  # imports litellm: after prefer_offline()
+
+    async with service.lifespan(env, settings or GatewaySettings()) as worker:
+        yield worker
+
+
+__all__ = ["GatewaySettings", "lifespan"]
