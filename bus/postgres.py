@@ -1,9 +1,17 @@
-"""asyncpg pools with timeouts, and the migration runner every worker uses at start."""
+"""asyncpg pools with timeouts, and the migration runner every worker uses at start.
+
+Every worker opens its pool with :func:`create_database` (one data-layer policy): bounded
+connect, acquire and command times; ``json``/``jsonb`` columns and parameters as Python
+values (pass a ``dict``/``list`` to ``$n::jsonb``, never ``json.dumps`` of it); released
+connections kept as they are (no reset query). Shared SQL helpers (cursors, vectors, the
+tenant) are in :mod:`bus.sql`.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -13,7 +21,7 @@ import structlog
 
 from bus.errors import Unavailable
 
-_log = structlog.get_logger("bus.postgres")
+_log = structlog.get_logger(__name__)
 
 COMMAND_TIMEOUT_S = 10.0
 ACQUIRE_TIMEOUT_S = 5.0
@@ -46,26 +54,58 @@ class Database:
         await self.pool.close()
 
 
+#: A per-connection hook (asyncpg's ``init``/``reset``).
+ConnectionHook = Callable[[asyncpg.Connection], Awaitable[None]]
+
+
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """Release hook that sends nothing: see :func:`create_database`."""
 
 
-async def create_database(dsn: str, *, min_size: int = 1, max_size: int = 10) -> Database:
-    """A pool whose released connections are not reset with a query.
+async def json_codecs(conn: asyncpg.Connection) -> None:
+    """Decode ``json``/``jsonb`` to Python values and encode parameters from them."""
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            name, encoder=_dumps, decoder=json.loads, schema="pg_catalog", format="text"
+        )
 
-    asyncpg's default reset (``RESET ALL``, ``UNLISTEN *``, unlock advisory locks, ...)
-    costs one more round trip per request. Workers keep no session state on pooled
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+async def create_database(
+    dsn: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    init: ConnectionHook | None = None,
+    reset: ConnectionHook | None = None,
+) -> Database:
+    """The pool of a worker: jsonb/json codecs on every connection, then ``init``.
+
+    ``reset`` runs when a connection goes back to the pool. By default it sends nothing:
+    asyncpg's own reset (``RESET ALL``, ``UNLISTEN *``, unlock advisory locks, ...) costs
+    one more round trip per request, and workers keep no session state on pooled
     connections (no ``SET``/``LISTEN``, advisory locks only inside :func:`migrate`, which
-    unlocks in ``finally``), so the cleanup asyncpg always does on release — rolling back a
-    transaction left open — is all a release needs.
+    unlocks in ``finally``), so the cleanup asyncpg always does on release — rolling back
+    a transaction left open — is all a release needs. A worker that does keep session
+    state passes its own ``reset``.
     """
+
+    async def setup(conn: asyncpg.Connection) -> None:
+        await json_codecs(conn)
+        if init is not None:
+            await init(conn)
+
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         command_timeout=COMMAND_TIMEOUT_S,
         timeout=CONNECT_TIMEOUT_S,
-        reset=_keep_session,
+        init=setup,
+        reset=reset or _keep_session,
     )
     return Database(pool)
 

@@ -3,7 +3,8 @@
 A worker is a name and a list of :class:`Endpoint`. For each message the runtime
 decodes the envelope, checks tenant and deadline, validates the request model, runs
 the handler inside the deadline, and answers — every failure goes through the one
-``except`` in :meth:`_Serving.handle` and becomes the error contract (DESIGN §4).
+``except`` in :meth:`_Serving.handle` and becomes the error contract
+(docs/architecture.md, "Errors").
 
 nats-py runs one subscription's callbacks one after another, so the callback only
 takes a concurrency slot and starts the handler in the worker's task group: a slow
@@ -27,6 +28,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.micro import add_service
 from nats.micro.request import Request
+from nats.micro.service import EndpointStats
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import BaseModel, ValidationError
@@ -48,7 +50,7 @@ from bus.types import CANCEL_SUFFIX, ERROR_CODE_HEADER, ERROR_HEADER, Handler, S
 from schemas.context import Context
 from schemas.operations import Operation, Req, Resp
 
-_log = structlog.get_logger("bus.worker")
+_log = structlog.get_logger(__name__)
 _tracer = trace.get_tracer("bus.worker")
 
 #: How long stopping waits for in-flight handlers before cancelling them.
@@ -110,6 +112,37 @@ def validation_details(exc: ValidationError) -> list[dict[str, Any]]:
 
 
 @dataclass
+class EndpointCounters:
+    """What one endpoint answered, counted by the runtime: nats.micro's own counters see
+    only the hand-off to the handler's task, not the handling or its errors."""
+
+    requests: int = 0
+    errors: int = 0
+    processing_ns: int = 0
+    last_error: str | None = None
+
+    def report(self, stats: EndpointStats) -> None:
+        """Fill a ``$SRV.STATS`` entry (a fresh object nats.micro builds per answer)."""
+        stats.num_requests = self.requests
+        stats.num_errors = self.errors
+        stats.processing_time = self.processing_ns
+        stats.average_processing_time = self.processing_ns // max(1, self.requests)
+        stats.last_error = self.last_error
+
+
+def _stats_hook(counters: dict[str, EndpointCounters]) -> Any:
+    """nats.micro's public ``stats_handler``: our counters into each endpoint's entry."""
+
+    def fill(stats: EndpointStats) -> None:
+        counted = counters.get(stats.subject)
+        if counted is not None:
+            counted.report(stats)
+        return None  # no extra ``data``
+
+    return fill
+
+
+@dataclass
 class Worker:
     name: str
     endpoints: list[Endpoint]
@@ -127,15 +160,17 @@ class Worker:
     @asynccontextmanager
     async def serve(self, nc: NATS) -> AsyncIterator[Any]:
         """Register the service and its endpoints; on exit, drain and finish in-flight work."""
+        counters = {ep.op.subject: EndpointCounters() for ep in self.endpoints}
         service = await add_service(
             nc,
             name=self.name,
             version=self.version,
             description=self.description,
             queue_group=self.name,
+            stats_handler=_stats_hook(counters),
         )
         async with asyncio.TaskGroup() as tasks:
-            run = _Serving(self, service, tasks)
+            run = _Serving(self, service, tasks, counters)
             reaper = tasks.create_task(run.reap())
             for ep in self.endpoints:
                 await service.add_endpoint(
@@ -161,8 +196,15 @@ class Worker:
 class _Serving:
     """One ``serve()`` of a worker: its concurrency slots, task group and deadlines."""
 
-    def __init__(self, worker: Worker, service: Any, tasks: asyncio.TaskGroup) -> None:
+    def __init__(
+        self,
+        worker: Worker,
+        service: Any,
+        tasks: asyncio.TaskGroup,
+        counters: dict[str, EndpointCounters],
+    ) -> None:
         self.worker = worker
+        self.counters = counters
         self.codec = worker.codec
         self.service = service
         self.tasks = tasks
@@ -212,17 +254,17 @@ class _Serving:
 
     def dispatcher(self, ep: Endpoint[Any, Any]) -> Any:
         subject = ep.op.subject
-        stats: list[Any] = []  # the nats.micro Endpoint, found on first use
+        counted = self.counters[subject]
 
         async def dispatch(req: Request) -> None:
             await self.slots.acquire()
-            if not stats:
-                stats.extend(m for m in self.service._endpoints if m._subject == subject)
-            self.tasks.create_task(self.handle(ep, subject, req, stats[0] if stats else None))
+            self.tasks.create_task(self.handle(ep, subject, req, counted))
 
         return dispatch
 
-    async def handle(self, ep: Endpoint[Any, Any], subject: str, req: Request, stats: Any) -> None:
+    async def handle(
+        self, ep: Endpoint[Any, Any], subject: str, req: Request, counted: EndpointCounters
+    ) -> None:
         started = time.perf_counter()
         ctx: Context | None = None
         code = "ok"
@@ -241,9 +283,8 @@ class _Serving:
             except Exception as exc:
                 error = _as_mesh_error(exc, subject)
                 code = error.code
-                if stats is not None:
-                    stats._num_errors += 1
-                    stats._last_error = f"{error.code}: {error.message}"
+                counted.errors += 1
+                counted.last_error = f"{error.code}: {error.message}"
                 await self.respond_error(req, ctx, error)
             if self.debug:  # the per-request log line
                 ms = round((time.perf_counter() - started) * 1000, 2)
@@ -251,12 +292,8 @@ class _Serving:
         except Exception:  # the reply itself failed (connection gone): log, never crash
             _log.exception("reply_failed", subject=subject)
         finally:
-            if stats is not None:
-                # nats.micro timed only the hand-off; count the real handling time.
-                stats._processing_time += int((time.perf_counter() - started) * 1e9)
-                stats._average_processing_time = stats._processing_time // max(
-                    1, stats._num_requests
-                )
+            counted.requests += 1
+            counted.processing_ns += int((time.perf_counter() - started) * 1e9)
             self.slots.release()
 
     async def traced(

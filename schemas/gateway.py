@@ -312,6 +312,10 @@ class CountTokensResponse(BaseModel):
 # ---------------------------------------------------------------- LLMOps event
 
 
+#: The gateway operations an LLMOps event reports.
+LLMOpsOperation = Literal["generate", "stream", "embed"]
+
+
 class LLMOpsEvent(BaseModel):
     """One LLM call, published to ``events.llmops.operation`` (stream ``LLMOPS``).
 
@@ -320,7 +324,7 @@ class LLMOpsEvent(BaseModel):
 
     event_id: str
     time_ms: int = Field(description="when the call started, Unix epoch milliseconds")
-    operation: Literal["generate", "stream", "embed"]
+    operation: LLMOpsOperation
     tenant: str | None = None
     user: str | None = None
     correlation_id: str | None = None

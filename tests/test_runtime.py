@@ -301,3 +301,30 @@ async def test_codecs_interoperate_in_one_mesh(env, worker_codec, client_codec):
         assert (out.text, out.n, out.roles, out.correlation_id) == ("x", 2, ["r"], c.correlation_id)
         with pytest.raises(InvalidRequest):
             await client.request("probemix.echo.request", {"text": 5}, ctx())
+
+
+async def test_srv_stats_report_the_runtimes_own_counts(env, client):
+    """$SRV.STATS (and so `mesh services`) shows what the runtime counted: each handled
+    request, each error with the last one's code, the time spent handling."""
+    from bus.worker import Endpoint, Worker
+    from mesh.tools import services
+    from tests.support import probe_op
+
+    name = f"stats{random.randrange(10**9)}"
+    op = probe_op("echo", EchoRequest, EchoResponse, service=name, idempotent=False)
+
+    async def echo(req: EchoRequest, ctx: Context) -> EchoResponse:
+        if req.text == "missing":
+            raise NotFound("no such text")
+        return EchoResponse(text=req.text, n=req.n, tenant=ctx.tenant)
+
+    async with Worker(name, endpoints=[Endpoint(op, echo)]).serve(env.nc):
+        await client.call(op, {"text": "hi"}, new_context("acme"))
+        with pytest.raises(NotFound):
+            await client.call(op, {"text": "missing"}, new_context("acme"))
+        rows = [r for r in await services(env.settings.nats_url) if r["name"] == name]
+    [row] = rows
+    [ep] = row["endpoints"]
+    assert (ep["num_requests"], ep["num_errors"]) == (2, 1)
+    assert ep["last_error"] == "not_found: no such text"
+    assert ep["average_processing_time"] > 0

@@ -30,7 +30,7 @@ from schemas.prompt import PromptRenderResponse
 from schemas.rag import SearchRequest, SearchResponse
 from workers.agent.settings import AgentConfig
 
-_log = structlog.get_logger("agent.remote")
+_log = structlog.get_logger(__name__)
 
 CACHE_NAMESPACE = "agent"
 #: Optional calls get a short leash: a slow cache or counter must not eat the run's time.

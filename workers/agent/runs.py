@@ -41,7 +41,7 @@ from workers.agent.remote import Remote
 from workers.agent.settings import AgentConfig
 from workers.agent.store import Row, Store, new_id
 
-_log = structlog.get_logger("agent.runs")
+_log = structlog.get_logger(__name__)
 
 #: Subject of queued background runs (stream AGENT_RUNS).
 JOB_SUBJECT = "agent.runs.execute"

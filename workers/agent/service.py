@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 import nats.errors
 import structlog
@@ -18,6 +18,8 @@ import structlog
 from bus.codec import Codec
 from bus.errors import Conflict, Forbidden, InvalidRequest, MeshError, NotFound
 from bus.jetstream import ConsumerSpec, JobConsumer, publish
+from bus.postgres import create_database
+from bus.sql import tenant_of
 from bus.worker import Endpoint, Worker, WorkerEnv
 from schemas import agent
 from schemas.agent import (
@@ -69,11 +71,14 @@ from workers.agent import netguard, policy, tools, views
 from workers.agent.remote import Remote
 from workers.agent.runs import EVENTS_PREFIX, Emit, RunJob, Runs, cache_tag
 from workers.agent.settings import AgentConfig
-from workers.agent.store import Row, Store, open_database, prepare
+from workers.agent.store import Row, Store, prepare
 
-_log = structlog.get_logger("agent.service")
+_log = structlog.get_logger(__name__)
 
 VERSION = "0.1.0"
+#: Connections of the worker's pool: handlers hold one only for a statement or a short
+#: transaction (never across a bus call), so a few dozen serve MAX_CONCURRENCY handlers.
+DB_POOL_SIZE = 20
 #: JetStream consumer of queued background runs (stream AGENT_RUNS, bus/jetstream.py).
 RUNS_CONSUMER = ConsumerSpec(
     stream="AGENT_RUNS",
@@ -91,11 +96,6 @@ WATCH_POLL_S = 1.0
 MAX_HISTORY_MESSAGES = 400
 #: Agent fields an update may set to null.
 NULLABLE = frozenset({"description", "llm_provider"})
-
-
-def _tenant(ctx: Context) -> str:
-    assert ctx.tenant  # the runtime rejects tenant-less requests
-    return ctx.tenant
 
 
 class AgentService:
@@ -128,7 +128,7 @@ class AgentService:
                 raise Forbidden(f"attaching {name} needs role(s) {', '.join(spec.required_roles)}")
 
     async def create(self, req: AgentCreateRequest, ctx: Context) -> Agent:
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
         await self._check_attach(tenant, req.tools, ctx)
         _check_approval_list(req.approval_required, req.tools)
         row = await self.store.insert_agent(
@@ -167,11 +167,11 @@ class AgentService:
             _log.warning("domain_event_failed", event=name, error=exc.code)
 
     async def get(self, req: AgentGetRequest, ctx: Context) -> Agent:
-        return views.agent(await self.store.get_agent(_tenant(ctx), req.agent_id))
+        return views.agent(await self.store.get_agent(tenant_of(ctx), req.agent_id))
 
     async def list_agents(self, req: AgentListRequest, ctx: Context) -> AgentList:
         rows, cursor = await self.store.list_agents(
-            _tenant(ctx),
+            tenant_of(ctx),
             status=req.status,
             search=req.search,
             include_archived=req.include_archived,
@@ -181,7 +181,7 @@ class AgentService:
         return AgentList(items=[views.agent(r) for r in rows], next_cursor=cursor)
 
     async def update(self, req: AgentUpdateRequest, ctx: Context) -> Agent:
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
         fields = req.model_dump(exclude_unset=True, exclude={"agent_id", "version"})
         if not fields:
             raise InvalidRequest("nothing to change")
@@ -200,8 +200,9 @@ class AgentService:
         return views.agent(row)
 
     async def delete(self, req: AgentDeleteRequest, ctx: Context) -> AgentDeleteResponse:
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
         row = await self.store.get_agent(tenant, req.agent_id)
+        status: Literal["deleted", "archived"]
         if req.hard:
             await self.store.delete_agent(tenant, req.agent_id)
             status = "deleted"
@@ -212,19 +213,19 @@ class AgentService:
                 )
             status = "archived"
         await self.remote.cache_invalidate(cache_tag(req.agent_id), ctx)
-        return AgentDeleteResponse(agent_id=req.agent_id, status=status)  # type: ignore[arg-type]
+        return AgentDeleteResponse(agent_id=req.agent_id, status=status)
 
     # --- tools and settings ----------------------------------------------------------
 
     async def list_tools(self, req: ToolListRequest, ctx: Context) -> ToolList:
         builtins = [_builtin_view(kind) for kind in tools.BUILTINS]
-        declared = [views.tool(r) for r in await self.store.list_tools(_tenant(ctx))]
+        declared = [views.tool(r) for r in await self.store.list_tools(tenant_of(ctx))]
         return ToolList(items=builtins + declared)
 
     async def get_tool(self, req: ToolGetRequest, ctx: Context) -> Tool:
         if req.name in tools.BUILTINS:
             return _builtin_view(req.name)
-        return views.tool(await self.store.get_tool(_tenant(ctx), req.name))
+        return views.tool(await self.store.get_tool(tenant_of(ctx), req.name))
 
     async def create_tool(self, req: ToolCreateRequest, ctx: Context) -> Tool:
         policy.require_tools_write(ctx)
@@ -232,7 +233,7 @@ class AgentService:
             raise InvalidRequest(f"{req.name} is a built-in tool")
         tools.check_declaration(req.parameters, req.implementation)
         row = await self.store.insert_tool(
-            _tenant(ctx),
+            tenant_of(ctx),
             {
                 "name": req.name,
                 "description": req.description,
@@ -247,15 +248,15 @@ class AgentService:
 
     async def update_tool(self, req: ToolUpdateRequest, ctx: Context) -> Tool:
         policy.require_tools_write(ctx)
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
         if req.name in tools.BUILTINS:
             raise InvalidRequest(f"{req.name} is a built-in tool")
         current = await self.store.get_tool(tenant, req.name)
         fields = req.model_dump(exclude_unset=True, exclude={"name", "version"})
         if any(v is None for v in fields.values()):
             raise InvalidRequest("fields cannot be set to null")
-        if "implementation" in fields:
-            fields["implementation"] = req.implementation.model_dump()  # type: ignore[union-attr]
+        if "implementation" in fields and req.implementation is not None:
+            fields["implementation"] = req.implementation.model_dump()
         merged = {**current, **fields}
         if merged["parameters"].get("type") != "object":
             raise InvalidRequest('parameters must be a JSON Schema with "type": "object"')
@@ -265,7 +266,7 @@ class AgentService:
 
     async def delete_tool(self, req: ToolDeleteRequest, ctx: Context) -> Deleted:
         policy.require_tools_write(ctx)
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
         if req.name in tools.BUILTINS:
             raise InvalidRequest(f"{req.name} is a built-in tool")
         using = await self.store.agents_using_tool(tenant, req.name)
@@ -274,7 +275,7 @@ class AgentService:
         return Deleted(deleted=await self.store.delete_tool(tenant, req.name))
 
     async def get_settings(self, req: SettingsGetRequest, ctx: Context) -> AgentSettings:
-        return AgentSettings.model_validate(await self.store.get_settings(_tenant(ctx)))
+        return AgentSettings.model_validate(await self.store.get_settings(tenant_of(ctx)))
 
     async def update_settings(self, req: SettingsUpdateRequest, ctx: Context) -> AgentSettings:
         policy.require_tools_write(ctx)
@@ -282,7 +283,7 @@ class AgentService:
             if reason := netguard.check_allowlist_entry(entry):
                 raise InvalidRequest(f"{entry} can never be fetched: {reason}")
         row = await self.store.put_settings(
-            _tenant(ctx), list(dict.fromkeys(e.lower() for e in req.http_allowlist)), req.version
+            tenant_of(ctx), list(dict.fromkeys(e.lower() for e in req.http_allowlist)), req.version
         )
         return AgentSettings.model_validate(row)
 
@@ -294,7 +295,7 @@ class AgentService:
     async def _execute(
         self, req: ExecuteRequest, ctx: Context, emit: Emit | None = None
     ) -> RunResult:
-        agent_row = await self.store.get_agent(_tenant(ctx), req.agent_id)
+        agent_row = await self.store.get_agent(tenant_of(ctx), req.agent_id)
         kwargs: dict[str, Any] = {"emit": emit} if emit else {}
         return await self.runs.start(
             agent_row,
@@ -312,7 +313,7 @@ class AgentService:
             yield event
 
     async def _visible_run(self, run_id: str, agent_id: str | None, ctx: Context) -> Row:
-        run = await self.store.get_run(_tenant(ctx), run_id)
+        run = await self.store.get_run(tenant_of(ctx), run_id)
         if (agent_id and run["agent_id"] != agent_id) or not (
             policy.may_see(ctx, run["user_id"]) or policy.may_approve(ctx, run["user_id"])
         ):
@@ -321,13 +322,13 @@ class AgentService:
 
     async def get_run(self, req: RunGetRequest, ctx: Context) -> RunResult:
         run = await self._visible_run(req.run_id, req.agent_id, ctx)
-        result = views.run(run, await self.store.steps(_tenant(ctx), req.run_id))
+        result = views.run(run, await self.store.steps(tenant_of(ctx), req.run_id))
         if req.include_messages:
             result.input_messages = run["input_messages"]
         return result
 
     async def list_runs(self, req: RunListRequest, ctx: Context) -> RunList:
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
         await self.store.get_agent(tenant, req.agent_id)
         rows, cursor = await self.store.list_runs(
             tenant,
@@ -355,7 +356,7 @@ class AgentService:
         )
 
     async def cancel(self, req: CancelRequest, ctx: Context) -> RunResult:
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
         await self._visible_run(req.run_id, req.agent_id, ctx)
         row = await self.runs.cancel(tenant, req.run_id)
         loop = asyncio.get_running_loop()
@@ -366,7 +367,7 @@ class AgentService:
         return views.run(row, await self.store.steps(tenant, req.run_id))
 
     async def watch(self, req: WatchRequest, ctx: Context) -> AsyncIterator[RunEvent]:
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
         run = await self._visible_run(req.run_id, req.agent_id, ctx)
         # Subscribe before reading what is stored, so nothing falls between the two.
         sub = await self.runs.nc.subscribe(EVENTS_PREFIX + req.run_id)
@@ -421,7 +422,7 @@ class AgentService:
         return await self._chat(req, ctx)
 
     async def _chat(self, req: ChatRequest, ctx: Context, emit: Emit | None = None) -> ChatResponse:
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
         user = policy.user_of(ctx)
         agent_row = await self.store.get_agent(tenant, req.agent_id)
         if agent_row["status"] != "active":
@@ -466,7 +467,7 @@ class AgentService:
             yield event
 
     async def _thread(self, thread_id: str, agent_id: str | None, ctx: Context) -> Row:
-        thread = await self.store.get_thread(_tenant(ctx), thread_id)
+        thread = await self.store.get_thread(tenant_of(ctx), thread_id)
         if (agent_id and thread["agent_id"] != agent_id) or not policy.may_see(
             ctx, thread["user_id"]
         ):
@@ -474,7 +475,7 @@ class AgentService:
         return thread
 
     async def list_threads(self, req: ThreadListRequest, ctx: Context) -> ThreadList:
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
         await self.store.get_agent(tenant, req.agent_id)
         rows, cursor = await self.store.list_threads(
             tenant,
@@ -487,16 +488,16 @@ class AgentService:
 
     async def get_thread(self, req: ThreadGetRequest, ctx: Context) -> Thread:
         thread = await self._thread(req.thread_id, req.agent_id, ctx)
-        return views.thread(thread, await self.store.messages(_tenant(ctx), req.thread_id))
+        return views.thread(thread, await self.store.messages(tenant_of(ctx), req.thread_id))
 
     async def delete_thread(self, req: ThreadDeleteRequest, ctx: Context) -> Deleted:
         await self._thread(req.thread_id, req.agent_id, ctx)
-        return Deleted(deleted=await self.store.delete_thread(_tenant(ctx), req.thread_id))
+        return Deleted(deleted=await self.store.delete_thread(tenant_of(ctx), req.thread_id))
 
     # --- memory ----------------------------------------------------------------------
 
     async def add_memory(self, req: MemoryAddRequest, ctx: Context) -> MemoryItem:
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
         await self.store.get_agent(tenant, req.agent_id)
         vector = (await self.remote.embed([req.text], ctx))[0]
         row = await self.store.insert_memory(
@@ -505,20 +506,20 @@ class AgentService:
         return views.memory(row)
 
     async def list_memories(self, req: MemoryListRequest, ctx: Context) -> MemoryList:
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
         await self.store.get_agent(tenant, req.agent_id)
         rows, cursor = await self.store.list_memories(tenant, req.agent_id, req.cursor, req.limit)
         return MemoryList(items=[views.memory(r) for r in rows], next_cursor=cursor)
 
     async def search_memories(self, req: MemorySearchRequest, ctx: Context) -> MemoryList:
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
         await self.store.get_agent(tenant, req.agent_id)
         vector = (await self.remote.embed([req.query], ctx))[0]
         rows = await self.store.search_memories(tenant, req.agent_id, vector, req.top_k)
         return MemoryList(items=[views.memory(r) for r in rows])
 
     async def delete_memory(self, req: MemoryDeleteRequest, ctx: Context) -> Deleted:
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
         await self.store.get_agent(tenant, req.agent_id)
         return Deleted(deleted=await self.store.delete_memory(tenant, req.agent_id, req.memory_id))
 
@@ -634,7 +635,7 @@ async def serving_parts(
         raise RuntimeError("DATABASE_URL is not set")
     config = config or AgentConfig()
     codec = Codec(env.settings.codec_type)
-    db = await open_database(env.settings.database_url)
+    db = await create_database(env.settings.database_url, max_size=DB_POOL_SIZE)
     try:
         await prepare(db)
         store = Store(db)

@@ -8,47 +8,19 @@ service turns them into the contract models.
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
-import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
+from bus.context import new_id
 from bus.errors import Conflict, NotFound
-from bus.postgres import (
-    COMMAND_TIMEOUT_S,
-    CONNECT_TIMEOUT_S,
-    Database,
-    migrate,
-    migrations_of,
-)
+from bus.postgres import Database, migrate, migrations_of
+from bus.sql import cursor_time, decode_cursor, encode_cursor, vector_literal
 
 SCHEMA = "agent"
 Row = dict[str, Any]
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
-
-
-async def _init(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-
-
-async def open_database(dsn: str, *, max_size: int = 10) -> Database:
-    """A pool like ``bus.postgres.create_database``'s, with jsonb decoded to Python."""
-    pool = await asyncpg.create_pool(
-        dsn,
-        min_size=1,
-        max_size=max_size,
-        command_timeout=COMMAND_TIMEOUT_S,
-        timeout=CONNECT_TIMEOUT_S,
-        init=_init,
-    )
-    return Database(pool)
 
 
 async def prepare(db: Database) -> None:
@@ -64,21 +36,12 @@ async def prepare(db: Database) -> None:
     await migrate(db, SCHEMA, migrations_of("workers.agent"))
 
 
-def encode_cursor(created_at: datetime, key: str) -> str:
-    raw = json.dumps([created_at.isoformat(), key]).encode()
-    return base64.urlsafe_b64encode(raw).decode()
-
-
-def decode_cursor(cursor: str | None) -> tuple[datetime, str] | None:
+def _after(cursor: str | None) -> tuple[datetime, str] | None:
+    """The (created_at, id) a page cursor points after, or None for the first page."""
     if not cursor:
         return None
-    try:
-        created, key = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return datetime.fromisoformat(created), str(key)
-    except (ValueError, TypeError):
-        from bus.errors import InvalidRequest
-
-        raise InvalidRequest("invalid cursor") from None
+    created, key = decode_cursor(cursor, 2)
+    return cursor_time(created), str(key)
 
 
 def _page(rows: Sequence[asyncpg.Record], limit: int, key: str) -> tuple[list[Row], str | None]:
@@ -86,10 +49,6 @@ def _page(rows: Sequence[asyncpg.Record], limit: int, key: str) -> tuple[list[Ro
     more = len(rows) > limit
     cursor = encode_cursor(items[-1]["created_at"], items[-1][key]) if more else None
     return items, cursor
-
-
-def vector_literal(vector: Sequence[float]) -> str:
-    return "[" + ",".join(f"{x:.7g}" for x in vector) + "]"
 
 
 def _like(text: str) -> str:
@@ -137,7 +96,7 @@ class Store:
         cursor: str | None,
         limit: int,
     ) -> tuple[list[Row], str | None]:
-        after = decode_cursor(cursor)
+        after = _after(cursor)
         async with self.db.connection() as conn:
             rows = await conn.fetch(
                 """
@@ -307,7 +266,7 @@ class Store:
     async def list_threads(
         self, tenant: str, agent_id: str, user: str | None, cursor: str | None, limit: int
     ) -> tuple[list[Row], str | None]:
-        after = decode_cursor(cursor)
+        after = _after(cursor)
         async with self.db.connection() as conn:
             rows = await conn.fetch(
                 """
@@ -400,7 +359,7 @@ class Store:
         cursor: str | None,
         limit: int,
     ) -> tuple[list[Row], str | None]:
-        after = decode_cursor(cursor)
+        after = _after(cursor)
         async with self.db.connection() as conn:
             rows = await conn.fetch(
                 """
@@ -542,7 +501,7 @@ class Store:
     async def list_memories(
         self, tenant: str, agent_id: str, cursor: str | None, limit: int
     ) -> tuple[list[Row], str | None]:
-        after = decode_cursor(cursor)
+        after = _after(cursor)
         async with self.db.connection() as conn:
             rows = await conn.fetch(
                 """

@@ -1,17 +1,18 @@
 """Redis layout of the cache, and invalidation that never scans the keyspace.
 
-Entries live at ``t:{tenant}:{namespace}:{key}`` (DESIGN §6). Beside them, per tenant,
-sorted-set indexes list the entry keys of each namespace (``ti:{tenant}:ns:{namespace}``)
-and each tag (``ti:{tenant}:tag:{tag}``), scored by expiry time, so invalidating a
-namespace or a tag touches only its own entries. Expired members are pruned whenever the
-index is written. An entry re-set with other tags stays listed under its old ones, so a
-tag invalidation may drop it too: a cache errs on the side of fresh.
+Entries live at ``t:{tenant}:{namespace}:{key}`` (docs/architecture.md, "State"). Beside
+them, per tenant, sorted-set indexes list the entry keys of each namespace
+(``ti:{tenant}:ns:{namespace}``) and each tag (``ti:{tenant}:tag:{tag}``), scored by
+expiry time, so invalidating a namespace or a tag touches only its own entries. Expired
+members are pruned whenever the index is written. An entry re-set with other tags stays
+listed under its old ones, so a tag invalidation may drop it too: a cache errs on the
+side of fresh.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 import redis.asyncio as aioredis
@@ -101,7 +102,8 @@ class CacheStore:
         """Pop the index in batches and unlink what it lists; O(entries in the index)."""
         total = 0
         while True:
-            popped = await self.redis.zpopmin(index, _BATCH)
+            # redis-py types every reply shape a command may have; this one's is fixed.
+            popped = cast(list[tuple[bytes, float]], await self.redis.zpopmin(index, _BATCH))
             if not popped:
                 return total
             total += int(await self.redis.unlink(*[member for member, _ in popped]))
@@ -110,7 +112,7 @@ class CacheStore:
         total = 0
         start = 0
         while True:
-            members = await self.redis.zrange(index, start, start + _BATCH - 1)
+            members = cast(list[bytes], await self.redis.zrange(index, start, start + _BATCH - 1))
             if not members:
                 return total
             hits = [m for m in members if m.decode().startswith(prefix)]

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
 
-_log = structlog.get_logger("workers.gateway.background")
+_log = structlog.get_logger(__name__)
 
 #: Jobs waiting at most; past it new jobs are dropped (and counted).
 DEFAULT_MAX_PENDING = 10_000
@@ -90,7 +90,9 @@ class Background:
 
 
 @contextlib.asynccontextmanager
-async def running(background: Background, drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S):  # type: ignore[no-untyped-def]
+async def running(
+    background: Background, drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S
+) -> AsyncIterator[Background]:
     """Run the drain task for the body; on exit finish pending jobs (bounded), then stop."""
     task = asyncio.create_task(background.run())
     try:

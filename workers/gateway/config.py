@@ -42,6 +42,8 @@ from schemas.gateway import DEFAULT_CHAT_MODEL, DEFAULT_EMBED_MODEL
 from workers.gateway import local
 
 Mode = Literal["chat", "embedding"]
+#: The litellm modes the gateway serves, as its own type.
+_SERVED_MODES: dict[str, Mode] = {"chat": "chat", "embedding": "embedding"}
 
 DEFAULT_CHAT_ALIAS = DEFAULT_CHAT_MODEL
 DEFAULT_EMBED_ALIAS = DEFAULT_EMBED_MODEL
@@ -235,9 +237,9 @@ def _alias(
     first, info = entries[0]
     known = _litellm_info(first.model)
     declared = info.get("mode") or known.get("mode")
-    mode = declared or "chat"
-    if mode not in ("chat", "embedding"):
-        raise ConfigError(f"alias {name!r}: mode {mode!r} is not served (chat or embedding)")
+    mode = _SERVED_MODES.get(declared or "chat")
+    if mode is None:
+        raise ConfigError(f"alias {name!r}: mode {declared!r} is not served (chat or embedding)")
     modes = {i.get("mode") or _litellm_info(d.model).get("mode") for d, i in entries}
     if len(modes - {None}) > 1:
         raise ConfigError(f"alias {name!r}: its deployments mix modes {sorted(modes - {None})}")

@@ -33,7 +33,7 @@ from workers.gateway.errors import (
     retryable,
 )
 
-_log = structlog.get_logger("workers.gateway.dispatch")
+_log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 

@@ -11,7 +11,7 @@ from bus import jetstream
 from bus.codec import Codec
 from bus.context import new_id
 from schemas.context import Context
-from schemas.gateway import LLMOPS_SUBJECT, LLMOpsEvent, Usage
+from schemas.gateway import LLMOPS_SUBJECT, LLMOpsEvent, LLMOpsOperation, Usage
 from workers.gateway.background import Background
 from workers.gateway.dispatch import Outcome
 
@@ -53,7 +53,7 @@ class Events:
 class CallRecord:
     """One LLM call being measured, for its LLMOps event."""
 
-    def __init__(self, operation: str, alias: str, ctx: Context) -> None:
+    def __init__(self, operation: LLMOpsOperation, alias: str, ctx: Context) -> None:
         self.operation = operation
         self.alias = alias
         self.ctx = ctx
@@ -79,7 +79,7 @@ class CallRecord:
         return LLMOpsEvent(
             event_id=ctx.request_id or new_id(),
             time_ms=self.time_ms,
-            operation=self.operation,  # type: ignore[arg-type]
+            operation=self.operation,
             tenant=ctx.tenant,
             user=ctx.user,
             correlation_id=ctx.correlation_id,

@@ -144,7 +144,7 @@ class StreamState:
     def take(self, chunk: Any) -> Delta | None:
         """Record a litellm stream chunk; the delta to pass on, if it has one."""
         raw_usage = getattr(chunk, "usage", None)
-        if raw_usage is not None and getattr(raw_usage, "total_tokens", 0):
+        if raw_usage is not None and getattr(raw_usage, "total_tokens", None):
             self.usage = usage_of(raw_usage)
         choices = getattr(chunk, "choices", None) or []
         if not choices:

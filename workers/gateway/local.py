@@ -10,7 +10,8 @@
 Registered as a litellm custom provider, so local and remote models take the same code
 path (``litellm.acompletion``/``aembedding``), with zero prices. Nothing here downloads:
 model files are located inside installed packages (or given by ``LOCAL_*`` variables).
-The package's ``__init__`` sets litellm's offline variables before litellm is imported.
+The gateway's lifespan sets litellm's offline variables before litellm is imported
+(``workers.gateway.settings.prefer_offline``).
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ class LocalEmbedder:
         return [len(self.tokenizer.encode(t).ids) for t in texts] if texts else []
 
 
-def _flatten(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
+def _flatten(messages: list[dict[str, Any]]) -> list[Any]:
     """Content-part lists become text: the chat template wants strings."""
     out = []
     for m in messages:
@@ -191,6 +192,8 @@ class LocalGenerator:
         kw = self._args(messages, params)
         with self.lock:
             out = self.llm.create_chat_completion(**kw)
+        if not isinstance(out, dict):  # llama_cpp returns an iterator only when streaming
+            raise TypeError("llama_cpp streamed an answer that was not asked to stream")
         choice, usage = out["choices"][0], out["usage"]
         return {
             "text": choice["message"]["content"] or "",
@@ -206,7 +209,10 @@ class LocalGenerator:
         with self.lock:  # held until the generator is exhausted or closed
             n_prompt = len(self.tokenize(self.prompt(kw["messages"])))
             n, finish = 0, "stop"
-            for chunk in self.llm.create_chat_completion(stream=True, **kw):
+            chunks = self.llm.create_chat_completion(stream=True, **kw)
+            if isinstance(chunks, dict):  # llama_cpp answers one dict only when not streaming
+                raise TypeError("llama_cpp did not stream an answer asked to stream")
+            for chunk in chunks:
                 choice = chunk["choices"][0]
                 if text := choice.get("delta", {}).get("content"):
                     n += 1  # llama_cpp emits one token per chunk
@@ -214,7 +220,8 @@ class LocalGenerator:
                 finish = choice.get("finish_reason") or finish
             yield {"finish_reason": finish, "prompt_tokens": n_prompt, "completion_tokens": n}
 
-    def prompt(self, messages: list[dict[str, str]]) -> str:
+    def prompt(self, messages: list[Any]) -> str:
+        """The prompt text the model's chat template makes of OpenAI-style messages."""
         return self._format(messages=messages).prompt if self._format else ""
 
     def tokenize(self, text: str) -> list[int]:

@@ -43,8 +43,9 @@ from workers.gateway.config import Alias, Deployment, GatewayConfig, load_config
 from workers.gateway.dispatch import AttemptsFailed, Dispatcher, Outcome
 from workers.gateway.errors import map_error
 from workers.gateway.events import CallRecord, Events
+from workers.gateway.settings import GatewaySettings
 
-_log = structlog.get_logger("workers.gateway")
+_log = structlog.get_logger(__name__)
 
 VERSION = "0.1.0"
 
@@ -268,6 +269,7 @@ class Gateway:
         self.events.publish(event, ctx)
 
     def _failed(self, call: CallRecord, ctx: Context, exc: BaseException, prompt: Any) -> None:
+        code: str
         if isinstance(exc, MeshError):
             code = exc.code
         elif isinstance(exc, asyncio.CancelledError) and (remaining(ctx) or 1.0) <= 0:
@@ -368,9 +370,9 @@ async def gateway_running(
 
 
 @asynccontextmanager
-async def lifespan(env: WorkerEnv) -> AsyncIterator[Worker]:
-    settings = env.settings
-    config = load_config(settings.gateway_models)
+async def lifespan(env: WorkerEnv, settings: GatewaySettings) -> AsyncIterator[Worker]:
+    """The worker (``workers.gateway.lifespan`` calls it once litellm may be imported)."""
+    config = load_config(settings.models)
     local.register()
     await _warm_up()
     # litellm leaves ~420 000 long-lived tracked objects after import and warm-up, and every
@@ -386,7 +388,7 @@ async def lifespan(env: WorkerEnv) -> AsyncIterator[Worker]:
     async with gateway_running(
         config,
         env,
-        log_content=settings.gateway_log_content,
-        cache_ttl=settings.gateway_cache_ttl,
+        log_content=settings.log_content,
+        cache_ttl=settings.cache_ttl,
     ) as gw:
-        yield build_worker(gw, Codec(settings.codec_type), settings.max_concurrency)
+        yield build_worker(gw, Codec(env.settings.codec_type), env.settings.max_concurrency)

@@ -25,11 +25,11 @@ from nats.js import JetStreamContext
 from bus.client import Client
 from bus.codec import Codec
 from bus.context import child, new_context
-from bus.errors import InvalidRequest, MeshError, NotFound, RetryableError
+from bus.errors import MeshError, NotFound, RetryableError
 from bus.jetstream import ConsumerSpec, JobConsumer, publish
 from bus.patience import until_available
 from bus.postgres import Database, create_database, migrate, migrations_of
-from bus.settings import Settings
+from bus.sql import tenant_of
 from bus.uploads import (
     CONTENT_TYPE_HEADER,
     FILENAME_HEADER,
@@ -60,9 +60,10 @@ from schemas.ingestion import (
     SubmitResponse,
 )
 from workers.ingestion.parsing import Limits, parse
+from workers.ingestion.settings import IngestionSettings
 from workers.ingestion.store import JobStore, NewJob, new_job_id, to_job
 
-_log = structlog.get_logger("workers.ingestion")
+_log = structlog.get_logger(__name__)
 
 VERSION = "0.1.0"
 PARSE_CONSUMER = ConsumerSpec(
@@ -92,12 +93,6 @@ MAX_PARSED_BYTES = 64 * 1024 * 1024
 COLLECTION_CHECK_TIMEOUT_S = 3.0
 
 
-def _tenant(ctx: Context | None) -> str:
-    if ctx is None or not ctx.tenant:
-        raise InvalidRequest("no tenant in context")
-    return ctx.tenant
-
-
 def _stem(filename: str | None) -> str | None:
     if not filename:
         return None
@@ -111,7 +106,7 @@ class Ingestion:
         db: Database,
         js: JetStreamContext,
         client: Client,
-        settings: Settings,
+        settings: IngestionSettings,
         *,
         codec: Codec | None = None,
         stopping: asyncio.Event | None = None,
@@ -128,7 +123,7 @@ class Ingestion:
     # ------------------------------------------------------------ endpoints
 
     async def submit(self, req: SubmitRequest, ctx: Context) -> SubmitResponse:
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
         await self._check_collection(ctx, req.collection_id)
         jobs: list[NewJob] = []
         written: list[str] = []  # inline bodies stored here, removed if the submit fails
@@ -223,14 +218,14 @@ class Ingestion:
         )
 
     async def get_job(self, req: GetJobRequest, ctx: Context) -> Job:
-        row = await self.store.get(_tenant(ctx), req.job_id)
+        row = await self.store.get(tenant_of(ctx), req.job_id)
         if row is None:
             raise NotFound(f"no job {req.job_id}")
         return to_job(row)
 
     async def list_jobs(self, req: ListJobsRequest, ctx: Context) -> ListJobsResponse:
         rows, cursor = await self.store.list(
-            _tenant(ctx),
+            tenant_of(ctx),
             status=req.status,
             collection_id=req.collection_id,
             source_id=req.source_id,
@@ -243,7 +238,7 @@ class Ingestion:
 
     async def parse_job(self, job: ParseJob, ctx: Context) -> None:
         """``ingest.jobs.parse``: file → text → ``ingest.jobs.index``."""
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
 
         async def attempt() -> None:
             row = await self.store.start_parsing(tenant, job.job_id)
@@ -280,7 +275,7 @@ class Ingestion:
                     collection_id=row["collection_id"],
                     source_id=row["source_id"],
                     title=title,
-                    metadata=json.loads(metadata) if isinstance(metadata, str) else metadata,
+                    metadata=metadata,
                     content_type=parsed.content_type,
                     text_object=text_object.name,
                     object_name=row["object_name"],
@@ -304,7 +299,7 @@ class Ingestion:
         )
 
     async def on_progress(self, event: JobProgress, ctx: Context) -> None:
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
 
         async def apply() -> bool:
             return await self.store.advance(
@@ -370,7 +365,11 @@ def build_worker(ing: Ingestion, codec: Codec | None = None, max_concurrency: in
 
 
 @asynccontextmanager
-async def lifespan(env: WorkerEnv) -> AsyncIterator[Worker]:
+async def lifespan(
+    env: WorkerEnv, settings: IngestionSettings | None = None
+) -> AsyncIterator[Worker]:
+    """The worker; ``settings`` default to the environment's (``UPLOAD_MAX_BYTES``)."""
+    settings = settings or IngestionSettings()
     if not env.settings.database_url:
         raise RuntimeError("DATABASE_URL is not set")
     db = await create_database(env.settings.database_url)
@@ -378,7 +377,7 @@ async def lifespan(env: WorkerEnv) -> AsyncIterator[Worker]:
         await migrate(db, "ingestion", migrations_of("workers.ingestion"))
         codec = Codec(env.settings.codec_type)
         stopping = asyncio.Event()
-        ing = Ingestion(db, env.js, env.client, env.settings, codec=codec, stopping=stopping)
+        ing = Ingestion(db, env.js, env.client, settings, codec=codec, stopping=stopping)
         parse_consumer = JobConsumer(
             env.js, PARSE_CONSUMER, ParseJob, ing.parse_job, on_failed=ing.parse_failed, codec=codec
         )

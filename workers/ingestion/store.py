@@ -7,22 +7,21 @@ that arrive twice or out of order (redeliveries, concurrent consumers) change no
 
 from __future__ import annotations
 
-import base64
 import json
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
-from bus.errors import InvalidRequest
+from bus.context import new_id
 from bus.postgres import Database
+from bus.sql import cursor_time, decode_cursor, encode_cursor
 from schemas.ingestion import STAGES, Job
 
 
 def new_job_id() -> str:
-    return f"job_{uuid.uuid4().hex}"
+    return new_id("job")
 
 
 @dataclass(frozen=True)
@@ -39,9 +38,6 @@ class NewJob:
 
 
 def to_job(r: asyncpg.Record) -> Job:
-    timings = r["timings"]
-    if isinstance(timings, str):
-        timings = json.loads(timings)
     return Job(
         job_id=r["job_id"],
         collection_id=r["collection_id"],
@@ -54,22 +50,15 @@ def to_job(r: asyncpg.Record) -> Job:
         error=r["error"],
         document_id=r["document_id"],
         chunks=r["chunks"],
-        timings=timings,
+        timings=r["timings"],
         created_at=r["created_at"],
         updated_at=r["updated_at"],
     )
 
 
-def _cursor(created_at: datetime, job_id: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps([created_at.isoformat(), job_id]).encode()).decode()
-
-
 def _uncursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        ts, job_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return datetime.fromisoformat(ts), str(job_id)
-    except (ValueError, TypeError):
-        raise InvalidRequest("invalid cursor") from None
+    ts, job_id = decode_cursor(cursor, 2)
+    return cursor_time(ts), str(job_id)
 
 
 _STAGES = list(STAGES)
@@ -162,7 +151,11 @@ class JobStore:
                 limit + 1,
             )
         items = rows[:limit]
-        nxt = _cursor(items[-1]["created_at"], items[-1]["job_id"]) if len(rows) > limit else None
+        nxt = (
+            encode_cursor(items[-1]["created_at"], items[-1]["job_id"])
+            if len(rows) > limit
+            else None
+        )
         return items, nxt
 
     async def start_parsing(self, tenant: str, job_id: str) -> asyncpg.Record | None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import math
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 from bus.client import Client
 from bus.context import child
@@ -115,7 +115,7 @@ class EstimateCounter:
 
 @dataclass
 class _Part:
-    kind: str  # "passage" | "history"
+    kind: Literal["passage", "history"]
     index: int
     tokens: int
     text: str  # a passage formatted with its source line, or a history message's content
@@ -283,7 +283,7 @@ async def _result(
             part.kept_tokens = tokens
     omitted = [
         OmittedPart(
-            kind=p.kind,  # type: ignore[arg-type]
+            kind=p.kind,
             index=p.index,
             source_id=p.source_id,
             tokens=p.tokens,
@@ -294,7 +294,7 @@ async def _result(
     ]
     omitted += [
         OmittedPart(
-            kind=p.kind,  # type: ignore[arg-type]
+            kind=p.kind,
             index=p.index,
             source_id=p.source_id,
             tokens=p.tokens,

@@ -38,7 +38,7 @@ from workers.prompt.sandbox import (
     run_bounded,
 )
 
-_log = structlog.get_logger("workers.prompt")
+_log = structlog.get_logger(__name__)
 
 #: Threads rendering at once; more renders queue (the worker's concurrency bounds both).
 DEFAULT_RENDER_THREADS = 4
@@ -133,6 +133,9 @@ class Renderer:
             for node in tree.find_all(
                 (nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)
             ):
+                assert isinstance(
+                    node, nodes.Include | nodes.Import | nodes.FromImport | nodes.Extends
+                )
                 target = node.template
                 if not (isinstance(target, nodes.Const) and isinstance(target.value, str)):
                     raise InvalidRequest(
@@ -171,7 +174,8 @@ class Renderer:
         self, template: Template, variables: dict[str, Any], budget: Budget, index: int | None
     ) -> str:
         try:
-            return run_bounded(budget, lambda: template.render(variables))  # type: ignore[no-any-return]
+            text: str = run_bounded(budget, lambda: template.render(variables))
+            return text
         except Exception as exc:
             raise _template_error(exc, index) from None
 

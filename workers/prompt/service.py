@@ -16,6 +16,7 @@ import structlog
 from bus.client import Client
 from bus.codec import Codec
 from bus.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
+from bus.sql import tenant_of
 from bus.worker import Endpoint, Worker, WorkerEnv
 from schemas import prompt
 from schemas.context import Context
@@ -61,12 +62,7 @@ VERSION = "0.1.0"
 #: Largest ``variables`` a render accepts (approximate characters once turned into text).
 MAX_VARIABLES_SIZE = 1_000_000
 
-_log = structlog.get_logger("workers.prompt")
-
-
-def _tenant(ctx: Context) -> str:
-    assert ctx.tenant  # the runtime rejects tenant-less requests
-    return ctx.tenant
+_log = structlog.get_logger(__name__)
 
 
 def _source(tenant: str, row: VersionRow) -> Source:
@@ -138,7 +134,7 @@ class PromptHandlers:
     # -- templates -------------------------------------------------------------------
 
     async def create(self, req: PromptCreateRequest, ctx: Context) -> PromptCreateResponse:
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
         body = await self._body(
             req.type,
             req.template,
@@ -152,7 +148,7 @@ class PromptHandlers:
         return PromptCreateResponse(template_id=template_id, name=req.name, version=1)
 
     async def update(self, req: PromptUpdateRequest, ctx: Context) -> PromptUpdateResponse:
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
         base = await self.store.find(tenant, req.name, version=req.base_version)
         if base is None:
             head = await self.store.head(tenant, req.name)
@@ -180,13 +176,13 @@ class PromptHandlers:
         return PromptUpdateResponse(template_id=template_id, name=req.name, version=version)
 
     async def get(self, req: PromptGetRequest, ctx: Context) -> PromptVersion:
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
         row = await self._find(tenant, req.name, req.label, req.version)
         labels, latest = await self.store.labels_of(tenant, row.template_id, row.version)
         return PromptVersion(
             template_id=row.template_id,
             name=row.name,
-            type=row.type,  # type: ignore[arg-type]
+            type=row.type,
             version=row.version,
             template=row.template,
             messages=[Message(**m) for m in row.messages] if row.messages is not None else None,
@@ -203,7 +199,7 @@ class PromptHandlers:
         # Keyset cursors are the last item seen (as Stripe's `starting_after`): names and
         # versions are already the tenant's own, so there is nothing to hide or forge.
         rows = await self.store.list_templates(
-            _tenant(ctx), req.query, req.label, req.limit + 1, req.cursor
+            tenant_of(ctx), req.query, req.label, req.limit + 1, req.cursor
         )
         page = rows[: req.limit]
         return PromptListResponse(
@@ -214,7 +210,7 @@ class PromptHandlers:
     async def list_versions(
         self, req: PromptListVersionsRequest, ctx: Context
     ) -> PromptListVersionsResponse:
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
         head = await self.store.head(tenant, req.name)
         if head is None:
             raise NotFound(f"no template named {req.name!r}")
@@ -233,7 +229,7 @@ class PromptHandlers:
         )
 
     async def set_label(self, req: PromptSetLabelRequest, ctx: Context) -> PromptSetLabelResponse:
-        previous = await self.store.set_label(_tenant(ctx), req.name, req.label, req.version)
+        previous = await self.store.set_label(tenant_of(ctx), req.name, req.label, req.version)
         return PromptSetLabelResponse(
             name=req.name, label=req.label, version=req.version, previous_version=previous
         )
@@ -241,23 +237,23 @@ class PromptHandlers:
     async def unset_label(
         self, req: PromptUnsetLabelRequest, ctx: Context
     ) -> PromptUnsetLabelResponse:
-        version = await self.store.unset_label(_tenant(ctx), req.name, req.label)
+        version = await self.store.unset_label(tenant_of(ctx), req.name, req.label)
         return PromptUnsetLabelResponse(name=req.name, label=req.label, version=version)
 
     async def delete(self, req: PromptDeleteRequest, ctx: Context) -> PromptDeleteResponse:
-        count = await self.store.delete(_tenant(ctx), req.name)
+        count = await self.store.delete(tenant_of(ctx), req.name)
         return PromptDeleteResponse(name=req.name, deleted_versions=count)
 
     async def delete_version(
         self, req: PromptDeleteVersionRequest, ctx: Context
     ) -> PromptDeleteVersionResponse:
-        latest = await self.store.delete_version(_tenant(ctx), req.name, req.version)
+        latest = await self.store.delete_version(tenant_of(ctx), req.name, req.version)
         return PromptDeleteVersionResponse(
             name=req.name, version=req.version, latest_version=latest
         )
 
     async def diff(self, req: PromptDiffRequest, ctx: Context) -> PromptDiffResponse:
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
         a = await self._find(tenant, req.name, None, req.from_version)
         b = await self._find(tenant, req.name, None, req.to_version)
         text = unified(a, b)
@@ -278,20 +274,20 @@ class PromptHandlers:
     # -- rendering and context -------------------------------------------------------
 
     async def render(self, req: PromptRenderRequest, ctx: Context) -> PromptRenderResponse:
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
         row = await self._find(tenant, req.name, req.label, req.version)
         out = await self._render(tenant, row, req.variables)
         return PromptRenderResponse(
             name=row.name,
             version=row.version,
-            type=row.type,  # type: ignore[arg-type]
+            type=row.type,
             text=out.text,
             messages=[Message(**m) for m in out.messages] if out.messages is not None else None,
             config=row.config,
         )
 
     async def context(self, req: PromptContextRequest, ctx: Context) -> PromptContextResponse:
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
         system: list[dict[str, str]] = []
         used = None
         model = req.model

@@ -24,7 +24,7 @@ from bus.postgres import (
     migrate,
     migrations_of,
 )
-from schemas.prompt import LATEST
+from schemas.prompt import LATEST, TemplateType
 
 #: Postgres connections per worker: a render is one short query.
 DB_POOL_SIZE = 16
@@ -47,7 +47,7 @@ class Body:
 class VersionRow:
     template_id: str
     name: str
-    type: str
+    type: TemplateType
     version: int
     template: str | None
     messages: list[dict[str, str]] | None
@@ -173,8 +173,8 @@ def _row(record: asyncpg.Record) -> VersionRow:
         type=record["type"],
         version=record["version"],
         template=record["template"],
-        messages=json.loads(record["messages"]) if record["messages"] else None,
-        config=json.loads(record["config"]),
+        messages=record["messages"],
+        config=record["config"],
         variables=list(record["variables"]),
         declared=list(record["declared"]),
         refs=list(record["refs"]),
@@ -331,8 +331,8 @@ class PromptStore:
             template_id,
             version,
             body.template,
-            json.dumps(body.messages) if body.messages is not None else None,
-            json.dumps(body.config),
+            body.messages,
+            body.config,
             body.variables,
             body.declared,
             body.refs,
@@ -363,7 +363,7 @@ class PromptStore:
                 label,
             )
             await conn.execute(_MOVE_LABEL, tenant, head["template_id"], label, version)
-        return previous  # type: ignore[no-any-return]
+        return None if previous is None else int(previous)
 
     async def unset_label(self, tenant: str, name: str, label: str) -> int:
         async with self.db.transaction() as conn:
@@ -379,7 +379,7 @@ class PromptStore:
             )
         if version is None:
             raise NotFound(f"{name!r} has no label {label!r}")
-        return version  # type: ignore[no-any-return]
+        return int(version)
 
     async def delete(self, tenant: str, name: str) -> int:
         """Delete a template, its versions and labels; return how many versions went."""

@@ -14,7 +14,7 @@ from schemas import gateway, prompt
 from schemas.context import Context
 from schemas.gateway import EmbedRequest, GenerateRequest, GenerateResponse
 
-_log = structlog.get_logger("workers.rag.llm")
+_log = structlog.get_logger(__name__)
 
 #: Texts per gateway.embed call: large enough to amortise the hop, small enough that one
 #: call of the local CPU embedder stays well inside a request deadline.

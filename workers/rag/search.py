@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,7 +26,8 @@ from typing import Any
 import asyncpg
 
 from bus.postgres import Database
-from workers.rag.store import TS_CONFIG, vector_literal
+from bus.sql import vector_literal
+from workers.rag.store import TS_CONFIG
 
 #: Below this many candidate chunks the vector leg scans exactly (milliseconds at 384-d).
 EXACT_SCAN_LIMIT = 20_000
@@ -49,8 +49,9 @@ class Scope:
     filters: dict[str, Any] | None
 
     @property
-    def filters_json(self) -> str | None:
-        return json.dumps(self.filters) if self.filters else None
+    def jsonb_filter(self) -> dict[str, Any] | None:
+        """The ``$n::jsonb`` containment filter (the pool's codec encodes it), or None."""
+        return self.filters or None
 
 
 def _quote_lexeme(lexeme: str) -> str:
@@ -66,7 +67,7 @@ async def candidate_count(conn: asyncpg.Connection, scope: Scope, cap: int) -> i
             " AND ($3::jsonb IS NULL OR c.metadata @> $3::jsonb) LIMIT $4) s",
             scope.tenant,
             scope.collection_ids,
-            scope.filters_json,
+            scope.jsonb_filter,
             cap,
         )
     )
@@ -83,7 +84,7 @@ async def _exact(
         scope.tenant,
         scope.collection_ids,
         vector,
-        scope.filters_json,
+        scope.jsonb_filter,
         limit,
     )
     return [(r["chunk_id"], 1.0 - float(r["distance"])) for r in rows]
@@ -105,7 +106,7 @@ async def _hnsw(
             scope.tenant,
             scope.collection_ids,
             vector,
-            scope.filters_json,
+            scope.jsonb_filter,
             limit,
         )
     return [(r["chunk_id"], 1.0 - float(r["distance"])) for r in rows]
@@ -126,23 +127,22 @@ async def vector_leg(
         return rows, "hnsw"
 
 
-async def query_lexemes(db: Database, query: str) -> list[str]:
-    async with db.connection() as conn:
-        lexemes = await conn.fetchval(
-            f"SELECT tsvector_to_array(to_tsvector('{TS_CONFIG}', $1))", query
-        )
+async def query_lexemes(conn: asyncpg.Connection, query: str) -> list[str]:
+    lexemes = await conn.fetchval(
+        f"SELECT tsvector_to_array(to_tsvector('{TS_CONFIG}', $1))", query
+    )
     return list(lexemes or [])
 
 
 async def keyword_leg(
     db: Database, scope: Scope, query: str, limit: int
 ) -> list[tuple[str, float]]:
-    """Chunk ids by BM25 over the question's lexemes (OR), best first."""
-    lexemes = await query_lexemes(db, query)
-    if not lexemes:
-        return []
-    terms = [_quote_lexeme(lx) for lx in lexemes]
+    """Chunk ids by BM25 over the question's lexemes (OR), best first (one connection)."""
     async with db.connection() as conn:
+        lexemes = await query_lexemes(conn, query)
+        if not lexemes:
+            return []
+        terms = [_quote_lexeme(lx) for lx in lexemes]
         stats = await conn.fetchrow(
             "SELECT coalesce(sum(chunk_count), 0)::float8 AS n,"
             " coalesce(sum(lex_total), 0)::float8 AS lex FROM rag.documents"
@@ -183,7 +183,7 @@ async def keyword_leg(
             [terms[i] for i in present],
             idf,
             " | ".join(terms[i] for i in selective),
-            scope.filters_json,
+            scope.jsonb_filter,
             BM25_K1 + 1,
             BM25_K1,
             BM25_B,

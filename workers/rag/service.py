@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -23,16 +22,23 @@ from nats.js import JetStreamContext
 
 from bus.client import Client
 from bus.codec import Codec
-from bus.context import child
+from bus.context import child, new_id
 from bus.errors import InvalidRequest, MeshError, NotFound, UpstreamError
 from bus.jetstream import ConsumerSpec, JobConsumer, publish
 from bus.patience import job_context, until_available
 from bus.postgres import Database, create_database, migrate, migrations_of
+from bus.sql import tenant_of
 from bus.uploads import delete_object, read_object
 from bus.worker import Endpoint, Worker, WorkerEnv
 from schemas import cache, rag
 from schemas.context import Context
-from schemas.ingestion import INDEX_SUBJECT, PROGRESS_SUBJECT, IndexJob, JobProgress
+from schemas.ingestion import (
+    INDEX_SUBJECT,
+    PROGRESS_SUBJECT,
+    IndexJob,
+    JobProgress,
+    ProgressStage,
+)
 from schemas.rag import (
     DEFAULT_EMBEDDING_MODEL,
     Chunk,
@@ -69,7 +75,7 @@ from workers.rag.llm import Models
 from workers.rag.search import Scope, hydrate, keyword_leg, rrf, vector_leg
 from workers.rag.store import CollectionRow, RagStore, WriteResult, content_hash, search_text
 
-_log = structlog.get_logger("workers.rag")
+_log = structlog.get_logger(__name__)
 
 VERSION = "0.1.0"
 #: The indexing consumer. Dependency outages are waited out inside a delivery
@@ -92,7 +98,7 @@ QUERY_CACHE_TTL_S = 3600
 CACHE_TIMEOUT_S = 1.0
 MAX_ANSWER_TOKENS = 512
 
-Progress = Callable[[str], Awaitable[None]]
+Progress = Callable[[ProgressStage], Awaitable[None]]
 
 
 @dataclass
@@ -129,7 +135,7 @@ def _document(r: Any) -> Document:
         collection_id=r["collection_id"],
         source_id=r["source_id"],
         title=r["title"],
-        metadata=json.loads(r["metadata"]) if isinstance(r["metadata"], str) else r["metadata"],
+        metadata=r["metadata"],
         content_hash=r["content_hash"],
         chunk_count=r["chunk_count"],
         job_id=r["job_id"],
@@ -137,12 +143,6 @@ def _document(r: Any) -> Document:
         created_at=r["created_at"],
         updated_at=r["updated_at"],
     )
-
-
-def _tenant(ctx: Context) -> str:
-    if not ctx.tenant:
-        raise InvalidRequest("no tenant in context")
-    return ctx.tenant
 
 
 def _first_error(group: BaseExceptionGroup[Any]) -> BaseException:
@@ -180,17 +180,19 @@ class Rag:
         if not probe or not probe[0]:
             raise UpstreamError(f"embedding model {model!r} returned an empty vector")
         row = await self.store.create_collection(
-            _tenant(ctx), req.name, model, len(probe[0]), req.metadata
+            tenant_of(ctx), req.name, model, len(probe[0]), req.metadata
         )
         return _collection(row)
 
     async def get_collection(self, req: GetCollectionRequest, ctx: Context) -> Collection:
-        return _collection(await self.store.collection(_tenant(ctx), req.collection_id))
+        return _collection(
+            await self.store.collection(tenant_of(ctx), req.collection_id, counts=True)
+        )
 
     async def list_collections(
         self, req: ListCollectionsRequest, ctx: Context
     ) -> ListCollectionsResponse:
-        rows, cursor = await self.store.list_collections(_tenant(ctx), req.limit, req.cursor)
+        rows, cursor = await self.store.list_collections(tenant_of(ctx), req.limit, req.cursor)
         return ListCollectionsResponse(
             collections=[_collection(r) for r in rows], next_cursor=cursor
         )
@@ -198,7 +200,7 @@ class Rag:
     async def delete_collection(
         self, req: DeleteCollectionRequest, ctx: Context
     ) -> DeleteCollectionResponse:
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
         count, objects = await self.store.delete_collection(tenant, req.collection_id)
         for name in objects:
             await self._drop_object(tenant, name)
@@ -221,7 +223,7 @@ class Rag:
         progress: Progress | None = None,
         force: bool = False,
     ) -> IngestedDocument:
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
         digest = content_hash(title, text)
         existing = await self.store.find_document(tenant, collection.collection_id, source_id)
         if existing is not None and existing["content_hash"] == digest and not force:
@@ -280,12 +282,12 @@ class Rag:
         return IngestedDocument(
             document_id=result.document_id,
             source_id=source_id,
-            status=result.status,  # type: ignore[arg-type]
+            status=result.status,
             chunks=result.chunks,
         )
 
     async def ingest(self, req: IngestRequest, ctx: Context) -> IngestResponse:
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
         collection = await self.store.collection(tenant, req.collection_id)
         out = []
         for doc in req.documents:
@@ -305,10 +307,10 @@ class Rag:
 
     async def index_job(self, job: IndexJob, ctx: Context) -> None:
         """``ingest.jobs.index``: chunk, embed and store one parsed document."""
-        tenant = _tenant(ctx)
-        run = uuid.uuid4().hex[:12]
+        tenant = tenant_of(ctx)
+        run = new_id()[:12]
 
-        async def report(stage: str, **fields: Any) -> None:
+        async def report(stage: ProgressStage, **fields: Any) -> None:
             event = JobProgress(job_id=job.job_id, stage=stage, at=datetime.now(UTC), **fields)
             await publish(
                 self.js,
@@ -333,9 +335,9 @@ class Rag:
                 await report("indexed", document_id=done["document_id"], chunks=done["chunk_count"])
                 return
             collection = await self.store.collection(tenant, job.collection_id)
-            stages: list[str] = []
+            stages: list[ProgressStage] = []
 
-            async def progress(stage: str) -> None:
+            async def progress(stage: ProgressStage) -> None:
                 await report(stage, started=not stages)
                 stages.append(stage)
 
@@ -379,8 +381,9 @@ class Rag:
 
     async def _retrieve(
         self, ctx: Context, req: SearchRequest, collections: list[CollectionRow]
-    ) -> list[SearchResult]:
-        tenant = _tenant(ctx)
+    ) -> tuple[list[SearchResult], dict[str, str | None]]:
+        """The ranked results and each result chunk's document title (for an answer)."""
+        tenant = tenant_of(ctx)
         ids = [c.collection_id for c in collections]
         use_vector = req.mode == "vector" or (req.mode == "hybrid" and req.vector_weight > 0)
         use_keyword = req.mode == "keyword" or (req.mode == "hybrid" and req.keyword_weight > 0)
@@ -418,10 +421,12 @@ class Rag:
         top = ranked[: req.top_k]
         rows = await hydrate(self.db, tenant, [cid for cid, _ in top])
         results = []
+        titles: dict[str, str | None] = {}
         for cid, score in top:
             r = rows.get(cid)
             if r is None:  # deleted between the legs and now
                 continue
+            titles[cid] = r["title"]
             results.append(
                 SearchResult(
                     document_id=r["document_id"],
@@ -429,19 +434,18 @@ class Rag:
                     chunk_id=cid,
                     score=score,
                     text=r["text"],
-                    metadata=json.loads(r["metadata"])
-                    if isinstance(r["metadata"], str)
-                    else r["metadata"],
+                    metadata=r["metadata"],
                 )
             )
-        return results
+        return results, titles
 
     async def search(self, req: SearchRequest, ctx: Context) -> SearchResponse:
-        collections = await self.store.collections(_tenant(ctx), req.collection_ids)
-        return SearchResponse(results=await self._retrieve(ctx, req, collections))
+        collections = await self.store.collections(tenant_of(ctx), req.collection_ids)
+        results, _ = await self._retrieve(ctx, req, collections)
+        return SearchResponse(results=results)
 
     async def query(self, req: QueryRequest, ctx: Context) -> QueryResponse:
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
         collections = await self.store.collections(tenant, req.collection_ids)
         key = hashlib.sha256(
             json.dumps(
@@ -457,7 +461,7 @@ class Rag:
             cached = await self._cache_get(ctx, key)
             if cached is not None:
                 return QueryResponse.model_validate({**cached, "cached": True})
-        results = await self._retrieve(
+        results, titles = await self._retrieve(
             ctx,
             SearchRequest(
                 collection_ids=req.collection_ids,
@@ -471,21 +475,24 @@ class Rag:
         if not results:
             response = QueryResponse(answer=answers.NO_RESULTS_ANSWER, citations=[])
         else:
-            response = await self._answer(ctx, req, results)
+            response = await self._answer(ctx, req, results, titles)
         await self._cache_set(ctx, key, response, [c.collection_id for c in collections])
         return response
 
     async def _answer(
-        self, ctx: Context, req: QueryRequest, results: list[SearchResult]
+        self,
+        ctx: Context,
+        req: QueryRequest,
+        results: list[SearchResult],
+        titles: dict[str, str | None],
     ) -> QueryResponse:
-        rows = await hydrate(self.db, _tenant(ctx), [r.chunk_id for r in results])
         passages = [
             answers.Passage(
                 number=i + 1,
                 chunk_id=r.chunk_id,
                 document_id=r.document_id,
                 source_id=r.source_id,
-                title=rows[r.chunk_id]["title"] if r.chunk_id in rows else None,
+                title=titles.get(r.chunk_id),
                 text=r.text,
             )
             for i, r in enumerate(results)
@@ -544,12 +551,12 @@ class Rag:
         self, req: ListDocumentsRequest, ctx: Context
     ) -> ListDocumentsResponse:
         rows, cursor = await self.store.list_documents(
-            _tenant(ctx), req.collection_id, req.source_id, req.limit, req.cursor
+            tenant_of(ctx), req.collection_id, req.source_id, req.limit, req.cursor
         )
         return ListDocumentsResponse(documents=[_document(r) for r in rows], next_cursor=cursor)
 
     async def get_document(self, req: GetDocumentRequest, ctx: Context) -> DocumentDetail:
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
         row = await self.store.document(tenant, req.document_id)
         chunks = await self.store.chunks_of(tenant, req.document_id) if req.include_chunks else []
         return DocumentDetail(
@@ -567,7 +574,7 @@ class Rag:
         )
 
     async def update_document(self, req: UpdateDocumentRequest, ctx: Context) -> Document:
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
         row, retitle = await self.store.update_document(
             tenant, req.document_id, req.title, req.metadata
         )
@@ -580,7 +587,7 @@ class Rag:
     async def delete_document(
         self, req: DeleteDocumentRequest, ctx: Context
     ) -> DeleteDocumentResponse:
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
         row = await self.store.delete_document(tenant, req.document_id)
         if row["object_name"]:
             await self._drop_object(tenant, row["object_name"])
@@ -596,7 +603,7 @@ class Rag:
     async def _reindex(
         self, ctx: Context, document_id: str, *, title: str | None = None
     ) -> IngestedDocument:
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
         row = await self.store.document(tenant, document_id)
         collection = await self.store.collection(tenant, row["collection_id"])
         result = await self._index(

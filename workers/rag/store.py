@@ -10,26 +10,21 @@ Each write bumps the collection's ``version`` (part of rag.query's cache key).
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
-from bus.errors import Conflict, InvalidRequest, NotFound
+from bus.context import new_id
+from bus.errors import Conflict, NotFound
 from bus.postgres import Database
+from bus.sql import cursor_time, decode_cursor, encode_cursor, vector_literal
 from workers.rag.chunking import Piece
 
 #: Text search configuration of the keyword leg (stemming and stop words).
 TS_CONFIG = "english"
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
 
 
 def content_hash(title: str | None, text: str) -> str:
@@ -40,31 +35,9 @@ def chunk_id(document_id: str, digest: str, ord_: int) -> str:
     return "chk_" + hashlib.sha256(f"{document_id}:{digest}:{ord_}".encode()).hexdigest()[:32]
 
 
-def vector_literal(vector: list[float]) -> str:
-    return "[" + ",".join(f"{x:.7g}" for x in vector) + "]"
-
-
 def search_text(title: str | None, section: str | None, text: str) -> str:
     """What is embedded and indexed for a chunk: its title and heading path give it context."""
     return "\n".join(p for p in (title, section, text) if p)
-
-
-def encode_cursor(*values: Any) -> str:
-    return base64.urlsafe_b64encode(json.dumps(values, default=str).encode()).decode()
-
-
-def decode_cursor(cursor: str, n: int) -> list[Any]:
-    try:
-        values = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-    except (ValueError, TypeError):
-        raise InvalidRequest("invalid cursor") from None
-    if not isinstance(values, list) or len(values) != n:
-        raise InvalidRequest("invalid cursor")
-    return values
-
-
-def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value
 
 
 @dataclass(frozen=True)
@@ -86,7 +59,7 @@ class CollectionRow:
             name=r["name"],
             embedding_model=r["embedding_model"],
             dimensions=r["dimensions"],
-            metadata=_json(r["metadata"]),
+            metadata=r["metadata"],
             version=r["version"],
             created_at=r["created_at"],
             document_count=r.get("document_count") or 0,
@@ -97,7 +70,7 @@ class CollectionRow:
 @dataclass(frozen=True)
 class WriteResult:
     document_id: str
-    status: str  # created | updated | unchanged
+    status: Literal["created", "updated", "unchanged"]
     chunks: int
     replaced_object: str | None = None  # an earlier upload of this source, now orphaned
 
@@ -129,7 +102,7 @@ class RagStore:
                     name,
                     model,
                     dimensions,
-                    json.dumps(metadata),
+                    metadata,
                 )
         except asyncpg.UniqueViolationError:
             raise Conflict(f"a collection named {name!r} exists") from None
@@ -148,22 +121,38 @@ class RagStore:
                 f" ((embedding::vector({n})) vector_cosine_ops) WHERE dims = {n}"
             )
 
-    async def collection(self, tenant: str, collection_id: str) -> CollectionRow:
-        return (await self.collections(tenant, [collection_id]))[0]
+    async def collection(
+        self, tenant: str, collection_id: str, *, counts: bool = False
+    ) -> CollectionRow:
+        return (await self.collections(tenant, [collection_id], counts=counts))[0]
 
-    async def collections(self, tenant: str, ids: list[str]) -> list[CollectionRow]:
-        """The tenant's collections in ``ids`` order; ``NotFound`` names any missing."""
+    async def collections(
+        self, tenant: str, ids: list[str], *, counts: bool = False
+    ) -> list[CollectionRow]:
+        """The tenant's collections in ``ids`` order; ``NotFound`` names any missing.
+
+        Document and chunk counts are summed over the collection's documents only when
+        ``counts`` is asked for (a get): a search needs the model, dimensions and version.
+        """
         wanted = list(dict.fromkeys(ids))
         async with self.db.connection() as conn:
-            rows = await conn.fetch(
-                "SELECT c.*, s.document_count, s.chunk_count FROM rag.collections c"
-                " CROSS JOIN LATERAL (SELECT count(*) AS document_count,"
-                "   coalesce(sum(d.chunk_count), 0) AS chunk_count FROM rag.documents d"
-                "   WHERE d.tenant_id = c.tenant_id AND d.collection_id = c.collection_id) s"
-                " WHERE c.tenant_id = $1 AND c.collection_id = ANY($2::text[])",
-                tenant,
-                wanted,
-            )
+            if counts:
+                rows = await conn.fetch(
+                    "SELECT c.*, s.document_count, s.chunk_count FROM rag.collections c"
+                    " CROSS JOIN LATERAL (SELECT count(*) AS document_count,"
+                    "   coalesce(sum(d.chunk_count), 0) AS chunk_count FROM rag.documents d"
+                    "   WHERE d.tenant_id = c.tenant_id AND d.collection_id = c.collection_id) s"
+                    " WHERE c.tenant_id = $1 AND c.collection_id = ANY($2::text[])",
+                    tenant,
+                    wanted,
+                )
+            else:
+                rows = await conn.fetch(
+                    "SELECT * FROM rag.collections"
+                    " WHERE tenant_id = $1 AND collection_id = ANY($2::text[])",
+                    tenant,
+                    wanted,
+                )
         found = {r["collection_id"]: CollectionRow.of(r) for r in rows}
         missing = [i for i in wanted if i not in found]
         if missing:
@@ -184,7 +173,7 @@ class RagStore:
                 "   OR (c.created_at, c.collection_id) > ($2::timestamptz, $3))"
                 " ORDER BY c.created_at, c.collection_id LIMIT $4",
                 tenant,
-                datetime.fromisoformat(after_ts) if after_ts else None,
+                cursor_time(after_ts) if after_ts else None,
                 after_id,
                 limit + 1,
             )
@@ -261,7 +250,7 @@ class RagStore:
         ``force`` (reindex): a redelivered job that raced its first delivery adds nothing.
         """
         cid = collection.collection_id
-        meta = json.dumps(metadata)
+        meta = metadata
         select_existing = (
             "SELECT document_id, content_hash, object_name, chunk_count FROM rag.documents"
             " WHERE tenant_id = $1 AND collection_id = $2 AND source_id = $3 FOR UPDATE"
@@ -304,6 +293,7 @@ class RagStore:
                 # Indexed meanwhile (a redelivery racing the first delivery): keep it.
                 await self._refresh(conn, tenant, document_id, meta, job_id)
                 return WriteResult(document_id, "unchanged", existing["chunk_count"])
+            status: Literal["created", "updated"]
             if existing is None:
                 status = "created"
             else:
@@ -354,7 +344,7 @@ class RagStore:
         document_id: str,
         title: str | None,
         digest: str,
-        meta: str,
+        meta: dict[str, Any],
         pieces: list[Piece],
         vectors: list[list[float]],
     ) -> int:
@@ -389,7 +379,7 @@ class RagStore:
         conn: asyncpg.Connection,
         tenant: str,
         document_id: str,
-        meta: str,
+        meta: dict[str, Any],
         job_id: str | None,
     ) -> None:
         await conn.execute(
@@ -424,7 +414,7 @@ class RagStore:
                 tenant,
                 collection_id,
             )
-            await self._refresh(conn, tenant, document_id, json.dumps(metadata), job_id)
+            await self._refresh(conn, tenant, document_id, metadata, job_id)
             await self._bump(conn, tenant, collection_id)
 
     async def bump(self, tenant: str, collection_id: str) -> None:
@@ -483,7 +473,7 @@ class RagStore:
                 tenant,
                 collection_id,
                 source_id,
-                datetime.fromisoformat(after_ts) if after_ts else None,
+                cursor_time(after_ts) if after_ts else None,
                 after_id,
                 limit + 1,
             )
@@ -521,7 +511,7 @@ class RagStore:
                 current["collection_id"],
             )
             if metadata is not None:
-                meta = json.dumps(metadata)
+                meta = metadata
                 await conn.execute(
                     "UPDATE rag.documents SET metadata = $3::jsonb, updated_at = now()"
                     " WHERE tenant_id = $1 AND document_id = $2",
