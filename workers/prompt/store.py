@@ -10,7 +10,6 @@ winner's state; the primary key on (template_id, version) backs this up.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -62,7 +61,7 @@ class VersionRow:
 
 _VERSION_COLUMNS = """
     t.template_id::text AS template_id, t.name, t.type, v.version, v.template,
-    v.messages::text AS messages, v.config::text AS config, v.variables, v.declared, v.refs,
+    v.messages, v.config, v.variables, v.declared, v.refs,
     v.commit_message, v.created_by, v.created_at
 """
 
@@ -127,7 +126,7 @@ _LIST = """
 SELECT t.template_id::text AS template_id, t.name, t.type, t.created_at, t.updated_at,
        (SELECT max(v.version) FROM prompt.versions v
         WHERE v.tenant_id = t.tenant_id AND v.template_id = t.template_id) AS latest_version,
-       (SELECT coalesce(jsonb_object_agg(l.label, l.version), '{}'::jsonb)::text
+       (SELECT coalesce(jsonb_object_agg(l.label, l.version), '{}'::jsonb)
         FROM prompt.labels l
         WHERE l.tenant_id = t.tenant_id AND l.template_id = t.template_id) AS labels
 FROM prompt.templates t
@@ -245,7 +244,7 @@ class PromptStore:
             rows = await conn.fetch(_LIST, tenant, pattern, label, after, limit)
         out = []
         for r in rows:
-            labels = json.loads(r["labels"])
+            labels = dict(r["labels"])
             labels[LATEST] = r["latest_version"]
             out.append({**dict(r), "labels": labels})
         return out
