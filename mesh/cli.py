@@ -127,16 +127,19 @@ def cmd_request(args: argparse.Namespace) -> None:
 
 
 def cmd_terminal(args: argparse.Namespace) -> None:
+    from gateway_bridge.settings import BridgeSettings
     from mesh.terminal import run  # mesh ingest | jobs | search | ask
 
-    settings = _settings("mesh-cli", Settings)
+    # Files go into the object store as the bridge's upload route puts them: same limit.
+    settings = _settings("mesh-cli", BridgeSettings)
     sys.exit(run(args, _nats_url(settings), settings))
 
 
 def cmd_upload(args: argparse.Namespace) -> None:
+    from gateway_bridge.settings import BridgeSettings
     from mesh.tools import upload
 
-    settings = _settings("mesh-cli", Settings)
+    settings = _settings("mesh-cli", BridgeSettings)
     ref = asyncio.run(
         upload(
             _nats_url(settings),

@@ -10,8 +10,8 @@ import os
 from collections.abc import Callable
 from typing import Any, get_args
 
-from bus.settings import Settings
 from bus.telemetry import setup_logging
+from gateway_bridge.settings import BridgeSettings
 from schemas.ingestion import JobStatus
 from schemas.rag import SearchMode
 
@@ -77,7 +77,7 @@ def add_commands(sub: Any, func: Callable[[argparse.Namespace], None]) -> None:
     a.set_defaults(action="ask")
 
 
-def run(args: argparse.Namespace, nats_url: str, settings: Settings) -> int:
+def run(args: argparse.Namespace, nats_url: str, settings: BridgeSettings) -> int:
     """Run one of the commands; the exit status."""
     if not args.tenant:
         raise SystemExit("give --tenant (or set MESH_TENANT)")
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace, nats_url: str, settings: Settings) -> int:
         return 130
 
 
-async def _run(args: argparse.Namespace, nats_url: str, settings: Settings) -> int:
+async def _run(args: argparse.Namespace, nats_url: str, settings: BridgeSettings) -> int:
     from rich.console import Console
 
     from bus.errors import MeshError

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from bus.connection import parse_servers
-from bus.settings import Settings
+from gateway_bridge.settings import BridgeSettings
 from mesh.infra import _binary
 from mesh.registry import WORKERS
 from tests.deploy_support import AUTH_CONF, DEV_CONF, ROOT, SERVER_CONF, USERS, password_var
@@ -326,7 +326,7 @@ def test_an_empty_jwt_secret_from_compose_counts_as_unset(monkeypatch: pytest.Mo
     assert bridge["JWT_SECRET"] == "${JWT_SECRET:-}"  # an empty string when not set
     monkeypatch.setenv("JWT_SECRET", "")
     monkeypatch.setenv("JWT_JWKS_URL", "")
-    settings = Settings()  # type: ignore[call-arg]
+    settings = BridgeSettings()
     assert settings.jwt_secret is None and settings.jwt_jwks_url is None
 
 

@@ -11,18 +11,25 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import AsyncGenerator, Mapping
-from typing import TYPE_CHECKING, Any, Generic
+from typing import Any, Generic, Protocol
 
 from pydantic import ValidationError
 
+from bus.client import Client
 from bus.context import child, new_context
 from bus.errors import InvalidRequest
 from bus.worker import validation_details
 from schemas.context import Context
 from schemas.operations import Operation, Req, Resp
 
-if TYPE_CHECKING:
-    from mesh.client._mesh import Mesh
+
+class Mesh(Protocol):
+    """What a service needs of the :class:`mesh.client.Mesh` it is bound to (a Protocol,
+    so this module does not import the one that imports it)."""
+
+    client: Client
+
+    def context(self) -> Context: ...
 
 
 def build_request(op: Operation[Req, Any], request: Any, fields: Mapping[str, Any]) -> Req:
