@@ -240,9 +240,11 @@ def _alias(
     mode = _SERVED_MODES.get(declared or "chat")
     if mode is None:
         raise ConfigError(f"alias {name!r}: mode {declared!r} is not served (chat or embedding)")
-    modes = {i.get("mode") or _litellm_info(d.model).get("mode") for d, i in entries}
-    if len(modes - {None}) > 1:
-        raise ConfigError(f"alias {name!r}: its deployments mix modes {sorted(modes - {None})}")
+    # Deployments that declare no mode (and litellm does not know) take the alias's.
+    declared_modes = (i.get("mode") or _litellm_info(d.model).get("mode") for d, i in entries)
+    modes: set[str] = {str(m) for m in declared_modes if m is not None}
+    if len(modes) > 1:
+        raise ConfigError(f"alias {name!r}: its deployments mix modes {sorted(modes)}")
 
     def pick(key: str, *others: str) -> Any:
         for k in (key, *others):
