@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 READY_TIMEOUT_S = 60.0
 NATS_CONF = Path(__file__).resolve().parent.parent / "nats.conf"
@@ -68,9 +69,9 @@ class _Server:
     def prepare(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
 
-    def run_as(self) -> str | None:
-        """The system user the server runs as (None: this process's user)."""
-        return None
+    def popen_kwargs(self) -> dict[str, Any]:
+        """Extra ``subprocess.Popen`` arguments (the user to run as, an environment)."""
+        return {}
 
     def start(self) -> None:
         self.prepare()
@@ -81,7 +82,7 @@ class _Server:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C goes to `mesh up`, which stops us in order
-                user=self.run_as(),
+                **self.popen_kwargs(),
             )
         _wait_for_port(self.port, self.proc, self.name, self.log)
         self.ready()
@@ -236,8 +237,9 @@ class PostgresServer(_Server):
             self.log.touch()
             shutil.chown(self.log, user, user)
 
-    def run_as(self) -> str | None:
-        return PG_USER if os.geteuid() == 0 else None
+    def popen_kwargs(self) -> dict[str, Any]:
+        user = PG_USER if os.geteuid() == 0 else None
+        return {"user": user} if user else {}
 
     def command(self) -> list[str]:
         cmd = [
