@@ -116,10 +116,18 @@ async def deployed(
     await provision(nats_auth.url, user="provision", password=passwords["provision"], replicas=1)
     models = tmp_path_factory.mktemp("deploy-models") / "models.yaml"
     models.write_text(yaml.safe_dump(_models(mock.url)))
-    base = settings.model_copy(
-        update={"gateway_models": str(models), "health_dir": str(health_dir)}
-    )
+    base = settings.model_copy(update={"health_dir": str(health_dir)})
+    # The gateway reads its own settings (GATEWAY_*) in its lifespan, as `mesh worker` does.
+    previous = os.environ.get("GATEWAY_MODELS")
+    os.environ["GATEWAY_MODELS"] = str(models)
     async with contextlib.AsyncExitStack() as stack:
+        stack.callback(
+            lambda: (
+                os.environ.pop("GATEWAY_MODELS", None)
+                if previous is None
+                else os.environ.__setitem__("GATEWAY_MODELS", previous)
+            )
+        )
         for name in WORKER_NAMES:
             env = await stack.enter_async_context(
                 bus_env(_as(base, nats_auth, name, passwords), name)
