@@ -16,6 +16,7 @@ WORKERS: dict[str, str] = {
     "gateway": "workers.gateway",
     "agent": "workers.agent",
     "ml": "workers.ml",
+    "promptgen": "workers.promptgen",
 }
 
 
