@@ -27,6 +27,8 @@ RunId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,64}$")]
 Alias = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:/@+-]{1,128}$")]
 Cursor = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_=-]{1,256}$")]
 Version = Annotated[int, Field(ge=1, le=1_000_000)]
+#: Free text stored in Postgres, which cannot hold NUL characters: refused up front.
+_NO_NUL = r"^[^\x00]*$"
 
 #: Longest plain-language prompt or refine instruction.
 MAX_PROMPT_CHARS = 8_000
@@ -149,12 +151,16 @@ class SpecSummary(BaseModel):
 class GenerateRequest(_Request):
     """``promptgen.generate_agent`` / ``promptgen.generate_tool``."""
 
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, pattern=_NO_NUL)
     model: Alias | None = Field(
         default=None, description="gateway alias that writes the spec; the service's default"
     )
     name: str | None = Field(
-        default=None, min_length=1, max_length=200, description="the name to give the spec"
+        default=None,
+        min_length=1,
+        max_length=200,
+        pattern=_NO_NUL,
+        description="the name to give the spec",
     )
 
 
@@ -165,6 +171,7 @@ class RefineRequest(_Request):
         default=None,
         min_length=1,
         max_length=MAX_PROMPT_CHARS,
+        pattern=_NO_NUL,
         description="what to change; without it, the feedback on base_version is used",
     )
     model: Alias | None = None
@@ -176,14 +183,14 @@ class RefineRequest(_Request):
 class SubmitRequest(_Request):
     spec_id: SpecId
     version: Version
-    reason: str | None = Field(default=None, max_length=MAX_REASON_CHARS)
+    reason: str | None = Field(default=None, max_length=MAX_REASON_CHARS, pattern=_NO_NUL)
 
 
 class ReviewRequest(_Request):
     spec_id: SpecId
     version: Version
     decision: Decision
-    reason: str | None = Field(default=None, max_length=MAX_REASON_CHARS)
+    reason: str | None = Field(default=None, max_length=MAX_REASON_CHARS, pattern=_NO_NUL)
 
 
 class PublishRequest(_Request):
@@ -222,7 +229,7 @@ class FeedbackRequest(_Request):
     score: Annotated[int, Field(ge=1, le=5)] | Literal["up", "down"] = Field(
         description='1–5, or "up"/"down" (thumbs)'
     )
-    comment: str | None = Field(default=None, max_length=MAX_COMMENT_CHARS)
+    comment: str | None = Field(default=None, max_length=MAX_COMMENT_CHARS, pattern=_NO_NUL)
 
     @model_validator(mode="after")
     def _target(self) -> FeedbackRequest:

@@ -183,9 +183,10 @@ def is_strict(schema: Any) -> bool:
                 return False
             if set(schema.get("required", [])) != set(props):
                 return False
-        return all(is_strict(v) for k, v in schema.items() if k in ("properties", "items", "anyOf"))
-    if isinstance(schema, list):
-        return all(is_strict(v) for v in schema)
+        subs = [*(schema.get("properties") or {}).values(), *(schema.get("anyOf") or [])]
+        if isinstance(schema.get("items"), dict):
+            subs.append(schema["items"])
+        return all(is_strict(s) for s in subs)
     return True
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import asyncpg
 
-from bus.errors import Conflict, NotFound
+from bus.errors import Conflict, InvalidRequest, NotFound
 from bus.postgres import Database, create_database, migrate, migrations_of
 from schemas.promptgen import AuditRecord, FeedbackSummary
 
@@ -63,15 +63,22 @@ def _cursor(*parts: Any) -> str:
     return base64.urlsafe_b64encode(json.dumps(parts).encode()).decode()
 
 
-def _uncursor(cursor: str) -> list[Any]:
-    from bus.errors import InvalidRequest
-
+def _uncursor(cursor: str, *types: type) -> list[Any]:
+    """The parts of a cursor this service made, each of the given type; else invalid."""
     try:
         parts = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        if not isinstance(parts, list):
+        if not (
+            isinstance(parts, list)
+            and len(parts) == len(types)
+            and all(isinstance(p, t) for p, t in zip(parts, types, strict=True))
+        ):
             raise ValueError
+        if any(isinstance(p, int) and not 0 <= p < 2**62 for p in parts):
+            raise ValueError
+        if types and types[0] is str:
+            parts[0] = datetime.fromisoformat(parts[0])
         return parts
-    except ValueError:
+    except (ValueError, TypeError, UnicodeDecodeError):
         raise InvalidRequest("cursor is not one this service gave") from None
 
 
@@ -237,7 +244,7 @@ class Store:
         cursor: str | None,
         limit: int,
     ) -> tuple[list[Row], str | None]:
-        after: list[Any] = _uncursor(cursor) if cursor else [None, None]
+        after: list[Any] = _uncursor(cursor, str, str) if cursor else [None, None]
         async with self.db.connection() as conn:
             records = await conn.fetch(
                 """
@@ -257,7 +264,7 @@ class Store:
                 kind,
                 status,
                 user,
-                datetime.fromisoformat(after[0]) if after[0] else None,
+                after[0],
                 after[1],
                 limit + 1,
             )
@@ -382,7 +389,7 @@ class Store:
     async def audit(
         self, tenant: str, spec_id: str | None, cursor: str | None, limit: int
     ) -> tuple[list[AuditRecord], str | None]:
-        before = int(_uncursor(cursor)[0]) if cursor else None
+        before = _uncursor(cursor, int)[0] if cursor else None
         async with self.db.connection() as conn:
             records = await conn.fetch(
                 "SELECT * FROM promptgen.audit WHERE tenant_id = $1"
