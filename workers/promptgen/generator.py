@@ -49,6 +49,9 @@ Call = Callable[[GenerateRequest], Awaitable[GenerateResponse]]
 #: Normalizes a valid spec and checks it: (spec, notes, checks).
 Review = Callable[[dict[str, Any]], tuple[dict[str, Any], list[str], list[Check]]]
 _UNVERIFIED = "could not verify"
+#: How much of a failed answer is shown back to the model in a repair round (it has to
+#: fit the window of small local models together with the errors).
+_ECHO_CHARS = 4000
 
 
 @dataclass
@@ -135,7 +138,15 @@ class Generator:
         best: tuple[int, dict[str, Any], list[Check], list[str]] | None = None
         answers: list[str] = []
         for attempt in range(1 + self.config.max_repairs):
-            resp = await self._ask(kind, msgs, schema, model, gen)
+            try:
+                resp = await self._ask(kind, msgs, schema, model, gen, first=attempt == 0)
+            except InvalidRequest as exc:
+                if attempt == 0:
+                    raise
+                # A repair the model cannot take (e.g. the conversation outgrew its
+                # window): stop with the best answer so far.
+                gen.errors.append(f"repair round refused: {exc.message}")
+                break
             text, call = _answer(resp, kind)
             answers.append(text or "")
             gen.attempts = attempt + 1
@@ -169,11 +180,13 @@ class Generator:
         schema: dict[str, Any],
         model: str,
         gen: Generation,
+        *,
+        first: bool,
     ) -> GenerateResponse:
         try:
             return await self.call(_request(kind, msgs, schema, model, gen.mode or "", self.config))
         except InvalidRequest as exc:
-            if gen.mode != "response_format":
+            if gen.mode != "response_format" or not first:
                 raise
             # The provider refused response_format: ask through a forced tool call instead.
             _log.info("promptgen_tool_call_fallback", model=model, error=exc.message)
@@ -184,7 +197,7 @@ class Generator:
     def _repair(
         self, text: str | None, call: ToolCall | None, errors: list[str]
     ) -> list[dict[str, Any]]:
-        said = (text or "")[: self.config.max_answer_chars] or "(nothing)"
+        said = (text or "")[:_ECHO_CHARS] or "(nothing)"
         if call is not None:
             assistant = {
                 "role": "assistant",
