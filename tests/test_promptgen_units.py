@@ -397,3 +397,19 @@ def test_hostile_near_misses_are_not_secrets():
 
 def test_strings_of_walks_keys_and_values():
     assert sorted(leaks.strings_of({"a": ["b", {"c": "d"}], "n": 1})) == ["a", "b", "c", "d", "n"]
+
+
+async def test_a_repair_the_model_cannot_take_ends_with_the_best_answer_so_far():
+    model = Scripted(
+        as_json(agent_spec(tools=["web_search"])), InvalidRequest("context window exceeded")
+    )
+    out = await _run(model)
+    assert out.spec is not None and out.generation.attempts == 1
+    assert any("repair round refused" in e for e in out.generation.errors)
+    assert not _by_name(out.checks)["tools"].ok
+
+
+async def test_a_first_call_refused_for_a_tool_call_model_is_the_callers_error():
+    model = Scripted(InvalidRequest("prompt too long"))
+    with pytest.raises(InvalidRequest):
+        await _run(model, config=PromptgenConfig(tool_call_models=["m"]))
