@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -264,5 +266,14 @@ async def main() -> None:
         Path(args.json).write_text(json.dumps({"summary": result, "cases": results}, indent=1))
 
 
+async def _main() -> None:
+    # SIGTERM unwinds like Ctrl-C, so the embedded servers are stopped, never orphaned.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    await main()
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
+        asyncio.run(_main())

@@ -16,6 +16,7 @@ import schemas.gateway
 import schemas.ingestion
 import schemas.ml
 import schemas.prompt
+import schemas.promptgen
 import schemas.rag
 from mesh.client._base import Service
 
@@ -1514,6 +1515,236 @@ class PromptService(Service):
         return await self._call(schemas.prompt.CONTEXT, request, fields)
 
 
+class PromptgenService(Service):
+    """The ``promptgen`` service (``schemas/promptgen.py``)."""
+
+    name = "promptgen"
+    operations = {
+        "generate_agent": schemas.promptgen.GENERATE_AGENT,
+        "generate_tool": schemas.promptgen.GENERATE_TOOL,
+        "refine": schemas.promptgen.REFINE,
+        "submit": schemas.promptgen.SUBMIT,
+        "review": schemas.promptgen.REVIEW,
+        "publish": schemas.promptgen.PUBLISH,
+        "feedback": schemas.promptgen.FEEDBACK,
+        "get": schemas.promptgen.GET,
+        "list": schemas.promptgen.LIST,
+        "audit": schemas.promptgen.AUDIT,
+    }
+
+    @typing.overload
+    async def generate_agent(
+        self, request: schemas.promptgen.GenerateRequest, /
+    ) -> schemas.promptgen.SpecVersion: ...
+    @typing.overload
+    async def generate_agent(
+        self,
+        /,
+        *,
+        prompt: builtins.str,
+        model: builtins.str | None = ...,
+        name: builtins.str | None = ...,
+    ) -> schemas.promptgen.SpecVersion: ...
+    async def generate_agent(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.promptgen.SpecVersion:
+        """Write a draft agent spec from a prompt.
+
+        ``promptgen.generate_agent.request``; not retried.
+        """
+        return await self._call(schemas.promptgen.GENERATE_AGENT, request, fields)
+
+    @typing.overload
+    async def generate_tool(
+        self, request: schemas.promptgen.GenerateRequest, /
+    ) -> schemas.promptgen.SpecVersion: ...
+    @typing.overload
+    async def generate_tool(
+        self,
+        /,
+        *,
+        prompt: builtins.str,
+        model: builtins.str | None = ...,
+        name: builtins.str | None = ...,
+    ) -> schemas.promptgen.SpecVersion: ...
+    async def generate_tool(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.promptgen.SpecVersion:
+        """Write a draft declarative tool spec from a prompt.
+
+        ``promptgen.generate_tool.request``; not retried.
+        """
+        return await self._call(schemas.promptgen.GENERATE_TOOL, request, fields)
+
+    @typing.overload
+    async def refine(
+        self, request: schemas.promptgen.RefineRequest, /
+    ) -> schemas.promptgen.SpecVersion: ...
+    @typing.overload
+    async def refine(
+        self,
+        /,
+        *,
+        spec_id: builtins.str,
+        base_version: builtins.int,
+        instruction: builtins.str | None = ...,
+        model: builtins.str | None = ...,
+    ) -> schemas.promptgen.SpecVersion: ...
+    async def refine(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.promptgen.SpecVersion:
+        """The next version from an instruction or feedback, with a diff.
+
+        ``promptgen.refine.request``; not retried.
+        """
+        return await self._call(schemas.promptgen.REFINE, request, fields)
+
+    @typing.overload
+    async def submit(
+        self, request: schemas.promptgen.SubmitRequest, /
+    ) -> schemas.promptgen.Transition: ...
+    @typing.overload
+    async def submit(
+        self, /, *, spec_id: builtins.str, version: builtins.int, reason: builtins.str | None = ...
+    ) -> schemas.promptgen.Transition: ...
+    async def submit(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.promptgen.Transition:
+        """Send a draft to review.
+
+        ``promptgen.submit.request``; not retried.
+        """
+        return await self._call(schemas.promptgen.SUBMIT, request, fields)
+
+    @typing.overload
+    async def review(
+        self, request: schemas.promptgen.ReviewRequest, /
+    ) -> schemas.promptgen.Transition: ...
+    @typing.overload
+    async def review(
+        self,
+        /,
+        *,
+        spec_id: builtins.str,
+        version: builtins.int,
+        decision: typing.Literal["approve", "reject"],
+        reason: builtins.str | None = ...,
+    ) -> schemas.promptgen.Transition: ...
+    async def review(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.promptgen.Transition:
+        """Approve or reject a version.
+
+        ``promptgen.review.request``; not retried.
+        """
+        return await self._call(schemas.promptgen.REVIEW, request, fields)
+
+    @typing.overload
+    async def publish(
+        self, request: schemas.promptgen.PublishRequest, /
+    ) -> schemas.promptgen.Transition: ...
+    @typing.overload
+    async def publish(
+        self, /, *, spec_id: builtins.str, version: builtins.int
+    ) -> schemas.promptgen.Transition: ...
+    async def publish(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.promptgen.Transition:
+        """Create or update the agent or tool in the Agent Service, as the publisher.
+
+        ``promptgen.publish.request``; not retried.
+        """
+        return await self._call(schemas.promptgen.PUBLISH, request, fields)
+
+    @typing.overload
+    async def feedback(
+        self, request: schemas.promptgen.FeedbackRequest, /
+    ) -> schemas.promptgen.FeedbackResponse: ...
+    @typing.overload
+    async def feedback(
+        self,
+        /,
+        *,
+        spec_id: builtins.str | None = ...,
+        version: builtins.int | None = ...,
+        run_id: builtins.str | None = ...,
+        score: builtins.int | typing.Literal["up", "down"],
+        comment: builtins.str | None = ...,
+    ) -> schemas.promptgen.FeedbackResponse: ...
+    async def feedback(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.promptgen.FeedbackResponse:
+        """Score a version or a run of a published agent.
+
+        ``promptgen.feedback.request``; not retried.
+        """
+        return await self._call(schemas.promptgen.FEEDBACK, request, fields)
+
+    @typing.overload
+    async def get(
+        self, request: schemas.promptgen.GetRequest, /
+    ) -> schemas.promptgen.SpecDetail: ...
+    @typing.overload
+    async def get(
+        self, /, *, spec_id: builtins.str, version: builtins.int | None = ...
+    ) -> schemas.promptgen.SpecDetail: ...
+    async def get(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.promptgen.SpecDetail:
+        """Read a spec.
+
+        ``promptgen.get.request``; idempotent: retried on unavailable/timeout.
+        """
+        return await self._call(schemas.promptgen.GET, request, fields)
+
+    @typing.overload
+    async def list(
+        self, request: schemas.promptgen.ListRequest, /
+    ) -> schemas.promptgen.SpecList: ...
+    @typing.overload
+    async def list(
+        self,
+        /,
+        *,
+        kind: typing.Literal["agent", "tool"] | None = ...,
+        status: typing.Literal["draft", "pending_review", "approved", "published", "rejected"]
+        | None = ...,
+        mine: builtins.bool = ...,
+        cursor: builtins.str | None = ...,
+        limit: builtins.int = ...,
+    ) -> schemas.promptgen.SpecList: ...
+    async def list(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.promptgen.SpecList:
+        """List specs.
+
+        ``promptgen.list.request``; idempotent: retried on unavailable/timeout.
+        """
+        return await self._call(schemas.promptgen.LIST, request, fields)
+
+    @typing.overload
+    async def audit(
+        self, request: schemas.promptgen.AuditRequest, /
+    ) -> schemas.promptgen.AuditList: ...
+    @typing.overload
+    async def audit(
+        self,
+        /,
+        *,
+        spec_id: builtins.str | None = ...,
+        cursor: builtins.str | None = ...,
+        limit: builtins.int = ...,
+    ) -> schemas.promptgen.AuditList: ...
+    async def audit(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.promptgen.AuditList:
+        """State changes, newest first.
+
+        ``promptgen.audit.request``; idempotent: retried on unavailable/timeout.
+        """
+        return await self._call(schemas.promptgen.AUDIT, request, fields)
+
+
 class RagService(Service):
     """The ``rag`` service (``schemas/rag.py``)."""
 
@@ -1782,6 +2013,7 @@ class Services:
     ingestion: IngestionService
     ml: MlService
     prompt: PromptService
+    promptgen: PromptgenService
     rag: RagService
 
 
@@ -1792,5 +2024,6 @@ SERVICE_CLASSES: dict[str, type[Service]] = {
     "ingestion": IngestionService,
     "ml": MlService,
     "prompt": PromptService,
+    "promptgen": PromptgenService,
     "rag": RagService,
 }
