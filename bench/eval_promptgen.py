@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import signal
 import sys
@@ -196,6 +197,13 @@ async def main() -> None:
     p.add_argument("--case-timeout", type=float, default=600.0)
     p.add_argument("--max-tokens", type=int, default=1024)
     p.add_argument("--json", default="", help="write the per-case results here")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="llama.cpp threads for the local model (default: the gateway's); on a shared, "
+        "loaded machine 1 is several times faster than 2",
+    )
     args = p.parse_args()
 
     doc = json.loads(EVAL.read_text())
@@ -239,6 +247,10 @@ async def main() -> None:
                 )
             else:
                 local.register()
+                if args.threads:
+                    local.CHAT_MODELS[local.CHAT_MODEL] = functools.partial(
+                        local.LocalGenerator, threads=args.threads
+                    )
                 gw_config = default_config()
             await stack.enter_async_context(serve_gateway(gw_config, env))
 
