@@ -19,6 +19,7 @@ import nats.js.errors
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
+from nats.js.kv import KeyValue
 from pydantic import BaseModel, ValidationError
 
 from bus.codec import Codec
@@ -31,6 +32,8 @@ _log = structlog.get_logger("bus.jetstream")
 DAY_S = 24 * 3600.0
 DUPLICATE_WINDOW_S = 120.0
 UPLOADS_BUCKET = "uploads"
+#: KV bucket of LLMOps budget states (schemas.llmops.BUDGETS_BUCKET); the gateway watches it.
+LLMOPS_BUDGETS_BUCKET = "LLMOPS_BUDGETS"
 
 STREAMS: tuple[api.StreamConfig, ...] = (
     api.StreamConfig(
@@ -108,6 +111,32 @@ async def ensure_streams(js: JetStreamContext, *, replicas: int = 1) -> None:
         info = await js.stream_info(f"OBJ_{UPLOADS_BUCKET}")
         if info.config.num_replicas != replicas:
             await js.update_stream(dataclasses.replace(info.config, num_replicas=replicas))
+    await budgets_bucket(js, replicas=replicas)
+
+
+async def budgets_bucket(js: JetStreamContext, *, replicas: int | None = None) -> KeyValue:
+    """The ``LLMOPS_BUDGETS`` KV bucket (one value per key kept), created if missing;
+    ``replicas`` given (at start, by :func:`ensure_streams`) also brings it to that."""
+    try:
+        kv = await js.key_value(LLMOPS_BUDGETS_BUCKET)
+    except nats.js.errors.BucketNotFoundError:
+        try:
+            return await js.create_key_value(
+                api.KeyValueConfig(
+                    bucket=LLMOPS_BUDGETS_BUCKET,
+                    history=1,
+                    storage=api.StorageType.FILE,
+                    replicas=replicas or 1,
+                    description="LLMOps budget states, watched by the gateway",
+                )
+            )
+        except nats.js.errors.BadRequestError:  # created meanwhile by another process
+            return await js.key_value(LLMOPS_BUDGETS_BUCKET)
+    if replicas is not None:
+        info = await js.stream_info(f"KV_{LLMOPS_BUDGETS_BUCKET}")
+        if info.config.num_replicas != replicas:
+            await js.update_stream(dataclasses.replace(info.config, num_replicas=replicas))
+    return kv
 
 
 async def publish(
@@ -289,3 +318,16 @@ class JobConsumer:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
+
+
+#: The LLMOps worker's durable consumer of operation events (batched: bus/batches.py).
+#: Unlimited deliveries: an event is redelivered until stored, never dropped.
+LLMOPS_CONSUMER = ConsumerSpec(
+    stream="LLMOPS",
+    durable="llmops",
+    filter_subject="events.llmops.operation",
+    max_deliver=-1,
+    backoff=(1.0, 2.0, 5.0, 10.0, 30.0),
+    ack_wait=60.0,
+    batch=500,
+)

@@ -151,6 +151,9 @@ class Settings(BaseSettings):
     gateway_log_content: bool = Field(
         default=False, description="put prompt and completion text in LLMOps events"
     )
+    llmops_retention_days: int = Field(
+        default=30, ge=1, le=3650, description="days of LLM operations kept (whole partitions)"
+    )
     gateway_cache_ttl: int = Field(
         default=DEFAULT_GATEWAY_CACHE_TTL_S,
         ge=1,

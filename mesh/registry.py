@@ -17,6 +17,7 @@ WORKERS: dict[str, str] = {
     "agent": "workers.agent",
     "ml": "workers.ml",
     "promptgen": "workers.promptgen",
+    "llmops": "workers.llmops",
 }
 
 
