@@ -234,7 +234,7 @@ class Reader:
     ) -> tuple[str, list[Any]]:
         args: list[Any] = [tenant, start, end]
         where = "tenant_id = $1 AND ts >= $2 AND ts < $3" + _filters(req.filters, args)
-        dims = [f"{COLUMN[d]} AS {d}" for d in req.group_by]
+        dims = [f'{COLUMN[d]} AS "{d}"' for d in req.group_by]
         select = [f"date_trunc('{unit}', ts, 'UTC') AS b", *dims]
         for m in req.metrics:
             if m == "requests":
@@ -261,10 +261,9 @@ class Reader:
     ) -> tuple[str, list[Any]]:
         args: list[Any] = [tenant, start, end]
         where = "tenant_id = $1 AND bucket >= $2 AND bucket < $3" + _filters(req.filters, args)
-        dims = [d for d in req.group_by]
-        keys = ["b", *dims]
+        keys = ["b", *(f'"{d}"' for d in req.group_by)]
         key_list = ", ".join(keys)
-        base_cols = ", ".join(f"{COLUMN[d]} AS {d}" for d in dims)
+        base_cols = ", ".join(f'{COLUMN[d]} AS "{d}"' for d in req.group_by)
         hists = []
         if any(m in _PERCENTILES for m in req.metrics):
             hists.append(("lat", "latency_hist", [m for m in req.metrics if m in _PERCENTILES]))
@@ -317,8 +316,10 @@ class Reader:
         args: list[Any] = [tenant]
         roll_filters = _filters(req.filters, args)
         raw_filters = roll_filters  # same columns, same placeholders
-        cols = ", ".join(f"{COLUMN[d]} AS {d}" for d in dims)
+        cols = ", ".join(f'{COLUMN[d]} AS "{d}"' for d in dims)
         sel = f"{cols}, " if cols else ""
+        quoted = ", ".join(f'"{d}"' for d in dims)
+        outer = f"{quoted}, " if quoted else ""
         sums = "requests, tokens_in, tokens_out, cached_read, cached_write, cost"
         raw_sums = (
             "1 AS requests, tokens_in, tokens_out, coalesce(cached_read, 0) AS cached_read,"
@@ -343,9 +344,9 @@ class Reader:
                 f"SELECT {sel}{raw_sums} FROM llmops.operations WHERE tenant_id = $1"
                 f" AND ts >= ${len(args) - 1} AND ts < ${len(args)}{raw_filters}"
             )
-        group = ", ".join(dims)
+        group = quoted
         sql = (
-            f"SELECT {sel}sum(requests)::bigint AS requests, sum(tokens_in)::bigint AS tokens_in,"
+            f"SELECT {outer}sum(requests)::bigint AS requests, sum(tokens_in)::bigint AS tokens_in,"
             " sum(tokens_out)::bigint AS tokens_out, sum(cached_read)::bigint AS cached_read,"
             " sum(cached_write)::bigint AS cached_write, sum(cost) AS cost FROM ("
             + " UNION ALL ".join(parts)
