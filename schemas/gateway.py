@@ -182,9 +182,15 @@ class GenerateRequest(_Request):
 
 
 class Usage(BaseModel):
-    prompt_tokens: int = 0
+    prompt_tokens: int = Field(default=0, description="every input token, cached ones included")
     completion_tokens: int = 0
     total_tokens: int = 0
+    cached_tokens_read: int | None = Field(
+        default=None, description="input tokens read from the provider's prompt cache"
+    )
+    cached_tokens_write: int | None = Field(
+        default=None, description="input tokens written to the provider's prompt cache"
+    )
 
 
 class AssistantMessage(BaseModel):
@@ -331,7 +337,9 @@ class LLMOpsEvent(BaseModel):
     provider_model: str | None = None
     tokens_in: int = 0
     tokens_out: int = 0
-    cost: float = 0.0
+    cached_tokens_read: int | None = None
+    cached_tokens_write: int | None = None
+    cost: float = Field(default=0.0, description="USD, each token kind at its own price")
     latency_ms: float = 0.0
     ttft_ms: float | None = Field(default=None, description="time to first token (streams)")
     cache_hit: bool = False

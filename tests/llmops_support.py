@@ -45,8 +45,13 @@ def window(minutes: float = 30) -> dict[str, str]:
 
 
 async def stored(
-    client: Client, tenant: str, n: int, *, filters: dict[str, Any] | None = None,
-    timeout: float = 30.0, minutes: float = 30,
+    client: Client,
+    tenant: str,
+    n: int,
+    *,
+    filters: dict[str, Any] | None = None,
+    timeout: float = 30.0,
+    minutes: float = 30,
 ) -> list[llmops.LLMOperation]:
     """Wait until ``llmops.query`` lists at least ``n`` operations; return them all."""
     deadline = time.monotonic() + timeout

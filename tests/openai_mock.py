@@ -30,6 +30,8 @@ class Reply:
     tool_calls: list[dict[str, Any]] | None = None
     finish_reason: str = "stop"
     usage: tuple[int, int] = (9, 5)
+    cached: int = 0
+    """Prompt tokens reported as read from the prompt cache (``prompt_tokens_details``)."""
     delay: float = 0.0
     raw: bytes | None = None
     """Send these bytes as the body instead (malformed answers)."""
@@ -42,6 +44,14 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     message: str | None = None
     """The error message of a non-200 reply."""
+
+
+def _usage(reply: Reply) -> dict[str, Any]:
+    p, c = reply.usage
+    usage: dict[str, Any] = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+    if reply.cached:
+        usage["prompt_tokens_details"] = {"cached_tokens": reply.cached}
+    return usage
 
 
 @dataclass
@@ -90,7 +100,6 @@ class MockOpenAI:
         message: dict[str, Any] = {"role": "assistant", "content": reply.content}
         if reply.tool_calls:
             message["tool_calls"] = reply.tool_calls
-        p, c = reply.usage
         return JSONResponse(
             {
                 "id": "chatcmpl-mock",
@@ -98,7 +107,7 @@ class MockOpenAI:
                 "created": int(time.time()),
                 "model": body.get("model"),
                 "choices": [{"index": 0, "message": message, "finish_reason": reply.finish_reason}],
-                "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c},
+                "usage": _usage(reply),
             }
         )
 
@@ -129,8 +138,7 @@ class MockOpenAI:
             yield chunk({"tool_calls": [{"index": i, **call}]})
         yield chunk({}, reply.finish_reason)
         if (body.get("stream_options") or {}).get("include_usage"):
-            p, c = reply.usage
-            usage = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+            usage = _usage(reply)
             data = {
                 "id": "chatcmpl-mock",
                 "object": "chat.completion.chunk",

@@ -64,6 +64,8 @@ _OWN_PARAMS = {
     "order",
     "weight",
     "input_cost_per_token",
+    "cache_read_input_token_cost",
+    "cache_creation_input_token_cost",
     "output_cost_per_token",
     "mock_response",
 }
@@ -100,6 +102,8 @@ class Alias:
     listed as chat but, as in the LiteLLM proxy, serves whichever operation is asked."""
     input_cost_per_token: float = 0.0
     output_cost_per_token: float = 0.0
+    cache_read_input_token_cost: float | None = None
+    cache_creation_input_token_cost: float | None = None
     context_window: int | None = None
     max_output_tokens: int | None = None
     dimensions: int | None = None
@@ -110,9 +114,25 @@ class Alias:
     def provider(self) -> str:
         return self.deployments[0].provider
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return prompt_tokens * self.input_cost_per_token + (
-            completion_tokens * self.output_cost_per_token
+    def cost(
+        self,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_read: int | None = None,
+        cached_write: int | None = None,
+    ) -> float:
+        """USD of one call, each token kind at its own price: ``prompt_tokens`` includes
+        the cached ones, which are priced at the cache read/creation rates (litellm's
+        names); a rate the price map lacks falls back to the input price."""
+        read, write = cached_read or 0, cached_write or 0
+        uncached = max(0, prompt_tokens - read - write)
+        read_rate = self.cache_read_input_token_cost
+        write_rate = self.cache_creation_input_token_cost
+        return (
+            uncached * self.input_cost_per_token
+            + read * (self.input_cost_per_token if read_rate is None else read_rate)
+            + write * (self.input_cost_per_token if write_rate is None else write_rate)
+            + completion_tokens * self.output_cost_per_token
         )
 
 
@@ -257,6 +277,8 @@ def _alias(
         mode_known=declared is not None,
         input_cost_per_token=float(pick("input_cost_per_token") or 0.0),
         output_cost_per_token=float(pick("output_cost_per_token") or 0.0),
+        cache_read_input_token_cost=_price(pick("cache_read_input_token_cost")),
+        cache_creation_input_token_cost=_price(pick("cache_creation_input_token_cost")),
         context_window=_int(pick("max_input_tokens", "max_tokens")),
         max_output_tokens=_int(pick("max_output_tokens")),
         dimensions=_int(pick("output_vector_size", "dimensions")),
@@ -281,9 +303,23 @@ def _provider(model: str, params: dict[str, Any]) -> str:
     return model.split("/", 1)[0] if "/" in model else "openai"
 
 
+_PRICE_KEYS = (
+    "input_cost_per_token",
+    "cache_read_input_token_cost",
+    "cache_creation_input_token_cost",
+    "output_cost_per_token",
+    "cache_read_input_token_cost",
+    "cache_creation_input_token_cost",
+)
+
+
 def _prices(params: dict[str, Any]) -> dict[str, Any]:
     # The proxy accepts custom prices in litellm_params as well as in model_info.
-    return {k: params[k] for k in ("input_cost_per_token", "output_cost_per_token") if k in params}
+    return {k: params[k] for k in _PRICE_KEYS if k in params}
+
+
+def _price(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def _resolve(value: Any, where: str, secrets: list[str]) -> Any:

@@ -109,7 +109,30 @@ def usage_of(raw: Any) -> Usage:
         return Usage()
     p = int(getattr(raw, "prompt_tokens", 0) or 0)
     c = int(getattr(raw, "completion_tokens", 0) or 0)
-    return Usage(prompt_tokens=p, completion_tokens=c, total_tokens=p + c)
+    # litellm puts prompt-cache tokens in prompt_tokens_details (OpenAI: cached_tokens;
+    # Anthropic's cache_read/cache_creation_input_tokens mapped there too) and counts them
+    # inside prompt_tokens.
+    details = getattr(raw, "prompt_tokens_details", None)
+    read = _count(details, "cached_tokens") or _count(raw, "cache_read_input_tokens")
+    write = (
+        _count(details, "cache_creation_tokens")
+        or _count(details, "cache_write_tokens")
+        or _count(raw, "cache_creation_input_tokens")
+    )
+    return Usage(
+        prompt_tokens=p,
+        completion_tokens=c,
+        total_tokens=p + c,
+        cached_tokens_read=read,
+        cached_tokens_write=write,
+    )
+
+
+def _count(obj: Any, name: str) -> int | None:
+    value = getattr(obj, name, None) if obj is not None else None
+    if value is None and isinstance(obj, dict):
+        value = obj.get(name)
+    return int(value) if isinstance(value, int | float) and value > 0 else None
 
 
 async def open_stream(

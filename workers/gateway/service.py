@@ -38,6 +38,7 @@ from schemas.gateway import (
 )
 from workers.gateway import llm, local, tokens
 from workers.gateway.background import Background, running
+from workers.gateway.budgets import BudgetGuard, watching
 from workers.gateway.cache import DEFAULT_TTL_S, ResponseCache, cache_key, cache_policy
 from workers.gateway.config import Alias, Deployment, GatewayConfig, load_config
 from workers.gateway.dispatch import AttemptsFailed, Dispatcher, Outcome
@@ -59,17 +60,21 @@ class Gateway:
         events: Events,
         cache: ResponseCache,
         log_content: bool = False,
+        budgets: BudgetGuard | None = None,
     ) -> None:
         self.config = config
         self.dispatcher = Dispatcher(config)
         self.events = events
         self.cache = cache
         self.log_content = log_content
+        self.budgets = budgets
 
     # ---------------------------------------------------------------- generate
 
     async def generate(self, req: GenerateRequest, ctx: Context) -> GenerateResponse:
         alias = self.dispatcher.resolve(req.model, "chat")
+        if self.budgets is not None:
+            self.budgets.check(ctx)  # before any provider is called
         call = CallRecord("generate", alias.name, ctx)
         messages = llm.messages_of(req)
         read, write = cache_policy(req)
@@ -99,7 +104,7 @@ class Gateway:
             message=result.message,
             finish_reason=result.finish_reason,
             usage=result.usage,
-            cost=served.cost(result.usage.prompt_tokens, result.usage.completion_tokens),
+            cost=_cost(served, result.usage),
         )
         if write and key:
             ttl = req.cache.ttl if req.cache else None
@@ -111,6 +116,8 @@ class Gateway:
 
     async def stream(self, req: GenerateRequest, ctx: Context) -> AsyncIterator[GenerateChunk]:
         alias = self.dispatcher.resolve(req.model, "chat")
+        if self.budgets is not None:
+            self.budgets.check(ctx)  # before any provider is called
         call = CallRecord("stream", alias.name, ctx)
         messages = llm.messages_of(req)
         read, write = cache_policy(req)
@@ -154,7 +161,7 @@ class Gateway:
             usage = state.usage or llm.count_usage(
                 outcome.deployment, messages, "".join(state.text)
             )
-            cost = served.cost(usage.prompt_tokens, usage.completion_tokens)
+            cost = _cost(served, usage)
             finish = state.finish_reason or ("tool_calls" if message.tool_calls else "stop")
         except (MeshError, asyncio.CancelledError, GeneratorExit) as exc:
             self._failed(call, ctx, exc, messages)
@@ -173,6 +180,8 @@ class Gateway:
 
     async def embed(self, req: EmbedRequest, ctx: Context) -> EmbedResponse:
         alias = self.dispatcher.resolve(req.model, "embedding")
+        if self.budgets is not None:
+            self.budgets.check(ctx)  # before any provider is called
         call = CallRecord("embed", alias.name, ctx)
         dimensions = req.dimensions
         if dimensions is not None and alias.provider == local.PROVIDER:
@@ -278,6 +287,15 @@ class Gateway:
         self.events.publish(event, ctx)
 
 
+def _cost(alias: Alias, usage: Usage) -> float:
+    return alias.cost(
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        usage.cached_tokens_read,
+        usage.cached_tokens_write,
+    )
+
+
 def _dump(value: Any) -> Any:
     return value.model_dump(exclude_none=True) if hasattr(value, "model_dump") else value
 
@@ -357,12 +375,13 @@ async def gateway_running(
     """A gateway with its background publisher running; pending events drain on exit."""
     codec = Codec(env.settings.codec_type)
     background = Background()
-    async with running(background):
+    async with running(background), watching(env.js) as budgets:
         gw = Gateway(
             config,
             events=Events(env.js, background, codec),
             cache=ResponseCache(env.client, background, cache_ttl),
             log_content=log_content,
+            budgets=budgets,
         )
         yield gw
 
