@@ -11,6 +11,7 @@ dropped while a dependency is down (the spec's ``max_deliver`` should then be -1
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -117,7 +118,7 @@ class BatchConsumer:
         if not batch:
             return
         try:
-            refused = await self.handler(batch)
+            refused = await self._with_progress(batch)
         except Exception as exc:
             delivered = max(d.msg.metadata.num_delivered for d in batch)
             delay = self.spec.delay(delivered)
@@ -134,6 +135,25 @@ class BatchConsumer:
         for d in batch:
             if id(d) not in skip:
                 await _quietly(d.msg.ack())
+
+    async def _with_progress(self, batch: Sequence[Delivery]) -> Sequence[tuple[Delivery, str]]:
+        """Run the handler, telling JetStream every third of ``ack_wait`` that the batch is
+        still in hand: ``ack_wait`` can stay short, so the batch of a killed consumer is
+        redelivered soon, while a slow batch is not redelivered under a live one."""
+
+        async def heartbeat() -> None:
+            while True:
+                await asyncio.sleep(self.spec.ack_wait / 3)
+                for d in batch:
+                    await _quietly(d.msg.in_progress())
+
+        beat = asyncio.create_task(heartbeat())
+        try:
+            return await self.handler(batch)
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
 
     async def _refuse(self, msg: Msg, reason: str) -> None:
         try:

@@ -328,6 +328,6 @@ LLMOPS_CONSUMER = ConsumerSpec(
     filter_subject="events.llmops.operation",
     max_deliver=-1,
     backoff=(1.0, 2.0, 5.0, 10.0, 30.0),
-    ack_wait=60.0,
+    ack_wait=6.0,  # a killed consumer's batch comes back this soon; live ones send progress
     batch=500,
 )
