@@ -53,6 +53,7 @@ from bus.errors import (
 from bus.settings import Settings
 from bus.worker import validation_details
 from gateway_bridge.auth import Authenticator
+from gateway_bridge.dashboard import Dashboard
 from gateway_bridge.edge import EdgeMiddleware, RequestInfo, request_info
 from gateway_bridge.encoding import dumps, loads
 from gateway_bridge.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -443,7 +444,7 @@ def create_app(settings: Settings, routes: Iterable[Route] = ROUTES) -> Starlett
         *UploadRoute(bridge).routes(),  # multipart: gateway_bridge/upload.py
     ]
     app = Starlette(
-        routes=[*endpoints, *bridge.operation_routes()],
+        routes=[*endpoints, *bridge.operation_routes(), *Dashboard().routes()],
         middleware=[
             Middleware(
                 EdgeMiddleware,
