@@ -8,8 +8,10 @@ A percentile is reported as the geometric middle of its bucket, ``MIN_MS * G**(k
 the true value lies in the bucket, so the relative error is at most ``sqrt(G) - 1``
 (about 4.9 % for ``G = 1.1``).
 
-Storage is sparse (most rollup rows hold a handful of calls): one ``bigint`` per non-empty
-bucket, ``k << 40 | count``, sorted by ``k``; ``llmops.hist_merge`` adds two of them.
+Storage is sparse (most rollup rows hold a handful of calls): one ``bigint`` per entry,
+``k << 40 | count``. A bucket may appear in several entries of one array (an upsert appends
+the batch's entries; ``llmops.hist_merge`` folds them once the array passes
+``store.COMPACT_AT`` entries); readers add all entries of a bucket.
 """
 
 from __future__ import annotations

@@ -24,6 +24,8 @@ _log = structlog.get_logger("workers.llmops.store")
 
 SCHEMA = "llmops"
 PARTITION_PREFIX = "operations_p"
+#: Histogram entries a rollup row may hold before they are merged (histogram.py).
+COMPACT_AT = 64
 #: Days of partitions created ahead of today.
 AHEAD_DAYS = 2
 
@@ -93,7 +95,13 @@ def _rollup_sql(g: Grain) -> str:
     select = ", ".join(f"u.{c}::bigint[]" if c.endswith("_hist") else f"u.{c}" for c in cols)
     updates = ", ".join(
         [f"{c} = r.{c} + EXCLUDED.{c}" for c in (*sums, "cost")]
-        + [f"{c} = llmops.hist_merge(r.{c}, EXCLUDED.{c})" for c in ("latency_hist", "ttft_hist")]
+        + [
+            # Appending is a plain array copy; merging (a SQL function) costs far more, so it
+            # runs only when the array grows long: readers merge the entries anyway.
+            f"{c} = CASE WHEN cardinality(r.{c}) + cardinality(EXCLUDED.{c}) > {COMPACT_AT}"
+            f" THEN llmops.hist_merge(r.{c}, EXCLUDED.{c}) ELSE r.{c} || EXCLUDED.{c} END"
+            for c in ("latency_hist", "ttft_hist")
+        ]
     )
     return (
         f"INSERT INTO llmops.{g.table} AS r ({', '.join(cols)}) "
