@@ -32,7 +32,7 @@ _log = structlog.get_logger("bus.batches")
 
 #: Seconds one fetch waits for a first message when the stream is idle: also the longest
 #: a lone event waits before it is handled.
-FETCH_TIMEOUT_S = 1.0
+FETCH_TIMEOUT_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
