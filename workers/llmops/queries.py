@@ -290,42 +290,56 @@ class Reader:
     def _rollup_metrics_sql(
         tenant: str, req: MetricsRequest, grain: Grain, start: datetime, end: datetime
     ) -> tuple[str, list[Any]]:
-        """Sums per (bucket, group), and for percentiles every histogram entry of the group
-        in one array (``array_agg`` over the unnested entries: a hash aggregate, no sort);
-        the entries are merged and read in Python (:func:`_percentiles`)."""
+        """Sums per (bucket, group) and, for percentiles, the group's merged histogram as
+        an array (read in Python by :func:`_percentiles`).
+
+        Hash aggregates only, no sort or window: the histograms are unnested beside their
+        row and summed per (bucket, group, histogram bucket) — at most ~60 entries per
+        group whatever the number of calls — then gathered per group. Every rollup row has
+        a latency entry, so the row's own sums are counted at its first entry (``i = 1``).
+        """
         args: list[Any] = [tenant, start, end]
         where = "tenant_id = $1 AND bucket >= $2 AND bucket < $3" + _filters(req.filters, args)
-        keys = ["b", *(f'"{d}"' for d in req.group_by)]
-        key_list = ", ".join(keys)
-        base_cols = "".join(f', {COLUMN[d]} AS "{d}"' for d in req.group_by)
-        hists = []
-        if any(m in _PERCENTILES for m in req.metrics):
-            hists.append(("lat", "latency_hist"))
-        if "ttft_p95" in req.metrics:
-            hists.append(("ttft", "ttft_hist"))
-        ctes = [
-            f"base AS (SELECT bucket AS b{base_cols}, requests, errors, tokens_in, tokens_out,"
-            f" cost, latency_hist, ttft_hist FROM llmops.{grain.table} WHERE {where})",
-            f"sums AS (SELECT {key_list}, sum(requests) AS requests, sum(errors) AS errors,"
-            " sum(tokens_in) AS tokens_in, sum(tokens_out) AS tokens_out,"
-            f" sum(cost) AS cost FROM base GROUP BY {key_list})",
-        ]
-        joins = []
-        outs = [f"s.{k}" for k in keys] + [f"s.{m}" for m in req.metrics if m in _SUMS]
-        for name, column in hists:
-            ctes.append(
-                f"{name} AS (SELECT {key_list}, array_agg(e) AS {name}_entries"
-                f" FROM base, unnest({column}) AS e GROUP BY {key_list})"
+        dims = [f'"{d}"' for d in req.group_by]
+        inner_keys = ", ".join(["bucket", *(COLUMN[d] for d in req.group_by)])
+        outer_keys = ", ".join(["b", *dims])
+        select_dims = "".join(f', {COLUMN[d]} AS "{d}"' for d in req.group_by)
+        bits, mask = histogram.COUNT_BITS, _MASK
+        if not any(m in _PERCENTILES or m == "ttft_p95" for m in req.metrics):
+            sums = ", ".join(f"sum({m}) AS {m}" for m in _SUMS)
+            return (
+                f"SELECT bucket AS b{select_dims}, {sums} FROM llmops.{grain.table}"
+                f" WHERE {where} GROUP BY {inner_keys} ORDER BY {inner_keys}"
+                f" LIMIT {MAX_METRIC_ROWS + 1}",
+                args,
             )
-            on = " AND ".join(f"{name}.{k} = s.{k}" for k in keys)
-            joins.append(f" LEFT JOIN {name} ON {on}")
-            outs.append(f"{name}.{name}_entries")
-        order = ", ".join(f"s.{k}" for k in keys)
+
+        def merged(column: str, with_sums: bool) -> str:
+            sums = "".join(f", sum({m}) FILTER (WHERE u.i = 1) AS {m}" for m in _SUMS if with_sums)
+            return (
+                f"SELECT bucket AS b{select_dims}, u.e >> {bits} AS k,"
+                f" sum(u.e & {mask})::bigint AS c{sums}"
+                f" FROM llmops.{grain.table} r, unnest(r.{column}) WITH ORDINALITY AS u(e, i)"
+                f" WHERE {where} GROUP BY {inner_keys}, k"
+            )
+
+        outer_sums = ", ".join(f"sum(x.{m}) AS {m}" for m in _SUMS)
         sql = (
-            f"WITH {', '.join(ctes)} SELECT {', '.join(outs)} FROM sums s{''.join(joins)}"
-            f" ORDER BY {order} LIMIT {MAX_METRIC_ROWS + 1}"
+            f"SELECT x.b{''.join(f', x.{d}' for d in dims)}, {outer_sums},"
+            f" array_agg((x.k << {bits}) | x.c) AS lat_entries"
+            f" FROM ({merged('latency_hist', True)}) x GROUP BY {outer_keys}"
         )
-        return sql, args
+        if "ttft_p95" in req.metrics:
+            on = " AND ".join(f"t.{k} = s.{k}" for k in ["b", *dims])
+            sql = (
+                f"SELECT s.*, t.ttft_entries FROM ({sql}) s LEFT JOIN ("
+                f"SELECT {outer_keys}, array_agg((k << {bits}) | c) AS ttft_entries"
+                f" FROM ({merged('ttft_hist', False)}) y GROUP BY {outer_keys}) t ON {on}"
+            )
+            order = ", ".join(f"s.{k}" for k in ["b", *dims])
+        else:
+            order = ", ".join(f"x.{k}" for k in ["b", *dims])
+        return f"{sql} ORDER BY {order} LIMIT {MAX_METRIC_ROWS + 1}", args
 
     # ------------------------------------------------------------ cost
 
