@@ -87,7 +87,7 @@ class Budgets:
                 req.limit_usd,
                 req.hard,
             )
-        budgets = await self.evaluate([(tenant, user or None)], only_tenant=tenant)
+        budgets = await self.evaluate([(tenant, user or None)])
         for b in budgets:
             if (b.scope, b.user, b.period) == (req.scope, req.user, req.period):
                 return b
@@ -104,9 +104,7 @@ class Budgets:
 
     # ------------------------------------------------------------ evaluation
 
-    async def evaluate(
-        self, touched: Iterable[tuple[str, str | None]], *, only_tenant: str | None = None
-    ) -> list[Budget]:
+    async def evaluate(self, touched: Iterable[tuple[str, str | None]]) -> list[Budget]:
         """Re-evaluate the budgets that the touched (tenant, user) pairs count towards:
         insert crossed alerts, put the state into KV, publish pending alerts."""
         touched = set(touched)
