@@ -124,7 +124,10 @@ async def timed(fn: Any, repeats: int) -> tuple[float, float, int]:
     times, size = [], 0
     for _ in range(repeats):
         t = time.perf_counter()
-        result = await fn()
+        try:
+            result = await fn()
+        except TimeoutError:  # the pool's 10 s command timeout, as the service has it
+            return float("inf"), float("inf"), -1
         times.append((time.perf_counter() - t) * 1000)
         size = len(getattr(result, "buckets", getattr(result, "operations", [])))
     times.sort()
@@ -186,7 +189,11 @@ async def main(args: argparse.Namespace) -> None:
                     "SELECT relname, n_live_tup FROM pg_stat_user_tables"
                     " WHERE schemaname = 'llmops' AND relname LIKE 'rollup%' ORDER BY 1"
                 )
-                await conn.execute("ANALYZE")
+                await conn.execute(
+                    "ANALYZE llmops.operations, llmops.rollup_hour, llmops.rollup_hour_nouser,"
+                    " llmops.rollup_day",
+                    timeout=600,
+                )
             print("rollup rows: " + ", ".join(f"{r[0]}={r[1]:,}" for r in sizes))
             reader = Reader(db)
             window = {"from": now - timedelta(days=DAYS), "to": now + timedelta(minutes=1)}
@@ -204,7 +211,7 @@ async def main(args: argparse.Namespace) -> None:
                         lambda req=req: reader.metrics(TENANT, req, source="raw"),
                         max(2, args.repeats // 3),
                     )
-                    assert size == bsize, (size, bsize)
+                    assert bsize in (size, -1), (size, bsize)
                     label = f"metrics by {group}, {bucket} buckets ({size:,} rows)"
                     print(f"{label:44} {r50:9.1f} / {r95:7.1f} {b50:9.1f} / {b95:7.1f}")
             q = QueryRequest.model_validate(
