@@ -19,7 +19,6 @@ from mesh.runner import serving
 from schemas import llmops
 from schemas.gateway import LLMOPS_SUBJECT
 from tests.llmops_support import ctx, op, query_all, stored, window
-from workers.llmops import histogram
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -88,7 +87,8 @@ async def test_logged_operations_appear_in_query_metrics_and_cost(client):
             p95 = next(b for b in m.buckets if b.group["model"] == "m-a").values["latency_p95"]
             err = m.percentile_relative_error
             assert p95 is not None and abs(p95 - 200) <= 200 * err + 1e-9, (bucket, p95)
-            assert err == (0 if bucket == "minute" else round(histogram.RELATIVE_ERROR, 4))
+            # Three calls are too few for the histograms to pay: raw rows, exact.
+            assert (m.source, err) == ("raw", 0)
             ttft = next(b for b in m.buckets if b.group["model"] == "m-b").values["ttft_p95"]
             assert ttft is not None and abs(ttft - 50) <= 50 * err + 1e-9
 

@@ -45,6 +45,11 @@ MAX_BUCKETS = 1_500
 MAX_METRIC_ROWS = 50_000
 #: Most groups one cost answer may hold.
 MAX_COST_ROWS = 10_000
+#: Percentiles come from the rollup histograms when their rows hold at least this many
+#: calls on average; below it the raw rows are read (exact, and no slower).
+DENSE_CALLS_PER_ROW = 16
+#: ... unless the window holds more calls than this: then the rollups answer regardless.
+RAW_PERCENTILE_MAX_CALLS = 2_000_000
 #: ``bucket = auto`` picks the finest bucket that keeps a window within this many.
 AUTO_TARGET_BUCKETS = 400
 
@@ -200,7 +205,9 @@ class Reader:
     async def metrics(
         self, tenant: str, req: MetricsRequest, *, source: str | None = None
     ) -> MetricsResponse:
-        """``source="raw"`` forces raw rows at any bucket (the bench's baseline)."""
+        """``source`` forces ``"raw"`` rows or the ``"rollup"`` tables (the bench's
+        baseline, tests); by default the rollups answer unless :meth:`_sparse` says the raw
+        rows are as cheap."""
         unit = self.resolve_bucket(req)
         start, end = truncate(req.from_, unit), _ceil(req.to, unit)
         n = int((end - start) / _STEP[unit])
@@ -211,12 +218,16 @@ class Reader:
                 {"buckets": n, "max_buckets": MAX_BUCKETS},
             )
         raw = source == "raw" or unit == "minute"
-        if raw:
-            sql, args = self._raw_metrics_sql(tenant, req, unit, start, end)
-        else:
-            grain = self._grain(unit, _dims_used(req.group_by, req.filters))
-            sql, args = self._rollup_metrics_sql(tenant, req, grain, start, end)
+        percentiles = any(m in _PERCENTILES or m == "ttft_p95" for m in req.metrics)
         async with self.db.connection() as conn:
+            if not raw:
+                grain = self._grain(unit, _dims_used(req.group_by, req.filters))
+                if percentiles and source is None:
+                    raw = await self._sparse(conn, tenant, req, grain, start, end)
+            if raw:
+                sql, args = self._raw_metrics_sql(tenant, req, unit, start, end)
+            else:
+                sql, args = self._rollup_metrics_sql(tenant, req, grain, start, end)
             rows = await conn.fetch(sql, *args)
         if len(rows) > MAX_METRIC_ROWS:
             raise InvalidRequest(
@@ -252,6 +263,26 @@ class Reader:
                 "buckets": buckets,
             }
         )
+
+    @staticmethod
+    async def _sparse(
+        conn: Any, tenant: str, req: MetricsRequest, grain: Grain, start: datetime, end: datetime
+    ) -> bool:
+        """Whether the raw rows answer a percentile question cheaper than the rollups.
+
+        A rollup row's histogram holds up to one entry per distinct latency bucket, so
+        when rows hold few calls (light traffic: a handful per hour and model) merging
+        the histograms reads about as many entries as there are calls, and the raw rows
+        answer as fast and exactly. One cheap count over the rollup decides."""
+        args: list[Any] = [tenant, start, end]
+        where = "tenant_id = $1 AND bucket >= $2 AND bucket < $3" + _filters(req.filters, args)
+        row = await conn.fetchrow(
+            f"SELECT coalesce(sum(requests), 0) AS calls, count(*) AS rows"
+            f" FROM llmops.{grain.table} WHERE {where}",
+            *args,
+        )
+        calls, n = int(row["calls"]), int(row["rows"])
+        return calls <= RAW_PERCENTILE_MAX_CALLS and calls < DENSE_CALLS_PER_ROW * n
 
     @staticmethod
     def _grain(unit: str, dims: set[str]) -> Grain:
