@@ -197,23 +197,37 @@ async def main(args: argparse.Namespace) -> None:
             print("rollup rows: " + ", ".join(f"{r[0]}={r[1]:,}" for r in sizes))
             reader = Reader(db)
             window = {"from": now - timedelta(days=DAYS), "to": now + timedelta(minutes=1)}
-            metrics = ["requests", "cost", "latency_p95"]
-            print(f"\n{'question (30 days)':44} {'rollup p50/p95 ms':>20} {'raw p50/p95 ms':>18}")
-            for group in ("model", "user"):
-                for bucket in ("hour", "day"):
-                    req = MetricsRequest.model_validate(
-                        {**window, "bucket": bucket, "group_by": [group], "metrics": metrics}
-                    )
-                    r50, r95, size = await timed(
-                        lambda req=req: reader.metrics(TENANT, req), args.repeats
-                    )
-                    b50, b95, bsize = await timed(
-                        lambda req=req: reader.metrics(TENANT, req, source="raw"),
-                        max(2, args.repeats // 3),
-                    )
-                    assert bsize in (size, -1), (size, bsize)
-                    label = f"metrics by {group}, {bucket} buckets ({size:,} rows)"
-                    print(f"{label:44} {r50:9.1f} / {r95:7.1f} {b50:9.1f} / {b95:7.1f}")
+            with_p95 = ["requests", "cost", "latency_p95"]
+            sums = ["requests", "errors", "tokens_in", "cost"]
+            print(
+                f"\n{'question (30 days)':46} {'service p50/p95 ms':>26}"
+                f" {'rollups p50/p95':>18} {'raw p50/p95':>18}"
+            )
+            for metrics in (with_p95, sums):
+                for group in ("model", "user"):
+                    for bucket in ("hour", "day"):
+                        req = MetricsRequest.model_validate(
+                            {**window, "bucket": bucket, "group_by": [group], "metrics": metrics}
+                        )
+                        chosen = (await reader.metrics(TENANT, req)).source
+                        s50, s95, size = await timed(
+                            lambda req=req: reader.metrics(TENANT, req), args.repeats
+                        )
+                        r50, r95, _ = await timed(
+                            lambda req=req: reader.metrics(TENANT, req, source="rollup"),
+                            args.repeats,
+                        )
+                        b50, b95, bsize = await timed(
+                            lambda req=req: reader.metrics(TENANT, req, source="raw"),
+                            max(2, args.repeats // 3),
+                        )
+                        assert bsize in (size, -1), (size, bsize)
+                        what = "p95" if metrics is with_p95 else "sums"
+                        label = f"{what} by {group}, {bucket} ({size:,} rows)"
+                        print(
+                            f"{label:46} {s50:8.1f} / {s95:7.1f} ({chosen:6})"
+                            f" {r50:8.1f} / {r95:7.1f} {b50:8.1f} / {b95:7.1f}"
+                        )
             q = QueryRequest.model_validate(
                 {
                     "from": now - timedelta(hours=24),
@@ -223,7 +237,8 @@ async def main(args: argparse.Namespace) -> None:
                 }
             )
             q50, q95, size = await timed(lambda: reader.query(TENANT, q), args.repeats * 3)
-            print(f"{f'query one user, 24 h, first page ({size} rows)':44} {q50:9.1f} / {q95:7.1f}")
+            label = f"query one user, 24 h, first page ({size} rows)"
+            print(f"{label:46} {q50:8.1f} / {q95:7.1f}")
         finally:
             await db.close()
             await nc.drain()
