@@ -12,14 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import (
-    AwareDatetime,
-    BaseModel,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from schemas.operations import Operation
 from schemas.routes import Route
@@ -59,6 +52,12 @@ _MAX_TOKENS = 1_000_000_000
 _MAX_MS = 86_400_000.0
 
 
+def _aware(value: datetime, name: str) -> None:
+    # Not pydantic's AwareDatetime: the generated client (mesh/client) names plain types.
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"'{name}' needs a UTC offset, e.g. 2026-01-01T00:00:00Z")
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -74,7 +73,7 @@ class LLMOperation(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     request_id: _Id
-    ts: AwareDatetime = Field(description="when the call started (RFC 3339 with offset)")
+    ts: datetime = Field(description="when the call started (RFC 3339 with offset)")
     model: _Label = Field(description="the model alias asked for")
     provider: _Label | None = None
     operation: _Token = Field(description='e.g. "generate", "stream", "embed"')
@@ -92,6 +91,7 @@ class LLMOperation(BaseModel):
 
     @model_validator(mode="after")
     def _cached_within_input(self) -> LLMOperation:
+        _aware(self.ts, "ts")
         cached = (self.cached_tokens_read or 0) + (self.cached_tokens_write or 0)
         if cached > self.tokens_in:
             raise ValueError("cached_tokens_read + cached_tokens_write exceed tokens_in")
@@ -109,11 +109,13 @@ class Filters(_Request):
 
 
 class _Window(_Request):
-    from_: AwareDatetime = Field(alias="from", description="start, inclusive")
-    to: AwareDatetime = Field(description="end, exclusive")
+    from_: datetime = Field(alias="from", description="start, inclusive, with a UTC offset")
+    to: datetime = Field(description="end, exclusive, with a UTC offset")
 
     @model_validator(mode="after")
     def _ordered(self) -> _Window:
+        _aware(self.from_, "from")
+        _aware(self.to, "to")
         if self.from_ >= self.to:
             raise ValueError("'from' must be before 'to'")
         return self

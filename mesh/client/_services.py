@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import builtins
 import collections.abc
+import datetime
 import typing
 
 import schemas.agent
 import schemas.cache
 import schemas.gateway
 import schemas.ingestion
+import schemas.llmops
 import schemas.ml
 import schemas.prompt
 import schemas.promptgen
@@ -990,6 +992,171 @@ class IngestionService(Service):
         ``ingestion.list_jobs.request``; idempotent: retried on unavailable/timeout.
         """
         return await self._call(schemas.ingestion.LIST_JOBS, request, fields)
+
+
+class LlmopsService(Service):
+    """The ``llmops`` service (``schemas/llmops.py``)."""
+
+    name = "llmops"
+    operations = {
+        "log": schemas.llmops.LOG,
+        "query": schemas.llmops.QUERY,
+        "metrics": schemas.llmops.METRICS,
+        "cost": schemas.llmops.COST,
+        "set_budget": schemas.llmops.SET_BUDGET,
+        "get_budgets": schemas.llmops.GET_BUDGETS,
+    }
+
+    @typing.overload
+    async def log(self, request: schemas.llmops.LogRequest, /) -> schemas.llmops.LogResponse: ...
+    @typing.overload
+    async def log(
+        self,
+        /,
+        *,
+        operations: collections.abc.Sequence[
+            schemas.llmops.LLMOperation | collections.abc.Mapping[builtins.str, typing.Any]
+        ],
+    ) -> schemas.llmops.LogResponse: ...
+    async def log(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.llmops.LogResponse:
+        """Record LLM calls made outside the gateway.
+
+        ``llmops.log.request``; idempotent: retried on unavailable/timeout.
+        """
+        return await self._call(schemas.llmops.LOG, request, fields)
+
+    @typing.overload
+    async def query(
+        self, request: schemas.llmops.QueryRequest, /
+    ) -> schemas.llmops.QueryResponse: ...
+    @typing.overload
+    async def query(
+        self,
+        /,
+        *,
+        from_: datetime.datetime,
+        to: datetime.datetime,
+        filters: schemas.llmops.Filters
+        | collections.abc.Mapping[builtins.str, typing.Any]
+        | None = ...,
+        limit: builtins.int = ...,
+        cursor: builtins.str | None = ...,
+    ) -> schemas.llmops.QueryResponse: ...
+    async def query(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.llmops.QueryResponse:
+        """Stored operations, newest first.
+
+        ``llmops.query.request``; idempotent: retried on unavailable/timeout.
+        """
+        return await self._call(schemas.llmops.QUERY, request, fields)
+
+    @typing.overload
+    async def metrics(
+        self, request: schemas.llmops.MetricsRequest, /
+    ) -> schemas.llmops.MetricsResponse: ...
+    @typing.overload
+    async def metrics(
+        self,
+        /,
+        *,
+        from_: datetime.datetime,
+        to: datetime.datetime,
+        bucket: typing.Literal["minute", "hour", "day", "auto"] = ...,
+        group_by: collections.abc.Sequence[
+            typing.Literal["model", "provider", "user", "status", "operation"]
+        ] = ...,
+        metrics: collections.abc.Sequence[
+            typing.Literal[
+                "requests",
+                "errors",
+                "tokens_in",
+                "tokens_out",
+                "cost",
+                "latency_p50",
+                "latency_p95",
+                "latency_p99",
+                "ttft_p95",
+            ]
+        ],
+        filters: schemas.llmops.Filters
+        | collections.abc.Mapping[builtins.str, typing.Any]
+        | None = ...,
+    ) -> schemas.llmops.MetricsResponse: ...
+    async def metrics(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.llmops.MetricsResponse:
+        """Counts, tokens, cost and latency percentiles per time bucket.
+
+        ``llmops.metrics.request``; idempotent: retried on unavailable/timeout.
+        """
+        return await self._call(schemas.llmops.METRICS, request, fields)
+
+    @typing.overload
+    async def cost(self, request: schemas.llmops.CostRequest, /) -> schemas.llmops.CostResponse: ...
+    @typing.overload
+    async def cost(
+        self,
+        /,
+        *,
+        from_: datetime.datetime,
+        to: datetime.datetime,
+        group_by: collections.abc.Sequence[
+            typing.Literal["model", "provider", "user", "status", "operation"]
+        ] = ...,
+        filters: schemas.llmops.Filters
+        | collections.abc.Mapping[builtins.str, typing.Any]
+        | None = ...,
+    ) -> schemas.llmops.CostResponse: ...
+    async def cost(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.llmops.CostResponse:
+        """Cost analysis.
+
+        ``llmops.cost.request``; idempotent: retried on unavailable/timeout.
+        """
+        return await self._call(schemas.llmops.COST, request, fields)
+
+    @typing.overload
+    async def set_budget(
+        self, request: schemas.llmops.SetBudgetRequest, /
+    ) -> schemas.llmops.Budget: ...
+    @typing.overload
+    async def set_budget(
+        self,
+        /,
+        *,
+        scope: typing.Literal["tenant", "user"],
+        user: builtins.str | None = ...,
+        period: typing.Literal["day", "month"],
+        limit_usd: builtins.float,
+        hard: builtins.bool = ...,
+    ) -> schemas.llmops.Budget: ...
+    async def set_budget(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.llmops.Budget:
+        """Create or replace a budget.
+
+        ``llmops.set_budget.request``; idempotent: retried on unavailable/timeout.
+        """
+        return await self._call(schemas.llmops.SET_BUDGET, request, fields)
+
+    @typing.overload
+    async def get_budgets(
+        self, request: schemas.llmops.GetBudgetsRequest, /
+    ) -> schemas.llmops.GetBudgetsResponse: ...
+    @typing.overload
+    async def get_budgets(self, /) -> schemas.llmops.GetBudgetsResponse: ...
+    async def get_budgets(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.llmops.GetBudgetsResponse:
+        """The tenant's budgets with what is spent.
+
+        ``llmops.get_budgets.request``; idempotent: retried on unavailable/timeout.
+        """
+        return await self._call(schemas.llmops.GET_BUDGETS, request, fields)
 
 
 class MlService(Service):
@@ -2011,6 +2178,7 @@ class Services:
     cache: CacheService
     gateway: GatewayService
     ingestion: IngestionService
+    llmops: LlmopsService
     ml: MlService
     prompt: PromptService
     promptgen: PromptgenService
@@ -2022,6 +2190,7 @@ SERVICE_CLASSES: dict[str, type[Service]] = {
     "cache": CacheService,
     "gateway": GatewayService,
     "ingestion": IngestionService,
+    "llmops": LlmopsService,
     "ml": MlService,
     "prompt": PromptService,
     "promptgen": PromptgenService,
