@@ -185,11 +185,11 @@ class Usage(BaseModel):
     prompt_tokens: int = Field(default=0, description="every input token, cached ones included")
     completion_tokens: int = 0
     total_tokens: int = 0
-    cached_tokens_read: int | None = Field(
-        default=None, description="input tokens read from the provider's prompt cache"
+    cached_tokens_read: int = Field(
+        default=0, description="input tokens read from the provider's prompt cache"
     )
-    cached_tokens_write: int | None = Field(
-        default=None, description="input tokens written to the provider's prompt cache"
+    cached_tokens_write: int = Field(
+        default=0, description="input tokens written to the provider's prompt cache"
     )
 
 

@@ -163,7 +163,7 @@ def openai_usage(usage: Usage) -> dict[str, Any]:
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
     }
-    if usage.cached_tokens_read is not None:
+    if usage.cached_tokens_read:
         out["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens_read}
     return out
 

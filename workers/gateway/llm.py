@@ -123,8 +123,8 @@ def usage_of(raw: Any) -> Usage:
         prompt_tokens=p,
         completion_tokens=c,
         total_tokens=p + c,
-        cached_tokens_read=read,
-        cached_tokens_write=write,
+        cached_tokens_read=read or 0,
+        cached_tokens_write=write or 0,
     )
 
 
