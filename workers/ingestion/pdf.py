@@ -1,0 +1,134 @@
+"""PDF, page by page: the text layer where a page has one, OCR of the page's images where
+it has none (a scanned page); every page is a unit located by its page number.
+
+Limits: ``max_pdf_pages`` pages in all, at most ``max_ocr_pages`` pages read by OCR (a
+scanned page costs about a second), and every embedded image's width and height, read
+from its dictionary before it is decoded, within the image limits.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+from bus.errors import InvalidRequest
+from schemas.locations import IMAGE_TEXT, Location
+from workers.ingestion.images import ImageError, ImageLimits, check_size
+
+DEFAULT_MAX_OCR_PAGES = 100
+#: Images smaller than this (per side) are decorations, not scanned text.
+MIN_SCAN_SIDE = 32
+#: Most image objects looked at on one page.
+MAX_IMAGES_PER_PAGE = 64
+_MAX_FORM_DEPTH = 4
+
+
+class PdfError(InvalidRequest):
+    """The PDF cannot be read; the message says why."""
+
+
+@dataclass(frozen=True)
+class PdfResult:
+    units: list[tuple[str, Location]]
+    title: str | None
+    ocr_pages: int
+
+
+def read_pdf(
+    data: bytes, *, max_pages: int, max_ocr_pages: int, image_limits: ImageLimits
+) -> PdfResult:
+    import pypdf
+    from pypdf.errors import DependencyError, FileNotDecryptedError, PyPdfError
+
+    try:
+        reader = pypdf.PdfReader(io.BytesIO(data), strict=False)
+        if reader.is_encrypted:
+            # Owner-password-only PDFs open with an empty user password; others cannot.
+            try:
+                opened = reader.decrypt("")
+            except (DependencyError, NotImplementedError, PyPdfError):
+                opened = 0
+            if not opened:
+                raise PdfError("the PDF is encrypted (password-protected)")
+        pages = len(reader.pages)
+        if pages > max_pages:
+            raise PdfError(f"the PDF has {pages} pages, over the {max_pages}-page limit")
+        units: list[tuple[str, Location]] = []
+        ocr_pages = 0
+        for number, page in enumerate(reader.pages, start=1):
+            text = (page.extract_text() or "").strip()
+            if text:
+                units.append((text, Location(page=number)))
+                continue
+            images = _scans(page, image_limits, number)
+            if not images:
+                continue
+            ocr_pages += 1
+            if ocr_pages > max_ocr_pages:
+                raise PdfError(
+                    f"the PDF has more than {max_ocr_pages} pages without a text layer "
+                    f"(scanned), over the {max_ocr_pages}-page OCR limit"
+                )
+            text = _ocr(page, image_limits, number)
+            if text.strip():
+                units.append((text, Location(page=number, region=IMAGE_TEXT)))
+        title = None
+        try:
+            meta = reader.metadata
+            title = str(meta.title) if meta and meta.title else None
+        except (PyPdfError, ValueError, KeyError, TypeError):
+            pass
+    except (PdfError, ImageError):
+        raise
+    except FileNotDecryptedError:
+        raise PdfError("the PDF is encrypted (password-protected)") from None
+    except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError, OSError):
+        raise PdfError("the PDF is corrupt or truncated") from None
+    except RecursionError:
+        raise PdfError("the PDF is corrupt (nested too deeply)") from None
+    return PdfResult(units, title, ocr_pages)
+
+
+def _scans(page: Any, limits: ImageLimits, number: int) -> list[tuple[int, int]]:
+    """Sizes of the page's images large enough to hold text, each checked against the
+    limits from its dictionary (nothing decoded yet)."""
+    found: list[tuple[int, int]] = []
+    _walk(page.get("/Resources"), limits, number, found, 0)
+    return [(w, h) for w, h in found if min(w, h) >= MIN_SCAN_SIDE]
+
+
+def _walk(resources: Any, limits: ImageLimits, number: int, found: list[tuple[int, int]], depth: int) -> None:
+    if resources is None or depth > _MAX_FORM_DEPTH:
+        return
+    resources = resources.get_object()
+    xobjects = resources.get("/XObject") if hasattr(resources, "get") else None
+    if xobjects is None:
+        return
+    xobjects = xobjects.get_object()
+    for name in list(xobjects.keys())[:MAX_IMAGES_PER_PAGE]:
+        obj = xobjects[name].get_object()
+        subtype = obj.get("/Subtype")
+        if subtype == "/Image":
+            width, height = int(obj.get("/Width", 0)), int(obj.get("/Height", 0))
+            check_size(width, height, limits, f"an image on page {number}")
+            found.append((width, height))
+        elif subtype == "/Form":
+            _walk(obj.get("/Resources"), limits, number, found, depth + 1)
+
+
+def _ocr(page: Any, limits: ImageLimits, number: int) -> str:
+    from workers.ingestion import ocr
+
+    texts = []
+    for i, image_file in enumerate(page.images):
+        if i >= MAX_IMAGES_PER_PAGE:
+            break
+        img = image_file.image
+        if img is None or min(img.size) < MIN_SCAN_SIDE:
+            continue
+        check_size(img.width, img.height, limits, f"an image on page {number}")
+        text = ocr.image_text(img.convert("RGB"))
+        if text.strip():
+            texts.append(text)
+    return "\n\n".join(texts)
