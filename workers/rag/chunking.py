@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from schemas.locations import Location
+
 DEFAULT_MAX_TOKENS = 200
 DEFAULT_OVERLAP = 30
 
@@ -30,6 +32,7 @@ class Piece:
     text: str
     section: str | None
     tokens: int
+    location: Location | None = None
 
 
 @dataclass(frozen=True)

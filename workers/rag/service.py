@@ -20,6 +20,7 @@ from typing import Any
 
 import structlog
 from nats.js import JetStreamContext
+from pydantic import TypeAdapter, ValidationError
 
 from bus.client import Client
 from bus.codec import Codec
@@ -33,6 +34,7 @@ from bus.worker import Endpoint, Worker, WorkerEnv
 from schemas import cache, rag
 from schemas.context import Context
 from schemas.ingestion import INDEX_SUBJECT, PROGRESS_SUBJECT, IndexJob, JobProgress
+from schemas.locations import Span
 from schemas.rag import (
     DEFAULT_EMBEDDING_MODEL,
     Chunk,
@@ -65,9 +67,18 @@ from schemas.rag import (
 )
 from workers.rag import answer as answers
 from workers.rag.chunking import chunk_text
+from workers.rag.located import chunk_spans
 from workers.rag.llm import Models
 from workers.rag.search import Scope, hydrate, keyword_leg, rrf, vector_leg
-from workers.rag.store import CollectionRow, RagStore, WriteResult, content_hash, search_text
+from workers.rag.store import (
+    CollectionRow,
+    RagStore,
+    WriteResult,
+    content_hash,
+    location_of,
+    search_text,
+    spans_of,
+)
 
 _log = structlog.get_logger("workers.rag")
 
@@ -93,6 +104,7 @@ CACHE_TIMEOUT_S = 1.0
 MAX_ANSWER_TOKENS = 512
 
 Progress = Callable[[str], Awaitable[None]]
+_SPANS = TypeAdapter(list[Span])
 
 
 @dataclass
@@ -220,6 +232,7 @@ class Rag:
         object_name: str | None = None,
         progress: Progress | None = None,
         force: bool = False,
+        spans: list[Span] | None = None,
     ) -> IngestedDocument:
         tenant = _tenant(ctx)
         digest = content_hash(title, text)
@@ -237,7 +250,7 @@ class Rag:
         if progress:
             await progress("chunking")
         started = time.perf_counter()
-        pieces = chunk_text(text)
+        pieces = chunk_spans(text, spans) if spans else chunk_text(text)
         if not pieces:
             raise InvalidRequest(f"document {source_id!r} has no text to index")
         chunked = time.perf_counter()
@@ -268,6 +281,7 @@ class Rag:
             job_id=job_id,
             object_name=object_name,
             force=force,
+            spans=spans,
         )
         stats = self.stats
         stats.documents += 1
@@ -332,6 +346,7 @@ class Rag:
                     raise
                 await report("indexed", document_id=done["document_id"], chunks=done["chunk_count"])
                 return
+            spans = await self._spans(tenant, job.spans_object) if job.spans_object else None
             collection = await self.store.collection(tenant, job.collection_id)
             stages: list[str] = []
 
@@ -349,15 +364,25 @@ class Rag:
                 job_id=job.job_id,
                 object_name=job.object_name,
                 progress=progress,
+                spans=spans,
             )
             if not stages:
                 await report("chunking", started=True)
             await report("indexed", document_id=result.document_id, chunks=result.chunks)
+            if job.spans_object:
+                await self._drop_object(tenant, job.spans_object)
             await self._drop_object(tenant, job.text_object)
             if result.status != "unchanged":
                 await self._invalidate(actx, [job.collection_id])
 
         await until_available(attempt, stopping=self.stopping, what=f"index {job.job_id}")
+
+    async def _spans(self, tenant: str, name: str) -> list[Span]:
+        _, data = await read_object(self.js, name, tenant, max_bytes=MAX_PARSED_BYTES)
+        try:
+            return _SPANS.validate_json(data)
+        except ValidationError:
+            raise InvalidRequest("the job's locations (spans) are not valid") from None
 
     async def index_failed(self, job: IndexJob | None, ctx: Context | None, reason: str) -> None:
         """A job that will not be retried: tell ingestion, drop its parsed text."""
@@ -373,6 +398,8 @@ class Rag:
             msg_id=f"{job.job_id}:failed",
             codec=self.codec,
         )
+        if job.spans_object:
+            await self._drop_object(ctx.tenant, job.spans_object)
         await self._drop_object(ctx.tenant, job.text_object)
 
     # ------------------------------------------------------------ search and query
@@ -432,6 +459,7 @@ class Rag:
                     metadata=json.loads(r["metadata"])
                     if isinstance(r["metadata"], str)
                     else r["metadata"],
+                    location=location_of(r["location"]),
                 )
             )
         return results
@@ -494,12 +522,14 @@ class Rag:
         generated = await self.models.generate(ctx, req.model, messages, MAX_ANSWER_TOKENS)
         text = (generated.message.content or "").strip()
         target = answers.words(text) | answers.words(req.question)
+        where = {r.chunk_id: r.location for r in results}
         citations = [
             Citation(
                 document_id=p.document_id,
                 source_id=p.source_id,
                 chunk_id=p.chunk_id,
                 quote=answers.best_quote(p.text, target),
+                location=where.get(p.chunk_id),
             )
             for p in answers.cited_passages(text, used)
         ]
@@ -561,6 +591,7 @@ class Rag:
                     text=c["text"],
                     section=c["section"],
                     tokens=c["token_count"],
+                    location=location_of(c["location"]),
                 )
                 for c in chunks
             ],
@@ -608,6 +639,7 @@ class Rag:
             metadata=_document(row).metadata,
             job_id=row["job_id"],
             force=True,
+            spans=spans_of(row["spans"]),
         )
         await self._invalidate(ctx, [collection.collection_id])
         return result
