@@ -1,4 +1,4 @@
-"""LLM Gateway contracts: ``gateway.{generate,stream,embed,models,count_tokens}.request``,
+"""LLM Gateway contracts: ``gateway.{generate,stream,embed,models,count_tokens,transcribe}``,
 and the LLMOps event the gateway publishes for every LLM call.
 
 Callers pick a model *alias* only. Every request model forbids unknown fields, so no
@@ -253,6 +253,58 @@ class EmbedResponse(BaseModel):
     cost: float = 0.0
 
 
+# ---------------------------------------------------------------- transcribe
+
+#: Largest recording ``gateway.transcribe`` sends (OpenAI's limit for its audio API).
+MAX_TRANSCRIBE_BYTES = 25 * 1024 * 1024
+#: Largest recording sent inline in the request (NATS carries at most 8 MiB a message).
+MAX_INLINE_AUDIO_BYTES = 6 * 1024 * 1024
+
+
+class TranscribeRequest(_Request):
+    """A recording to transcribe: inline ``audio`` or ``object_name``, a file the tenant
+    uploaded to the ``uploads`` object store bucket (``bus.uploads``)."""
+
+    model: Alias | None = Field(
+        default=None, description="transcription alias; omitted = the default"
+    )
+    audio: bytes | None = Field(default=None, max_length=MAX_INLINE_AUDIO_BYTES)
+    object_name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_./=-]{1,256}$")] | None = (
+        None
+    )
+    filename: str = Field(
+        default="audio.wav",
+        max_length=256,
+        pattern=r"^[^/\\]+\.[A-Za-z0-9]{1,8}$",
+        description="the extension tells the provider the format (wav, mp3, m4a, ogg...)",
+    )
+    language: str | None = Field(default=None, pattern=r"^[a-z]{2,3}$", description="ISO-639-1")
+    prompt: str | None = Field(default=None, max_length=2_000)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TranscribeRequest:
+        if (self.audio is None) == (self.object_name is None):
+            raise ValueError("give exactly one of audio or object_name")
+        return self
+
+
+class TranscriptSegment(BaseModel):
+    start: float = Field(ge=0, description="seconds from the start of the recording")
+    end: float = Field(ge=0)
+    text: str
+
+
+class TranscribeResponse(BaseModel):
+    model: str = Field(description="the alias that answered")
+    text: str
+    language: str | None = None
+    duration: float | None = Field(default=None, description="seconds, when the provider says")
+    segments: list[TranscriptSegment] = Field(
+        default_factory=list, description="timed segments (empty if the provider gave none)"
+    )
+    cost: float = 0.0
+
+
 # ---------------------------------------------------------------- models
 
 
@@ -265,7 +317,7 @@ class ModelInfo(BaseModel):
 
     alias: str
     provider: str
-    mode: Literal["chat", "embedding"]
+    mode: Literal["chat", "embedding", "audio_transcription"]
     context_window: int | None = None
     max_output_tokens: int | None = None
     input_cost_per_token: float = 0.0
@@ -326,7 +378,7 @@ class LLMOpsEvent(BaseModel):
 
     event_id: str
     time_ms: int = Field(description="when the call started, Unix epoch milliseconds")
-    operation: Literal["generate", "stream", "embed"]
+    operation: Literal["generate", "stream", "embed", "transcribe"]
     tenant: str | None = None
     user: str | None = None
     correlation_id: str | None = None
@@ -396,12 +448,21 @@ COUNT_TOKENS = Operation(
     idempotent=True,
     description="token counts with the alias's tokenizer",
 )
+TRANSCRIBE = Operation(
+    "gateway",
+    "transcribe",
+    TranscribeRequest,
+    TranscribeResponse,
+    idempotent=False,
+    description="speech to text with timed segments, from an audio_transcription alias",
+)
 OPERATIONS = (
     GENERATE,
     STREAM,
     EMBED,
     MODELS,
     COUNT_TOKENS,
+    TRANSCRIBE,
 )
 
 ROUTES: tuple[Route, ...] = (

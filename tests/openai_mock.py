@@ -44,6 +44,9 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     message: str | None = None
     """The error message of a non-200 reply."""
+    segments: list[tuple[float, float, str]] | None = None
+    """Transcriptions: the timed segments of a ``verbose_json`` answer (default: one
+    segment holding the whole content)."""
 
 
 def _usage(reply: Reply) -> dict[str, Any]:
@@ -177,11 +180,49 @@ class MockOpenAI:
             }
         )
 
+    async def transcriptions(self, request: Request) -> Response:
+        """``/v1/audio/transcriptions`` (multipart): the form fields are recorded, with the
+        file as ``{"filename", "size"}``; the reply's content is the transcript."""
+        async with request.form() as form:
+            body: dict[str, Any] = {}
+            for key, value in form.multi_items():
+                if hasattr(value, "read"):
+                    data = await value.read()
+                    body[key] = {"filename": value.filename, "size": len(data)}
+                elif key.endswith("[]"):
+                    body.setdefault(key, []).append(value)
+                else:
+                    body[key] = value
+        self.seen.append(Seen(request.url.path, body, dict(request.headers)))
+        reply = self._next(str(body.get("model")))
+        if reply.delay:
+            await asyncio.sleep(reply.delay)
+        if reply.status != 200:
+            text = reply.message or f"mock error {reply.status}"
+            return JSONResponse({"error": {"message": text, "type": "mock"}}, reply.status)
+        text = reply.content or ""
+        segments = reply.segments if reply.segments is not None else [(0.0, 1.0, text)]
+        if body.get("response_format") != "verbose_json":
+            return JSONResponse({"text": text})
+        return JSONResponse(
+            {
+                "task": "transcribe",
+                "language": "english",
+                "duration": max((e for _, e, _ in segments), default=0.0),
+                "text": text,
+                "segments": [
+                    {"id": i, "start": a, "end": b, "text": t}
+                    for i, (a, b, t) in enumerate(segments)
+                ],
+            }
+        )
+
     def app(self) -> Starlette:
         return Starlette(
             routes=[
                 Route("/v1/chat/completions", self.chat, methods=["POST"]),
                 Route("/v1/embeddings", self.embeddings, methods=["POST"]),
+                Route("/v1/audio/transcriptions", self.transcriptions, methods=["POST"]),
             ]
         )
 

@@ -21,9 +21,13 @@ offline local defaults.
       cooldown_time: 5                        # seconds
       fallbacks: [{fast: [local-chat]}]
       context_window_fallbacks: [{fast: [big]}]
+      - model_name: whisper                   # speech to text (gateway.transcribe)
+        litellm_params: {model: openai/whisper-1, api_key: os.environ/OPENAI_API_KEY}
+        model_info: {mode: audio_transcription}
     gateway_settings:
       default_chat_model: fast
       default_embedding_model: local-embed
+      default_transcription_model: whisper
 
 Resolved secrets live only in :class:`Deployment.params`, whose ``repr`` hides them; they
 are never logged, returned, or accepted from a request.
@@ -41,7 +45,8 @@ import yaml
 from schemas.gateway import DEFAULT_CHAT_MODEL, DEFAULT_EMBED_MODEL
 from workers.gateway import local
 
-Mode = Literal["chat", "embedding"]
+Mode = Literal["chat", "embedding", "audio_transcription"]
+MODES = ("chat", "embedding", "audio_transcription")
 
 DEFAULT_CHAT_ALIAS = DEFAULT_CHAT_MODEL
 DEFAULT_EMBED_ALIAS = DEFAULT_EMBED_MODEL
@@ -147,8 +152,11 @@ class GatewayConfig:
     cooldown: float = DEFAULT_COOLDOWN_S
     secrets: tuple[str, ...] = field(default=(), repr=False)
     """Every resolved secret value, so error messages can be scrubbed of them."""
+    default_transcription: str | None = None
 
     def default_for(self, mode: Mode) -> str | None:
+        if mode == "audio_transcription":
+            return self.default_transcription
         return self.default_chat if mode == "chat" else self.default_embedding
 
 
@@ -243,6 +251,7 @@ def parse_config(raw: Any, *, source: str = "config") -> GatewayConfig:
         allowed_fails=int(settings.get("allowed_fails", DEFAULT_ALLOWED_FAILS)),
         cooldown=float(settings.get("cooldown_time", DEFAULT_COOLDOWN_S)),
         secrets=tuple(s for s in secrets if len(s) >= 4),
+        default_transcription=default("default_transcription_model", "audio_transcription"),
     )
 
 
@@ -256,8 +265,11 @@ def _alias(
     known = _litellm_info(first.model)
     declared = info.get("mode") or known.get("mode")
     mode = declared or "chat"
-    if mode not in ("chat", "embedding"):
-        raise ConfigError(f"alias {name!r}: mode {mode!r} is not served (chat or embedding)")
+    if mode not in MODES:
+        raise ConfigError(
+            f"alias {name!r}: mode {mode!r} is not served (chat, embedding or "
+            "audio_transcription)"
+        )
     modes = {i.get("mode") or _litellm_info(d.model).get("mode") for d, i in entries}
     if len(modes - {None}) > 1:
         raise ConfigError(f"alias {name!r}: its deployments mix modes {sorted(modes - {None})}")

@@ -247,3 +247,50 @@ async def embed(
 
 def _get(item: Any, key: str, default: Any) -> Any:
     return item.get(key, default) if isinstance(item, dict) else getattr(item, key, default)
+
+
+@dataclass
+class Transcript:
+    text: str
+    language: str | None
+    duration: float | None
+    segments: list[tuple[float, float, str]]
+
+
+async def transcribe(
+    deployment: Deployment,
+    audio: bytes,
+    filename: str,
+    language: str | None,
+    prompt: str | None,
+    timeout: float,
+) -> Transcript:
+    """Speech to text with segment timestamps (OpenAI's ``verbose_json``)."""
+    extra: dict[str, Any] = {}
+    if language:
+        extra["language"] = language
+    if prompt:
+        extra["prompt"] = prompt
+    response = await litellm.atranscription(
+        file=(filename, audio),
+        response_format="verbose_json",
+        timestamp_granularities=["segment"],
+        **extra,
+        **_call_kwargs(deployment, timeout),
+    )
+    text = getattr(response, "text", None)
+    if not isinstance(text, str):
+        raise MalformedAnswer("the model provider answered without a transcript")
+    segments = []
+    for seg in _get(response, "segments", None) or []:
+        start, end, said = _get(seg, "start", None), _get(seg, "end", None), _get(seg, "text", "")
+        if isinstance(start, (int, float)) and isinstance(end, (int, float)):
+            segments.append((float(start), float(end), str(said or "")))
+    duration = _get(response, "duration", None)
+    language_out = _get(response, "language", None)
+    return Transcript(
+        text=text,
+        language=str(language_out) if language_out else None,
+        duration=float(duration) if isinstance(duration, (int, float)) else None,
+        segments=segments,
+    )

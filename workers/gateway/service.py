@@ -1,4 +1,5 @@
-"""Gateway Service endpoints: ``gateway.{generate,stream,embed,models,count_tokens}.request``."""
+"""Gateway Service endpoints:
+``gateway.{generate,stream,embed,models,count_tokens,transcribe}.request``."""
 
 from __future__ import annotations
 
@@ -12,15 +13,18 @@ from typing import Any, TypeVar
 
 import litellm
 import structlog
+from nats.js import JetStreamContext
 
 from bus.codec import Codec
 from bus.context import remaining
-from bus.errors import InvalidRequest, MeshError, NotFound
+from bus.errors import InvalidRequest, MeshError, NotFound, Unavailable
 from bus.settings import DEFAULT_MAX_CONCURRENCY
+from bus.uploads import read_object
 from bus.worker import Endpoint, Worker, WorkerEnv
 from schemas import gateway
 from schemas.context import Context
 from schemas.gateway import (
+    MAX_TRANSCRIBE_BYTES,
     CountTokensRequest,
     CountTokensResponse,
     Delta,
@@ -34,6 +38,9 @@ from schemas.gateway import (
     ModelsRequest,
     ModelsResponse,
     ToolCallDelta,
+    TranscribeRequest,
+    TranscribeResponse,
+    TranscriptSegment,
     Usage,
 )
 from workers.gateway import llm, local, tokens
@@ -46,6 +53,14 @@ from workers.gateway.errors import map_error
 from workers.gateway.events import CallRecord, Events
 
 _log = structlog.get_logger("workers.gateway")
+
+#: What a caller is told when no transcription alias is configured.
+NO_TRANSCRIPTION_MODEL = (
+    "no transcription model is configured: add an alias with model_info.mode "
+    "audio_transcription to GATEWAY_MODELS, e.g. {model_name: whisper, litellm_params: "
+    "{model: openai/whisper-1, api_key: os.environ/OPENAI_API_KEY}, model_info: "
+    "{mode: audio_transcription}} (see docs/services/gateway.md)"
+)
 
 VERSION = "0.1.0"
 
@@ -61,6 +76,7 @@ class Gateway:
         cache: ResponseCache,
         log_content: bool = False,
         budgets: BudgetGuard | None = None,
+        js: JetStreamContext | None = None,
     ) -> None:
         self.config = config
         self.dispatcher = Dispatcher(config)
@@ -68,6 +84,7 @@ class Gateway:
         self.cache = cache
         self.log_content = log_content
         self.budgets = budgets
+        self.js = js
 
     # ---------------------------------------------------------------- generate
 
@@ -202,10 +219,50 @@ class Gateway:
         self._record(call, ctx, usage, cost, False, req.texts, None)
         return EmbedResponse(model=outcome.alias.name, vectors=vectors, usage=usage, cost=cost)
 
+    # ---------------------------------------------------------------- transcribe
+
+    async def transcribe(self, req: TranscribeRequest, ctx: Context) -> TranscribeResponse:
+        if req.model is None and self.config.default_transcription is None:
+            raise NotFound(NO_TRANSCRIPTION_MODEL)
+        alias = self.dispatcher.resolve(req.model, "audio_transcription")
+        if self.budgets is not None:
+            self.budgets.check(ctx)  # before any provider is called
+        audio = req.audio
+        if audio is None:
+            if self.js is None or not ctx.tenant:
+                raise Unavailable("the gateway has no object store to read the recording from")
+            _, audio = await read_object(
+                self.js, req.object_name or "", ctx.tenant, max_bytes=MAX_TRANSCRIBE_BYTES
+            )
+        call = CallRecord("transcribe", alias.name, ctx)
+        try:
+            outcome = await self._dispatch(
+                call,
+                alias,
+                ctx,
+                lambda d, t: llm.transcribe(d, audio, req.filename, req.language, req.prompt, t),
+            )
+        except (MeshError, asyncio.CancelledError) as exc:
+            self._failed(call, ctx, exc, None)
+            raise
+        result = outcome.value
+        self._record(call, ctx, Usage(), 0.0, False, None, None)
+        return TranscribeResponse(
+            model=outcome.alias.name,
+            text=result.text,
+            language=result.language,
+            duration=result.duration,
+            segments=[TranscriptSegment(start=s, end=e, text=t) for s, e, t in result.segments],
+        )
+
     # ---------------------------------------------------------------- models, tokens
 
     async def models(self, req: ModelsRequest, ctx: Context) -> ModelsResponse:
-        defaults = {self.config.default_chat, self.config.default_embedding}
+        defaults = {
+            self.config.default_chat,
+            self.config.default_embedding,
+            self.config.default_transcription,
+        }
         return ModelsResponse(
             models=[
                 ModelInfo(
@@ -344,6 +401,7 @@ def build_worker(
             Endpoint(gateway.EMBED, g.embed),
             Endpoint(gateway.MODELS, g.models),
             Endpoint(gateway.COUNT_TOKENS, g.count_tokens),
+            Endpoint(gateway.TRANSCRIBE, g.transcribe),
         ],
         version=VERSION,
         description="One door to LLMs through litellm",
@@ -382,6 +440,7 @@ async def gateway_running(
             cache=ResponseCache(env.client, background, cache_ttl),
             log_content=log_content,
             budgets=budgets,
+            js=env.js,
         )
         yield gw
 
