@@ -44,13 +44,17 @@ class Location(BaseModel):
             parts.append(_range("page", "pages", self.page, self.page_end))
         if self.sheet is not None or self.row is not None:
             rows = _range("row", "rows", self.row, self.row_end) if self.row else ""
-            parts.append(" ".join(p for p in (f"sheet {self.sheet!r}" if self.sheet else "", rows) if p))
+            parts.append(
+                " ".join(p for p in (f"sheet {self.sheet!r}" if self.sheet else "", rows) if p)
+            )
         if self.slide is not None:
             parts.append(_range("slide", "slides", self.slide, self.slide_end))
         if self.start_seconds is not None:
             end = self.end_seconds
             span = _clock(self.start_seconds)
-            parts.append(span if end is None or end <= self.start_seconds else f"{span}-{_clock(end)}")
+            parts.append(
+                span if end is None or end <= self.start_seconds else f"{span}-{_clock(end)}"
+            )
         if self.region:
             parts.append(self.region)
         return ", ".join(parts)
@@ -89,7 +93,9 @@ def _range(one: str, many: str, first: int | None, last: int | None) -> str:
     return f"{many} {first}-{last}"
 
 
-def _end(first: int | None, first_end: int | None, second: int | None, second_end: int | None) -> int | None:
+def _end(
+    first: int | None, first_end: int | None, second: int | None, second_end: int | None
+) -> int | None:
     if first is None:
         return None
     last = max(x for x in (first, first_end, second, second_end) if x is not None)

@@ -35,7 +35,9 @@ def open_zip(data: bytes, what: str) -> zipfile.ZipFile:
 def check_zip(zf: zipfile.ZipFile, limits: ZipLimits, what: str) -> None:
     infos = zf.infolist()
     if len(infos) > limits.max_members:
-        raise ArchiveError(f"the {what} has {len(infos)} parts, over the {limits.max_members} limit")
+        raise ArchiveError(
+            f"the {what} has {len(infos)} parts, over the {limits.max_members} limit"
+        )
     total = 0
     for info in infos:
         total += info.file_size

@@ -32,8 +32,9 @@ def kind_of(data: bytes) -> str | None:
     """The audio type its first bytes declare, or ``None``."""
     if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
         return "wav"
-    if data.startswith(b"ID3") or (len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0
-                                   and data[1] & 0x06 != 0):
+    if data.startswith(b"ID3") or (
+        len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0 and data[1] & 0x06 != 0
+    ):
         return "mp3"
     if data[4:8] == b"ftyp" and data[8:12] in _M4A_BRANDS:
         return "m4a"

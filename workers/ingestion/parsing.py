@@ -4,8 +4,9 @@ Detection: ``%PDF-`` is a PDF (``pdf``: text layer, OCR of scanned pages); a ZIP
 ``word/document.xml`` is a DOCX, with ``xl/workbook.xml`` an XLSX (``sheets``), with
 ``ppt/presentation.xml`` a PPTX (``slides``) (any other ZIP or OLE2 file is refused); PNG,
 JPEG, GIF, TIFF and WebP are read by OCR (``images``, ``ocr``); audio is recognised
-(``audio``) and transcribed by the service through the gateway; other binary content (a NUL byte in the first 8 KiB, bytes that
-are not UTF-8/UTF-16 text, or a format ``puremagic`` names) is refused whatever its name;
+(``audio``) and transcribed by the service through the gateway; other binary content (a
+NUL byte in the first 8 KiB, bytes that are not UTF-8/UTF-16 text, or a format
+``puremagic`` names) is refused whatever its name;
 text is HTML, JSON, CSV, Markdown or plain text — the name or declared type chooses among
 text formats only, and the content must then parse as that format.
 
@@ -100,9 +101,7 @@ class Limits:
 
     @property
     def image(self) -> images.ImageLimits:
-        return images.ImageLimits(
-            self.max_image_pixels, self.max_image_side, self.max_image_frames
-        )
+        return images.ImageLimits(self.max_image_pixels, self.max_image_side, self.max_image_frames)
 
 
 @dataclass(frozen=True)
@@ -149,8 +148,9 @@ def parse(
             image_limits=limits.image,
         )
         if not result.units:
-            raise ParseError("no text could be extracted: the PDF has neither a text layer "
-                             "nor images with text")
+            raise ParseError(
+                "no text could be extracted: the PDF has neither a text layer nor images with text"
+            )
         return from_units("pdf", result.units, limits, result.title)
     elif data.startswith(b"PK\x03\x04"):
         zip_kind = _zip_kind(data, filename)

@@ -45,10 +45,11 @@ def read_pdf(
         reader = pypdf.PdfReader(io.BytesIO(data), strict=False)
         if reader.is_encrypted:
             # Owner-password-only PDFs open with an empty user password; others cannot.
+            opened = False
             try:
-                opened = reader.decrypt("")
+                opened = bool(reader.decrypt(""))
             except (DependencyError, NotImplementedError, PyPdfError):
-                opened = 0
+                pass
             if not opened:
                 raise PdfError("the PDF is encrypted (password-protected)")
         pages = len(reader.pages)
@@ -98,7 +99,9 @@ def _scans(page: Any, limits: ImageLimits, number: int) -> list[tuple[int, int]]
     return [(w, h) for w, h in found if min(w, h) >= MIN_SCAN_SIDE]
 
 
-def _walk(resources: Any, limits: ImageLimits, number: int, found: list[tuple[int, int]], depth: int) -> None:
+def _walk(
+    resources: Any, limits: ImageLimits, number: int, found: list[tuple[int, int]], depth: int
+) -> None:
     if resources is None or depth > _MAX_FORM_DEPTH:
         return
     resources = resources.get_object()

@@ -41,8 +41,9 @@ from bus.uploads import (
     read_object,
 )
 from bus.worker import Endpoint, Worker, WorkerEnv
-from schemas import ingestion, rag
+from schemas import gateway, ingestion, rag
 from schemas.context import Context
+from schemas.gateway import MAX_TRANSCRIBE_BYTES, TranscribeRequest
 from schemas.ingestion import (
     INDEX_SUBJECT,
     PARSE_SUBJECT,
@@ -59,7 +60,8 @@ from schemas.ingestion import (
     SubmitRequest,
     SubmitResponse,
 )
-from workers.ingestion.parsing import Limits, parse
+from workers.ingestion import audio
+from workers.ingestion.parsing import Limits, Parsed, ParseError, from_units, parse
 from workers.ingestion.store import JobStore, NewJob, new_job_id, to_job
 
 _log = structlog.get_logger("workers.ingestion")
@@ -90,6 +92,8 @@ SWEEP_BATCH = 500
 #: Parsed text is capped by the parser's own limit; this only bounds the object write.
 MAX_PARSED_BYTES = 64 * 1024 * 1024
 COLLECTION_CHECK_TIMEOUT_S = 3.0
+#: Longest a transcription through the gateway may take (a long recording, a slow provider).
+TRANSCRIBE_TIMEOUT_S = 900.0
 
 
 def _tenant(ctx: Context | None) -> str:
@@ -254,13 +258,17 @@ class Ingestion:
             _, data = await read_object(
                 self.js, row["object_name"], tenant, max_bytes=self.limits.max_bytes
             )
-            parsed = await asyncio.to_thread(
-                parse,
-                data,
-                self.limits,
-                filename=row["filename"],
-                content_type=row["declared_type"],
-            )
+            sound = audio.kind_of(data)
+            if sound is not None:
+                parsed = await self._transcribe(ctx, sound, data, row["object_name"])
+            else:
+                parsed = await asyncio.to_thread(
+                    parse,
+                    data,
+                    self.limits,
+                    filename=row["filename"],
+                    content_type=row["declared_type"],
+                )
             text_object = await put_stream(
                 self.js,
                 tenant,
@@ -269,6 +277,7 @@ class Ingestion:
                 content_type="text/plain; charset=utf-8",
                 name=f"parsed/{job.job_id}",
             )
+            spans_object = await self._put_spans(tenant, job.job_id, parsed)
             title = row["title"] or parsed.title
             await self.store.parsed(tenant, job.job_id, parsed.content_type, title)
             metadata = row["metadata"]
@@ -284,6 +293,7 @@ class Ingestion:
                     content_type=parsed.content_type,
                     text_object=text_object.name,
                     object_name=row["object_name"],
+                    spans_object=spans_object,
                 ),
                 ctx,
                 msg_id=f"{job.job_id}:index",
@@ -291,6 +301,48 @@ class Ingestion:
             )
 
         await until_available(attempt, stopping=self.stopping, what=f"parse {job.job_id}")
+
+    async def _transcribe(self, ctx: Context, kind: str, data: bytes, object_name: str) -> Parsed:
+        """A recording → timed transcript segments, through ``gateway.transcribe``."""
+        audio.check_duration(kind, data, self.limits.max_audio_seconds)
+        if len(data) > MAX_TRANSCRIBE_BYTES:
+            raise ParseError(
+                f"the recording has {len(data)} bytes, over the {MAX_TRANSCRIBE_BYTES}-byte "
+                "limit of transcription"
+            )
+        request = TranscribeRequest(object_name=object_name, filename=f"recording.{kind}")
+        try:
+            out = await self.client.call(
+                gateway.TRANSCRIBE, request, child(ctx, timeout=TRANSCRIBE_TIMEOUT_S)
+            )
+        except NotFound as exc:  # no transcription alias configured (or the named one)
+            raise ParseError(f"the recording cannot be transcribed: {exc.message}") from None
+        segments = [(s.start, s.end, s.text) for s in out.segments]
+        return from_units(kind, audio.transcript_units(segments, out.text), self.limits)
+
+    async def _put_spans(self, tenant: str, job_id: str, parsed: Parsed) -> str | None:
+        """Where each part of the text comes from, beside the text, for RAG."""
+        if not parsed.spans:
+            return None
+        body = json.dumps(
+            [
+                {
+                    "start": s.start,
+                    "end": s.end,
+                    "location": s.location.model_dump(exclude_none=True, exclude={"label"}),
+                }
+                for s in parsed.spans
+            ]
+        ).encode()
+        stored = await put_stream(
+            self.js,
+            tenant,
+            [body],
+            max_bytes=MAX_PARSED_BYTES,
+            content_type="application/json",
+            name=f"parsed/{job_id}.spans",
+        )
+        return stored.name
 
     async def parse_failed(self, job: ParseJob | None, ctx: Context | None, reason: str) -> None:
         if job is None or ctx is None or not ctx.tenant:

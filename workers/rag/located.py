@@ -15,7 +15,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from schemas.locations import Location, Span
-from workers.rag.chunking import DEFAULT_MAX_TOKENS, DEFAULT_OVERLAP, Piece, chunk_text, count_tokens
+from workers.rag.chunking import (
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_OVERLAP,
+    Piece,
+    chunk_text,
+    count_tokens,
+)
 
 
 def _group(location: Location) -> tuple[object, ...]:

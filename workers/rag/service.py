@@ -67,8 +67,8 @@ from schemas.rag import (
 )
 from workers.rag import answer as answers
 from workers.rag.chunking import chunk_text
-from workers.rag.located import chunk_spans
 from workers.rag.llm import Models
+from workers.rag.located import chunk_spans
 from workers.rag.search import Scope, hydrate, keyword_leg, rrf, vector_leg
 from workers.rag.store import (
     CollectionRow,

@@ -84,7 +84,10 @@ def spans_json(spans: list[Span] | None) -> str | None:
     if not spans:
         return None
     return json.dumps(
-        [s.model_dump(mode="json", exclude_none=True, exclude={"location": {"label"}}) for s in spans]
+        [
+            s.model_dump(mode="json", exclude_none=True, exclude={"location": {"label"}})
+            for s in spans
+        ]
     )
 
 
