@@ -9,8 +9,8 @@ from __future__ import annotations
 import io
 import wave
 
-from bus.errors import InvalidRequest
 from schemas.locations import Location
+from workers.ingestion.errors import ParseError
 
 MIME = {
     "wav": "audio/wav",
@@ -22,10 +22,6 @@ MIME = {
 KINDS = tuple(MIME)
 #: The ISO base media brands of audio-only MP4 files (and the generic ones they use).
 _M4A_BRANDS = (b"M4A ", b"M4B ", b"mp42", b"isom", b"mp41", b"dash")
-
-
-class AudioError(InvalidRequest):
-    """The recording cannot be read; the message says why."""
 
 
 def kind_of(data: bytes) -> str | None:
@@ -61,9 +57,9 @@ def check_duration(kind: str, data: bytes, max_seconds: float) -> float | None:
         return None
     seconds = wav_seconds(data)
     if seconds is None:
-        raise AudioError("the WAV file is corrupt (unreadable header)")
+        raise ParseError("the WAV file is corrupt (unreadable header)")
     if seconds > max_seconds:
-        raise AudioError(
+        raise ParseError(
             f"the recording lasts {seconds:.0f} s, over the {max_seconds:.0f}-second limit"
         )
     return seconds

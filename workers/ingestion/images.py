@@ -18,8 +18,8 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from bus.errors import InvalidRequest
 from schemas.locations import IMAGE_TEXT, Location
+from workers.ingestion.errors import ParseError
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
@@ -36,10 +36,6 @@ MIME = {
     "webp": "image/webp",
 }
 KINDS = tuple(MIME)
-
-
-class ImageError(InvalidRequest):
-    """The image cannot be read; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -66,9 +62,9 @@ def kind_of(data: bytes) -> str | None:
 
 def check_size(width: int, height: int, limits: ImageLimits, what: str = "the image") -> None:
     if width <= 0 or height <= 0:
-        raise ImageError(f"{what} declares an empty size ({width} x {height})")
+        raise ParseError(f"{what} declares an empty size ({width} x {height})")
     if max(width, height) > limits.max_side or width * height > limits.max_pixels:
-        raise ImageError(
+        raise ParseError(
             f"{what} is {width} x {height} pixels, over the limit of {limits.max_pixels} "
             f"pixels and {limits.max_side} per side: refused as a possible decompression bomb"
         )
@@ -80,7 +76,7 @@ def open_first_frame(data: bytes, limits: ImageLimits) -> PILImage.Image:
 
     kind = kind_of(data)
     if kind is None:
-        raise ImageError("the file is not a supported image type")
+        raise ParseError("the file is not a supported image type")
     # Pillow warns above MAX_IMAGE_PIXELS and raises at twice that; both become refusals.
     Image.MAX_IMAGE_PIXELS = limits.max_pixels
     try:
@@ -90,7 +86,7 @@ def open_first_frame(data: bytes, limits: ImageLimits) -> PILImage.Image:
             check_size(img.width, img.height, limits)
             frames = gif_frames(data, limits.max_frames + 1) if kind == "gif" else _frames(img)
             if frames > limits.max_frames:
-                raise ImageError(
+                raise ParseError(
                     f"the image has {'more than ' if kind == 'gif' else ''}"
                     f"{limits.max_frames if kind == 'gif' else frames} frames, over the "
                     f"{limits.max_frames}-frame limit: refused as a possible bomb"
@@ -99,16 +95,16 @@ def open_first_frame(data: bytes, limits: ImageLimits) -> PILImage.Image:
             img.load()
             return _rgb(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(
+        raise ParseError(
             f"the image is over the {limits.max_pixels}-pixel limit: refused as a possible "
             "decompression bomb"
         ) from None
-    except ImageError:
+    except ParseError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
-        raise ImageError(f"the {kind.upper()} image is corrupt or truncated") from None
+        raise ParseError(f"the {kind.upper()} image is corrupt or truncated") from None
     except (MemoryError, struct.error, IndexError, KeyError, TypeError):
-        raise ImageError(f"the {kind.upper()} image is corrupt") from None
+        raise ParseError(f"the {kind.upper()} image is corrupt") from None
 
 
 def _frames(img: PILImage.Image) -> int:

@@ -30,10 +30,10 @@ from typing import Any
 
 import puremagic
 
-from bus.errors import InvalidRequest
 from schemas.locations import Location, Span
 from workers.ingestion import audio, images, pdf, sheets, slides
 from workers.ingestion.archive import ZipLimits, check_zip, open_zip
+from workers.ingestion.errors import ParseError
 
 DEFAULT_MAX_PDF_PAGES = 2_000
 DEFAULT_MAX_UNZIPPED_BYTES = 200 * 1024 * 1024
@@ -72,10 +72,6 @@ _EXTENSIONS = {
     "docx": "docx",
 }
 _MIME_KINDS = {v: k for k, v in MIME.items()} | {"text/x-markdown": "md", "text/json": "json"}
-
-
-class ParseError(InvalidRequest):
-    """The file cannot be ingested; the message says why, for the user."""
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ import io
 from dataclasses import dataclass
 from typing import Any
 
-from bus.errors import InvalidRequest
 from schemas.locations import IMAGE_TEXT, Location
-from workers.ingestion.images import ImageError, ImageLimits, check_size
+from workers.ingestion.errors import ParseError
+from workers.ingestion.images import ImageLimits, check_size
 
 DEFAULT_MAX_OCR_PAGES = 100
 #: Images smaller than this (per side) are decorations, not scanned text.
@@ -22,10 +22,6 @@ MIN_SCAN_SIDE = 32
 #: Most image objects looked at on one page.
 MAX_IMAGES_PER_PAGE = 64
 _MAX_FORM_DEPTH = 4
-
-
-class PdfError(InvalidRequest):
-    """The PDF cannot be read; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -51,10 +47,10 @@ def read_pdf(
             except (DependencyError, NotImplementedError, PyPdfError):
                 pass
             if not opened:
-                raise PdfError("the PDF is encrypted (password-protected)")
+                raise ParseError("the PDF is encrypted (password-protected)")
         pages = len(reader.pages)
         if pages > max_pages:
-            raise PdfError(f"the PDF has {pages} pages, over the {max_pages}-page limit")
+            raise ParseError(f"the PDF has {pages} pages, over the {max_pages}-page limit")
         units: list[tuple[str, Location]] = []
         ocr_pages = 0
         for number, page in enumerate(reader.pages, start=1):
@@ -67,7 +63,7 @@ def read_pdf(
                 continue
             ocr_pages += 1
             if ocr_pages > max_ocr_pages:
-                raise PdfError(
+                raise ParseError(
                     f"the PDF has more than {max_ocr_pages} pages without a text layer "
                     f"(scanned), over the {max_ocr_pages}-page OCR limit"
                 )
@@ -80,14 +76,14 @@ def read_pdf(
             title = str(meta.title) if meta and meta.title else None
         except (PyPdfError, ValueError, KeyError, TypeError):
             pass
-    except (PdfError, ImageError):
+    except ParseError:
         raise
     except FileNotDecryptedError:
-        raise PdfError("the PDF is encrypted (password-protected)") from None
+        raise ParseError("the PDF is encrypted (password-protected)") from None
     except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError, OSError):
-        raise PdfError("the PDF is corrupt or truncated") from None
+        raise ParseError("the PDF is corrupt or truncated") from None
     except RecursionError:
-        raise PdfError("the PDF is corrupt (nested too deeply)") from None
+        raise ParseError("the PDF is corrupt (nested too deeply)") from None
     return PdfResult(units, title, ocr_pages)
 
 

@@ -15,18 +15,14 @@ import datetime as dt
 import zipfile
 from typing import Any
 
-from bus.errors import InvalidRequest
 from schemas.locations import Location
 from workers.ingestion.archive import ZipLimits, check_zip, open_zip
+from workers.ingestion.errors import ParseError
 
 DEFAULT_MAX_ROWS = 200_000
 DEFAULT_MAX_CELLS = 2_000_000
 MAX_COLUMNS = 1_000
 MAX_CELL_CHARS = 10_000
-
-
-class SheetError(InvalidRequest):
-    """The workbook cannot be read; the message says why."""
 
 
 def read_xlsx(
@@ -48,9 +44,9 @@ def read_xlsx(
             io.BytesIO(data), read_only=True, data_only=True, keep_links=False
         )
     except (zipfile.BadZipFile, KeyError, ValueError, TypeError, OSError, IndexError):
-        raise SheetError("the XLSX workbook is corrupt") from None
+        raise ParseError("the XLSX workbook is corrupt") from None
     except Exception as exc:  # lxml/defusedxml errors from a broken or hostile part
-        raise SheetError(f"the XLSX workbook is corrupt ({type(exc).__name__})") from None
+        raise ParseError(f"the XLSX workbook is corrupt ({type(exc).__name__})") from None
     units: list[tuple[str, Location]] = []
     rows = cells = 0
     try:
@@ -60,12 +56,12 @@ def read_xlsx(
             for row in sheet.iter_rows():
                 rows += 1
                 if rows > max_rows:
-                    raise SheetError(f"the workbook has more than {max_rows} rows, over the limit")
+                    raise ParseError(f"the workbook has more than {max_rows} rows, over the limit")
                 values = [_cell(c.value) for c in row[:MAX_COLUMNS]]
                 filled = [v for v in values if v]
                 cells += len(filled)
                 if cells > max_cells:
-                    raise SheetError(
+                    raise ParseError(
                         f"the workbook has more than {max_cells} non-empty cells, over the limit"
                     )
                 if not filled:
@@ -81,10 +77,10 @@ def read_xlsx(
                     if v
                 ]
                 units.append(("\n".join(lines), Location(sheet=sheet.title, row=number)))
-    except SheetError:
+    except ParseError:
         raise
     except Exception as exc:  # a broken sheet part surfaces while streaming
-        raise SheetError(f"the XLSX workbook is corrupt ({type(exc).__name__})") from None
+        raise ParseError(f"the XLSX workbook is corrupt ({type(exc).__name__})") from None
     finally:
         book.close()
     return units, title or None

@@ -12,16 +12,12 @@ import io
 import zipfile
 from typing import Any
 
-from bus.errors import InvalidRequest
 from schemas.locations import NOTES, Location
 from workers.ingestion.archive import ZipLimits, check_zip, open_zip
+from workers.ingestion.errors import ParseError
 
 DEFAULT_MAX_SLIDES = 2_000
 MAX_GROUP_DEPTH = 8
-
-
-class SlideError(InvalidRequest):
-    """The deck cannot be read; the message says why."""
 
 
 def read_pptx(
@@ -37,11 +33,11 @@ def read_pptx(
         deck = pptx.Presentation(io.BytesIO(data))
         slides = list(deck.slides)
     except (PackageNotFoundError, zipfile.BadZipFile, KeyError, ValueError, OSError):
-        raise SlideError("the PPTX deck is corrupt") from None
+        raise ParseError("the PPTX deck is corrupt") from None
     except Exception as exc:  # lxml errors from a broken part
-        raise SlideError(f"the PPTX deck is corrupt ({type(exc).__name__})") from None
+        raise ParseError(f"the PPTX deck is corrupt ({type(exc).__name__})") from None
     if len(slides) > max_slides:
-        raise SlideError(f"the deck has {len(slides)} slides, over the {max_slides}-slide limit")
+        raise ParseError(f"the deck has {len(slides)} slides, over the {max_slides}-slide limit")
     units: list[tuple[str, Location]] = []
     try:
         for number, slide in enumerate(slides, start=1):
@@ -63,10 +59,10 @@ def read_pptx(
                 if notes:
                     units.append((notes, Location(slide=number, region=NOTES)))
         title = deck.core_properties.title or None
-    except SlideError:
+    except ParseError:
         raise
     except Exception as exc:
-        raise SlideError(f"the PPTX deck is corrupt ({type(exc).__name__})") from None
+        raise ParseError(f"the PPTX deck is corrupt ({type(exc).__name__})") from None
     return units, title
 
 
