@@ -1,11 +1,13 @@
 """Chunking a document whose text comes with located spans (pages, sheet rows, slides,
 transcript segments; ``schemas.locations``), so every chunk knows where it comes from.
 
-Units that belong together are packed into one chunk up to the token budget: rows of the
-same sheet, consecutive transcript segments; pages, slides and images stay apart, so a
-citation names one page or slide. A unit larger than the budget is cut by the ordinary
-chunker (``chunk_text``) and each piece keeps the unit's location. A packed chunk's
-location covers its first to its last unit ("rows 4-9", "00:00:12-00:00:31").
+Every page, slide, image and spreadsheet row is a chunk of its own, so a citation names
+one page, one slide, one row (a row, ``header: value`` per line, reads on its own; the
+sheet's name is its section, embedded and searched with it). Transcript segments, a
+sentence or two each, are packed into chunks up to the token budget, and such a chunk's
+location covers its first to its last segment ("00:00:12-00:00:31"). A unit larger than
+the budget is cut by the ordinary chunker (``chunk_text``) and each piece keeps the
+unit's location.
 Text outside every span (there is none when ingestion built the spans) is chunked
 without a location.
 """
@@ -24,12 +26,9 @@ from workers.rag.chunking import (
 )
 
 
-def _group(location: Location) -> tuple[object, ...]:
-    if location.row is not None or location.sheet is not None:
-        return ("sheet", location.sheet)
-    if location.start_seconds is not None:
-        return ("time",)
-    return ("place", location.page, location.slide, location.region)
+def _packs(location: Location) -> bool:
+    """Whether consecutive units of this kind share chunks (transcript segments do)."""
+    return location.start_seconds is not None and location.row is None
 
 
 def valid_spans(text: str, spans: Sequence[Span]) -> list[Span]:
@@ -77,7 +76,7 @@ def chunk_spans(
         if not unit:
             continue
         tokens = count_tokens(unit)
-        if pack and (_group(pack[-1][1]) != _group(span.location) or size + tokens > max_tokens):
+        if pack and (not _packs(span.location) or size + tokens > max_tokens):
             flush()
         if tokens > max_tokens:
             for p in chunk_text(unit, max_tokens=max_tokens, overlap=overlap):
@@ -87,6 +86,8 @@ def chunk_spans(
             continue
         pack.append((unit, span.location, tokens))
         size += tokens
+        if not _packs(span.location):
+            flush()
     flush()
     tail = text[cursor:].strip()
     if tail:
