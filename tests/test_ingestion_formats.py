@@ -23,8 +23,9 @@ from tests.media import (
     xlsx_bytes,
     xlsx_zip_bomb,
 )
+from workers.ingestion import pdf
 from workers.ingestion.images import gif_frames
-from workers.ingestion.parsing import MIME, Limits, ParseError, parse
+from workers.ingestion.parsing import MIME, Limits, ParseError, finish_pdf, parse
 from workers.rag.located import chunk_spans
 
 LIMITS = Limits(max_bytes=20 * 1024 * 1024)
@@ -54,6 +55,14 @@ def test_a_scanned_pdf_is_read_page_by_page_and_keeps_its_text_layer_where_it_ha
         ("Foxes live in dens.", "page 2"),
         ("The badger sleeps", "page 3, image text"),
     ]
+
+
+def test_scanned_pages_can_be_left_for_one_ocr_call_each():
+    data = scanned_pdf(["Owls hunt at night"], "Foxes live in dens.", ["The badger sleeps"])
+    deferred = parse(data, LIMITS, defer_ocr=True)
+    assert deferred.pending_ocr == (1, 3) and deferred.text == ""
+    units = [*deferred.units, *(pdf.ocr_page(data, n, LIMITS.image) for n in (3, 1))]
+    assert finish_pdf(units, LIMITS) == parse(data, LIMITS)
 
 
 def test_a_workbook_becomes_one_unit_per_row_with_its_header():

@@ -107,6 +107,11 @@ class Parsed:
     title: str | None = None
     spans: tuple[Span, ...] = ()
     """Where each unit of ``text`` comes from (empty for formats without locations)."""
+    units: tuple[tuple[str, Location], ...] = ()
+    pending_ocr: tuple[int, ...] = ()
+    """``parse(defer_ocr=True)`` of a PDF with scanned pages: ``text`` is empty, ``units``
+    holds the pages read so far and these pages are left for ``pdf.ocr_page``; then
+    :func:`from_units` joins everything."""
 
     @property
     def content_type(self) -> str:
@@ -129,8 +134,15 @@ def _named(filename: str | None) -> str:
 
 
 def parse(
-    data: bytes, limits: Limits, *, filename: str | None = None, content_type: str | None = None
+    data: bytes,
+    limits: Limits,
+    *,
+    filename: str | None = None,
+    content_type: str | None = None,
+    defer_ocr: bool = False,
 ) -> Parsed:
+    """The file's text (and spans). ``defer_ocr``: leave a PDF's scanned pages to one
+    ``pdf.ocr_page`` call each (see :attr:`Parsed.pending_ocr`)."""
     if not data:
         raise ParseError("the file is empty")
     if len(data) > limits.max_bytes:
@@ -142,12 +154,17 @@ def parse(
             max_pages=limits.max_pdf_pages,
             max_ocr_pages=limits.max_ocr_pages,
             image_limits=limits.image,
+            defer_ocr=defer_ocr,
         )
-        if not result.units:
-            raise ParseError(
-                "no text could be extracted: the PDF has neither a text layer nor images with text"
+        if result.pending:
+            return Parsed(
+                "pdf",
+                "",
+                result.title,
+                units=tuple(result.units),
+                pending_ocr=tuple(result.pending),
             )
-        return from_units("pdf", result.units, limits, result.title)
+        return finish_pdf(result.units, limits, result.title)
     elif data.startswith(b"PK\x03\x04"):
         zip_kind = _zip_kind(data, filename)
         if zip_kind == "xlsx":
@@ -210,6 +227,18 @@ def from_units(
     if not parts:
         raise ParseError(f"no text could be extracted: {_NOTHING.get(kind, 'no text')}")
     return Parsed(kind, "\n\n".join(parts), title, tuple(spans))
+
+
+def finish_pdf(
+    units: list[tuple[str, Location]], limits: Limits, title: str | None = None
+) -> Parsed:
+    """A PDF's pages (text layer and OCR), in page order, as one parsed document."""
+    units = sorted((u for u in units if u[0].strip()), key=lambda u: u[1].page or 0)
+    if not units:
+        raise ParseError(
+            "no text could be extracted: the PDF has neither a text layer nor images with text"
+        )
+    return from_units("pdf", units, limits, title)
 
 
 _NOTHING = {

@@ -8,7 +8,9 @@ from its dictionary before it is decoded, within the image limits.
 
 from __future__ import annotations
 
+import contextlib
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,54 +30,97 @@ _MAX_FORM_DEPTH = 4
 class PdfResult:
     units: list[tuple[str, Location]]
     title: str | None
-    ocr_pages: int
+    pending: list[int]
+    """Scanned pages left for :func:`ocr_page` (``defer_ocr``), in order."""
 
 
 def read_pdf(
-    data: bytes, *, max_pages: int, max_ocr_pages: int, image_limits: ImageLimits
+    data: bytes,
+    *,
+    max_pages: int,
+    max_ocr_pages: int,
+    image_limits: ImageLimits,
+    defer_ocr: bool = False,
 ) -> PdfResult:
-    import pypdf
-    from pypdf.errors import DependencyError, FileNotDecryptedError, PyPdfError
-
-    try:
-        reader = pypdf.PdfReader(io.BytesIO(data), strict=False)
-        if reader.is_encrypted:
-            # Owner-password-only PDFs open with an empty user password; others cannot.
-            opened = False
-            try:
-                opened = bool(reader.decrypt(""))
-            except (DependencyError, NotImplementedError, PyPdfError):
-                pass
-            if not opened:
-                raise ParseError("the PDF is encrypted (password-protected)")
+    """Pages with a text layer as units; scanned pages read by OCR here, or, with
+    ``defer_ocr``, listed in ``pending`` for one :func:`ocr_page` call each (so each page
+    gets its own time budget)."""
+    with _errors():
+        reader = _open(data)
         pages = len(reader.pages)
         if pages > max_pages:
             raise ParseError(f"the PDF has {pages} pages, over the {max_pages}-page limit")
         units: list[tuple[str, Location]] = []
-        ocr_pages = 0
+        pending: list[int] = []
         for number, page in enumerate(reader.pages, start=1):
             text = (page.extract_text() or "").strip()
             if text:
                 units.append((text, Location(page=number)))
                 continue
-            images = _scans(page, image_limits, number)
-            if not images:
+            if not _scans(page, image_limits, number):
                 continue
-            ocr_pages += 1
-            if ocr_pages > max_ocr_pages:
+            pending.append(number)
+            if len(pending) > max_ocr_pages:
                 raise ParseError(
                     f"the PDF has more than {max_ocr_pages} pages without a text layer "
                     f"(scanned), over the {max_ocr_pages}-page OCR limit"
                 )
-            text = _ocr(page, image_limits, number)
-            if text.strip():
-                units.append((text, Location(page=number, region=IMAGE_TEXT)))
+        if not defer_ocr:
+            for number in pending:
+                units.append(
+                    _ocr_unit(_ocr(reader.pages[number - 1], image_limits, number), number)
+                )
+            units = [u for u in units if u[0].strip()]
+            units.sort(key=lambda u: u[1].page or 0)
+            pending = []
         title = None
         try:
             meta = reader.metadata
             title = str(meta.title) if meta and meta.title else None
-        except (PyPdfError, ValueError, KeyError, TypeError):
+        except Exception:  # a broken info dictionary costs the title only
             pass
+    return PdfResult(units, title, pending)
+
+
+def ocr_page(data: bytes, number: int, image_limits: ImageLimits) -> tuple[str, Location]:
+    """One scanned page (from 1) read by OCR, as a unit (its text may be empty)."""
+    with _errors():
+        reader = _open(data)
+        if not 1 <= number <= len(reader.pages):
+            raise ParseError(f"the PDF has no page {number}")
+        page = reader.pages[number - 1]
+        _scans(page, image_limits, number)
+        return _ocr_unit(_ocr(page, image_limits, number), number)
+
+
+def _ocr_unit(text: str, number: int) -> tuple[str, Location]:
+    return text, Location(page=number, region=IMAGE_TEXT)
+
+
+def _open(data: bytes) -> Any:
+    import pypdf
+    from pypdf.errors import DependencyError, PyPdfError
+
+    reader = pypdf.PdfReader(io.BytesIO(data), strict=False)
+    if reader.is_encrypted:
+        # Owner-password-only PDFs open with an empty user password; others cannot.
+        opened = False
+        try:
+            opened = bool(reader.decrypt(""))
+        except (DependencyError, NotImplementedError, PyPdfError):
+            pass
+        if not opened:
+            raise ParseError("the PDF is encrypted (password-protected)")
+    return reader
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    """pypdf's failures as the reasons a user reads."""
+    from pypdf.errors import FileNotDecryptedError, PyPdfError
+
+    try:
+        yield
     except ParseError:
         raise
     except FileNotDecryptedError:
@@ -84,7 +129,6 @@ def read_pdf(
         raise ParseError("the PDF is corrupt or truncated") from None
     except RecursionError:
         raise ParseError("the PDF is corrupt (nested too deeply)") from None
-    return PdfResult(units, title, ocr_pages)
 
 
 def _scans(page: Any, limits: ImageLimits, number: int) -> list[tuple[int, int]]:

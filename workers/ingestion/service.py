@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from nats.js import JetStreamContext
@@ -60,11 +61,20 @@ from schemas.ingestion import (
     SubmitRequest,
     SubmitResponse,
 )
-from workers.ingestion import audio
-from workers.ingestion.parsing import Limits, Parsed, ParseError, from_units, parse
+from workers.ingestion import audio, images, pdf
+from workers.ingestion.parsing import (
+    Limits,
+    Parsed,
+    ParseError,
+    finish_pdf,
+    from_units,
+    parse,
+)
 from workers.ingestion.store import JobStore, NewJob, new_job_id, to_job
 
 _log = structlog.get_logger("workers.ingestion")
+
+T = TypeVar("T")
 
 VERSION = "0.1.0"
 PARSE_CONSUMER = ConsumerSpec(
@@ -94,6 +104,16 @@ MAX_PARSED_BYTES = 64 * 1024 * 1024
 COLLECTION_CHECK_TIMEOUT_S = 3.0
 #: Longest a transcription through the gateway may take (a long recording, a slow provider).
 TRANSCRIBE_TIMEOUT_S = 900.0
+#: Time budget of parsing one file, OCR aside.
+PARSE_BUDGET_S = 60.0
+#: Time budget of reading one image or one scanned PDF page by OCR (a full page takes
+#: 5-20 s on a loaded 2-core machine: docs/services/ingestion.md).
+OCR_PAGE_BUDGET_S = 120.0
+
+
+async def _off_loop(fn: Callable[..., T], *args: Any, budget: float, tenant: str, **kw: Any) -> T:
+    """Run CPU-bound parsing off the event loop."""
+    return await asyncio.to_thread(functools.partial(fn, *args, **kw))
 
 
 def _tenant(ctx: Context | None) -> str:
@@ -262,13 +282,7 @@ class Ingestion:
             if sound is not None:
                 parsed = await self._transcribe(ctx, sound, data, row["object_name"])
             else:
-                parsed = await asyncio.to_thread(
-                    parse,
-                    data,
-                    self.limits,
-                    filename=row["filename"],
-                    content_type=row["declared_type"],
-                )
+                parsed = await self._parse(tenant, data, row["filename"], row["declared_type"])
             text_object = await put_stream(
                 self.js,
                 tenant,
@@ -301,6 +315,39 @@ class Ingestion:
             )
 
         await until_available(attempt, stopping=self.stopping, what=f"parse {job.job_id}")
+
+    async def _parse(
+        self, tenant: str, data: bytes, filename: str | None, declared: str | None
+    ) -> Parsed:
+        """The file's text off the event loop; a PDF's scanned pages one OCR call each."""
+        budget = OCR_PAGE_BUDGET_S if images.kind_of(data) else PARSE_BUDGET_S
+        parsed = await _off_loop(
+            parse,
+            data,
+            self.limits,
+            filename=filename,
+            content_type=declared,
+            defer_ocr=True,
+            budget=budget,
+            tenant=tenant,
+        )
+        if not parsed.pending_ocr:
+            return parsed
+        units = list(parsed.units)
+        for number in parsed.pending_ocr:
+            units.append(
+                await _off_loop(
+                    pdf.ocr_page,
+                    data,
+                    number,
+                    self.limits.image,
+                    budget=OCR_PAGE_BUDGET_S,
+                    tenant=tenant,
+                )
+            )
+        return await _off_loop(
+            finish_pdf, units, self.limits, parsed.title, budget=PARSE_BUDGET_S, tenant=tenant
+        )
 
     async def _transcribe(self, ctx: Context, kind: str, data: bytes, object_name: str) -> Parsed:
         """A recording → timed transcript segments, through ``gateway.transcribe``."""
