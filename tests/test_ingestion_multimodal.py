@@ -89,7 +89,9 @@ async def ask(client, cid: str, question: str) -> QueryResponse:
     )
 
 
-async def test_images_scans_sheets_and_decks_are_indexed_and_cited_where_they_say(env, client):
+async def test_images_scans_sheets_and_decks_are_indexed_and_cited_where_they_say(
+    env, client, fake_gateway
+):
     cid = await create_collection(client)
     jobs = await wait_jobs(
         client, "acme", (await submit(env, client, "acme", cid, FILES)).values(), timeout=180
@@ -113,6 +115,9 @@ async def test_images_scans_sheets_and_decks_are_indexed_and_cited_where_they_sa
         top = answer.citations[0]
         assert (top.source_id, top.location and top.location.label) == (source, label), question
         assert fact in top.quote, (question, top.quote)
+        # The model is shown where each passage comes from, to cite it in its own words.
+        stem = source.rsplit(".", 1)[0]  # the title ingestion gives an upload
+        assert f"[1] {stem}, {label}\n" in fake_gateway.prompts[-1]
 
     answer = await ask(client, cid, "Which warehouse holds the flux capacitor?")
     top = answer.citations[0]

@@ -515,6 +515,7 @@ class Rag:
                 source_id=r.source_id,
                 title=rows[r.chunk_id]["title"] if r.chunk_id in rows else None,
                 text=r.text,
+                where=r.location.label if r.location else None,
             )
             for i, r in enumerate(results)
         ]
