@@ -771,6 +771,7 @@ class GatewayService(Service):
         "embed": schemas.gateway.EMBED,
         "models": schemas.gateway.MODELS,
         "count_tokens": schemas.gateway.COUNT_TOKENS,
+        "transcribe": schemas.gateway.TRANSCRIBE,
     }
 
     @typing.overload
@@ -918,6 +919,31 @@ class GatewayService(Service):
         ``gateway.count_tokens.request``; idempotent: retried on unavailable/timeout.
         """
         return await self._call(schemas.gateway.COUNT_TOKENS, request, fields)
+
+    @typing.overload
+    async def transcribe(
+        self, request: schemas.gateway.TranscribeRequest, /
+    ) -> schemas.gateway.TranscribeResponse: ...
+    @typing.overload
+    async def transcribe(
+        self,
+        /,
+        *,
+        model: builtins.str | None = ...,
+        audio: builtins.bytes | None = ...,
+        object_name: builtins.str | None = ...,
+        filename: builtins.str = ...,
+        language: builtins.str | None = ...,
+        prompt: builtins.str | None = ...,
+    ) -> schemas.gateway.TranscribeResponse: ...
+    async def transcribe(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.gateway.TranscribeResponse:
+        """Speech to text with timed segments, from an audio_transcription alias.
+
+        ``gateway.transcribe.request``; not retried.
+        """
+        return await self._call(schemas.gateway.TRANSCRIBE, request, fields)
 
 
 class IngestionService(Service):
