@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import json
 from collections.abc import AsyncIterator, Callable
@@ -61,7 +60,7 @@ from schemas.ingestion import (
     SubmitRequest,
     SubmitResponse,
 )
-from workers.ingestion import audio, images, pdf
+from workers.ingestion import audio, images, isolated, pdf
 from workers.ingestion.parsing import (
     Limits,
     Parsed,
@@ -112,8 +111,8 @@ OCR_PAGE_BUDGET_S = 120.0
 
 
 async def _off_loop(fn: Callable[..., T], *args: Any, budget: float, tenant: str, **kw: Any) -> T:
-    """Run CPU-bound parsing off the event loop."""
-    return await asyncio.to_thread(functools.partial(fn, *args, **kw))
+    """Run CPU-bound parsing of untrusted input in a killable process, within ``budget``."""
+    return await isolated.run(fn, *args, budget=budget, what="parsing the document", **kw)
 
 
 def _tenant(ctx: Context | None) -> str:
