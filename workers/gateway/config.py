@@ -267,8 +267,7 @@ def _alias(
     mode = declared or "chat"
     if mode not in MODES:
         raise ConfigError(
-            f"alias {name!r}: mode {mode!r} is not served (chat, embedding or "
-            "audio_transcription)"
+            f"alias {name!r}: mode {mode!r} is not served (chat, embedding or audio_transcription)"
         )
     modes = {i.get("mode") or _litellm_info(d.model).get("mode") for d, i in entries}
     if len(modes - {None}) > 1:
