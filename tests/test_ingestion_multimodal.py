@@ -135,14 +135,20 @@ async def test_images_scans_sheets_and_decks_are_indexed_and_cited_where_they_sa
     assert all(c.location and c.location.sheet == c.section for c in detail.chunks)
 
 
-async def test_reindexing_keeps_the_locations(env, client):
+async def test_reindexing_keeps_the_locations_and_resubmitting_changes_nothing(
+    env, client, fake_gateway
+):
     cid = await create_collection(client)
-    jobs = await wait_jobs(
-        client,
-        "acme",
-        (await submit(env, client, "acme", cid, {"plan.pptx": FILES["plan.pptx"]})).values(),
-    )
-    [job] = jobs.values()
+    deck = {"plan.pptx": FILES["plan.pptx"]}
+    [job] = (
+        await wait_jobs(client, "acme", (await submit(env, client, "acme", cid, deck)).values())
+    ).values()
+    embedded = fake_gateway.embedded_texts
+    [again] = (
+        await wait_jobs(client, "acme", (await submit(env, client, "acme", cid, deck)).values())
+    ).values()
+    assert again.status == "indexed" and again.document_id == job.document_id
+    assert fake_gateway.embedded_texts == embedded
     await client.request("rag.reindex_document.request", {"document_id": job.document_id}, ctx())
     detail = await client.request(
         "rag.get_document.request", {"document_id": job.document_id}, ctx(), DocumentDetail

@@ -77,6 +77,7 @@ from workers.rag.store import (
     content_hash,
     location_of,
     search_text,
+    spans_json,
     spans_of,
 )
 
@@ -235,7 +236,10 @@ class Rag:
         spans: list[Span] | None = None,
     ) -> IngestedDocument:
         tenant = _tenant(ctx)
-        digest = content_hash(title, text)
+        # Locations are part of the content: the same text newly located (a file indexed
+        # before locations existed, submitted again) is an update, not "unchanged".
+        located = "\x00" + (spans_json(spans) or "") if spans else ""
+        digest = content_hash(title, text + located)
         existing = await self.store.find_document(tenant, collection.collection_id, source_id)
         if existing is not None and existing["content_hash"] == digest and not force:
             await self.store.refresh_unchanged(
