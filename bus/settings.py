@@ -91,6 +91,17 @@ class Settings(BaseSettings):
         le=10_000,
         description="handlers in flight per worker",
     )
+    offload_processes: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="processes per off-loop work pool (bus/offload.py), started on first use",
+    )
+    offload_memory_limit_mb: int = Field(
+        default=4096,
+        ge=0,
+        description="address-space limit of each off-loop work process, in MiB (0: none)",
+    )
 
     bridge_host: str = DEFAULT_BRIDGE_HOST
     bridge_port: int = Field(default=DEFAULT_BRIDGE_PORT, ge=0, le=65535)
