@@ -265,7 +265,9 @@ def _zip_kind(data: bytes, filename: str | None) -> str:
 
 def _tidy(text: str) -> str:
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
-    text = re.sub(r"[ \t\f\v]+\n", "\n", text)
+    # Per line, not `re.sub(r"[ \t\f\v]+\n", ...)`: that retries the whole run of spaces
+    # at each of its positions, quadratic on a long run with no newline after it.
+    text = "\n".join(line.rstrip(" \t\f\v") for line in text.split("\n"))
     return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import structlog
 from nats.js import JetStreamContext
 
+from bus import offload
 from bus.client import Client
 from bus.codec import Codec
 from bus.context import child, new_context
@@ -112,7 +113,15 @@ OCR_PAGE_BUDGET_S = 120.0
 
 async def _off_loop(fn: Callable[..., T], *args: Any, budget: float, tenant: str, **kw: Any) -> T:
     """Run CPU-bound parsing of untrusted input in a killable process, within ``budget``."""
-    return await isolated.run(fn, *args, budget=budget, what="parsing the document", **kw)
+    return await offload.run(
+        fn,
+        *args,
+        budget=budget,
+        key=tenant,
+        what="parsing the document",
+        pool="ingestion",
+        **kw,
+    )
 
 
 def _tenant(ctx: Context | None) -> str:
@@ -139,6 +148,7 @@ class Ingestion:
         codec: Codec | None = None,
         stopping: asyncio.Event | None = None,
         limits: Limits | None = None,
+        parse_budget_s: float = PARSE_BUDGET_S,
     ) -> None:
         self.store = JobStore(db)
         self.js = js
@@ -147,6 +157,7 @@ class Ingestion:
         self.stopping = stopping or asyncio.Event()
         self.limits = limits or Limits(max_bytes=settings.upload_max_bytes)
         self.max_inline_bytes = settings.upload_max_bytes
+        self.parse_budget_s = parse_budget_s
 
     # ------------------------------------------------------------ endpoints
 
@@ -488,7 +499,8 @@ async def lifespan(env: WorkerEnv) -> AsyncIterator[Worker]:
             on_failed=ing.progress_failed,
             codec=codec,
         )
-        async with asyncio.TaskGroup() as tg:
+        # The pools stop after the consumers' in-flight jobs (the TaskGroup) finish.
+        async with offload.using(env.settings), asyncio.TaskGroup() as tg:
             tg.create_task(parse_consumer.run(stopping))
             tg.create_task(progress_consumer.run(stopping))
             tg.create_task(ing.sweep(stopping))

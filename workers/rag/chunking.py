@@ -17,10 +17,28 @@ DEFAULT_MAX_TOKENS = 200
 DEFAULT_OVERLAP = 30
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
-_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+# An ATX heading opens with 1-6 '#' and whitespace; the rest is cut by _heading() in
+# linear time (a single pattern such as `^(#{1,6})\s+(.+?)\s*#*\s*$` backtracks
+# cubically on "# a" + " " * n + "b").
+_HEADING_OPEN = re.compile(r"(#{1,6})\s")
 _FENCE = re.compile(r"^\s*(```|~~~)")
 # A sentence ends at . ! ? (or their CJK forms) followed by space and a capital/digit/quote.
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+(?=[\"'(\[]?[A-Z0-9\u00C0-\u024F\u4e00-\u9fff])")
+
+
+def _heading(line: str) -> tuple[int, str] | None:
+    """``(level, title)`` of a Markdown ATX heading line, or None; a closing run of '#'
+    is dropped when whitespace precedes it (CommonMark: ``# C#`` keeps its '#')."""
+    m = _HEADING_OPEN.match(line)
+    if m is None:
+        return None
+    title = line[m.end() :].strip()
+    bare = title.rstrip("#")
+    if bare != title and (not bare or bare[-1].isspace()):
+        title = bare.rstrip()
+    if not title:
+        return None
+    return len(m.group(1)), title
 
 
 def count_tokens(text: str) -> int:
@@ -69,13 +87,13 @@ def sections(text: str) -> list[tuple[str | None, list[str]]]:
             current.append(line)
             continue
         if not fenced:
-            m = _HEADING.match(line)
-            if m:
+            heading = _heading(line)
+            if heading:
                 close_section()
-                level = len(m.group(1))
+                level, title = heading
                 while path and path[-1][0] >= level:
                     path.pop()
-                path.append((level, m.group(2).strip()))
+                path.append((level, title))
                 continue
             if not line.strip():
                 close_paragraph()

@@ -22,6 +22,7 @@ import structlog
 from nats.js import JetStreamContext
 from pydantic import TypeAdapter, ValidationError
 
+from bus import offload
 from bus.client import Client
 from bus.codec import Codec
 from bus.context import child
@@ -99,6 +100,8 @@ INDEX_CONSUMER = ConsumerSpec(
 INDEX_TIMEOUT_S = 600.0
 #: Largest parsed text RAG reads back from the object store.
 MAX_PARSED_BYTES = 64 * 1024 * 1024
+#: Time budget of chunking one document in an off-loop process (bus/offload.py).
+CHUNK_BUDGET_S = 60.0
 QUERY_CACHE_NAMESPACE = "rag.query"
 QUERY_CACHE_TTL_S = 3600
 CACHE_TIMEOUT_S = 1.0
@@ -254,7 +257,14 @@ class Rag:
         if progress:
             await progress("chunking")
         started = time.perf_counter()
-        pieces = chunk_spans(text, spans) if spans else chunk_text(text)
+        args = (chunk_spans, text, spans) if spans else (chunk_text, text)
+        pieces = await offload.run(
+            *args,
+            budget=CHUNK_BUDGET_S,
+            key=tenant,
+            what="chunking the document",
+            pool="rag",
+        )
         if not pieces:
             raise InvalidRequest(f"document {source_id!r} has no text to index")
         chunked = time.perf_counter()
@@ -742,7 +752,8 @@ async def lifespan(env: WorkerEnv) -> AsyncIterator[Worker]:
             on_failed=service.index_failed,
             codec=codec,
         )
-        async with asyncio.TaskGroup() as tg:
+        # The pools stop after the consumer's in-flight jobs (the TaskGroup) finish.
+        async with offload.using(env.settings), asyncio.TaskGroup() as tg:
             tg.create_task(consumer.run(stopping))
             try:
                 yield build_worker(service, codec, min(env.settings.max_concurrency, 64))
