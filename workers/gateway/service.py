@@ -285,13 +285,12 @@ class Gateway:
         name = req.model or self.config.default_chat
         if name is None:
             raise NotFound("no chat model is configured")
+        # Only configured aliases: any model name litellm knows would let a caller pick a
+        # tokenizer that litellm downloads from a hub, inline (issue 10, item 5).
         alias = self.config.aliases.get(name)
-        if alias is not None:
-            deployment = alias.deployments[0]
-        elif name in litellm.model_cost:  # a model litellm knows, asked for by its own name
-            deployment = Deployment(alias=name, model=name, provider="litellm", params={})
-        else:
+        if alias is None:
             raise NotFound(f"unknown model alias {name!r}; gateway.models lists them")
+        deployment = alias.deployments[0]
         messages = [m.model_dump() for m in req.messages] if req.messages is not None else None
         total, counts = await tokens.count(deployment, messages, req.texts)
         return CountTokensResponse(model=name, total=total, counts=counts)
