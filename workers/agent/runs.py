@@ -107,7 +107,7 @@ def cache_key(agent: Agent, task: str, offered: list[str]) -> str:
 
 
 def cache_tag(agent_id: str) -> str:
-    return f"agent.{agent_id}"
+    return f"_agent.{agent_id}"  # reserved, like the namespace
 
 
 @dataclass

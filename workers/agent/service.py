@@ -190,6 +190,7 @@ class AgentService:
         if nulls:
             raise InvalidRequest(f"{', '.join(nulls)} cannot be null")
         current = await self.store.get_agent(tenant, req.agent_id)
+        policy.require_agent_owner(ctx, current["created_by"])
         if "tools" in fields:
             await self._check_attach(tenant, fields["tools"], ctx, current["tools"])
             fields["tools"] = list(dict.fromkeys(fields["tools"]))
@@ -203,6 +204,7 @@ class AgentService:
     async def delete(self, req: AgentDeleteRequest, ctx: Context) -> AgentDeleteResponse:
         tenant = _tenant(ctx)
         row = await self.store.get_agent(tenant, req.agent_id)
+        policy.require_agent_owner(ctx, row["created_by"])
         if req.hard:
             await self.store.delete_agent(tenant, req.agent_id)
             status = "deleted"

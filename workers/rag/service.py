@@ -102,7 +102,8 @@ INDEX_TIMEOUT_S = 600.0
 MAX_PARSED_BYTES = 64 * 1024 * 1024
 #: Time budget of chunking one document in an off-loop process (bus/offload.py).
 CHUNK_BUDGET_S = 60.0
-QUERY_CACHE_NAMESPACE = "rag.query"
+#: Reserved (schemas.cache.RESERVED_PREFIX): users cannot plant answers here.
+QUERY_CACHE_NAMESPACE = "_rag.query"
 QUERY_CACHE_TTL_S = 3600
 CACHE_TIMEOUT_S = 1.0
 MAX_ANSWER_TOKENS = 512
@@ -123,7 +124,7 @@ class IndexStats:
 
 
 def cache_tag(collection_id: str) -> str:
-    return f"rag.col.{collection_id}"
+    return f"_rag.col.{collection_id}"  # reserved, like the namespace
 
 
 def _collection(row: CollectionRow) -> Collection:
@@ -664,7 +665,7 @@ class Rag:
     async def _cache_get(self, ctx: Context, key: str) -> dict[str, Any] | None:
         try:
             out = await self.client.call(
-                cache.GET,
+                cache.INTERNAL_GET,
                 {"namespace": QUERY_CACHE_NAMESPACE, "key": key},
                 child(ctx, timeout=CACHE_TIMEOUT_S),
             )
@@ -678,7 +679,7 @@ class Rag:
     ) -> None:
         try:
             await self.client.call(
-                cache.SET,
+                cache.INTERNAL_SET,
                 {
                     "namespace": QUERY_CACHE_NAMESPACE,
                     "key": key,
@@ -696,7 +697,7 @@ class Rag:
         collection's version, so a missed invalidation costs memory, never a stale answer."""
         try:
             await self.client.call(
-                cache.INVALIDATE,
+                cache.INTERNAL_INVALIDATE,
                 {"tags": [cache_tag(c) for c in collection_ids]},
                 child(ctx, timeout=CACHE_TIMEOUT_S),
             )
