@@ -34,6 +34,11 @@ DUPLICATE_WINDOW_S = 120.0
 UPLOADS_BUCKET = "uploads"
 #: KV bucket of LLMOps budget states (schemas.llmops.BUDGETS_BUCKET); the gateway watches it.
 LLMOPS_BUDGETS_BUCKET = "LLMOPS_BUDGETS"
+#: Most bytes the ``uploads`` bucket holds, all tenants together (``UPLOADS_BUCKET_MAX_BYTES``):
+#: past it JetStream refuses new objects (discard "new") instead of filling the disk. A
+#: stream's ``max_bytes`` is reserved against the server's ``max_file_store`` (8 GB in
+#: nats.conf), together with LLMOPS' and EVENTS' 1 GiB each.
+DEFAULT_UPLOADS_BUCKET_MAX_BYTES = 4 * 1024**3
 
 STREAMS: tuple[api.StreamConfig, ...] = (
     api.StreamConfig(
@@ -89,11 +94,17 @@ STREAMS: tuple[api.StreamConfig, ...] = (
 )
 
 
-async def ensure_streams(js: JetStreamContext, *, replicas: int = 1) -> None:
-    """Create every stream, or bring an existing one to this definition.
+async def ensure_streams(
+    js: JetStreamContext,
+    *,
+    replicas: int = 1,
+    uploads_max_bytes: int = DEFAULT_UPLOADS_BUCKET_MAX_BYTES,
+) -> None:
+    """Create every stream and the ``uploads`` bucket, or bring existing ones to this
+    definition.
 
     ``replicas`` is 3 on a 3-node cluster (docs/deploy.md): every stream and bucket then
-    survives the loss of one node.
+    survives the loss of one node. ``uploads_max_bytes`` bounds the bucket.
     """
     for config in STREAMS:
         config = dataclasses.replace(config, num_replicas=replicas)
@@ -105,12 +116,23 @@ async def ensure_streams(js: JetStreamContext, *, replicas: int = 1) -> None:
         await js.object_store(UPLOADS_BUCKET)
     except nats.js.errors.BucketNotFoundError:
         await js.create_object_store(
-            UPLOADS_BUCKET, storage=api.StorageType.FILE, replicas=replicas
+            UPLOADS_BUCKET,
+            storage=api.StorageType.FILE,
+            replicas=replicas,
+            max_bytes=uploads_max_bytes,
         )
     else:
         info = await js.stream_info(f"OBJ_{UPLOADS_BUCKET}")
-        if info.config.num_replicas != replicas:
-            await js.update_stream(dataclasses.replace(info.config, num_replicas=replicas))
+        # A bucket made before the limit existed, or with other replicas.
+        if (
+            info.config.num_replicas != replicas
+            or info.config.max_bytes != uploads_max_bytes
+        ):
+            await js.update_stream(
+                dataclasses.replace(
+                    info.config, num_replicas=replicas, max_bytes=uploads_max_bytes
+                )
+            )
     await budgets_bucket(js, replicas=replicas)
 
 

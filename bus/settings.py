@@ -156,6 +156,22 @@ class Settings(BaseSettings):
         description="largest uploaded or submitted file, in bytes",
     )
 
+    uploads_bucket_max_bytes: int = Field(
+        default=4 * 1024**3,
+        ge=1024 * 1024,
+        description="most bytes the JetStream object store bucket `uploads` holds, all tenants",
+    )
+    ingest_tenant_max_pending_documents: int = Field(
+        default=1_000,
+        ge=1,
+        description="documents one tenant may have queued or in progress (ingestion)",
+    )
+    ingest_tenant_max_pending_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=1,
+        description="bytes of files one tenant may have queued or in progress (ingestion)",
+    )
+
     gateway_models: str | None = Field(
         default=None, description="path to a LiteLLM proxy model_list file"
     )

@@ -6,10 +6,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from bus.codec import Codec
+from bus.errors import Forbidden, InvalidRequest
 from bus.redis import create_redis
 from bus.worker import Endpoint, Worker, WorkerEnv
 from schemas import cache
 from schemas.cache import (
+    RESERVED_PREFIX,
     CacheDeleteRequest,
     CacheDeleteResponse,
     CacheGetRequest,
@@ -19,8 +21,6 @@ from schemas.cache import (
     CacheSetRequest,
     CacheSetResponse,
 )
-from bus.errors import Forbidden, InvalidRequest
-from schemas.cache import RESERVED_PREFIX
 from schemas.context import Context
 from workers.cache.store import CacheStore
 

@@ -61,7 +61,7 @@ from schemas.ingestion import (
     SubmitRequest,
     SubmitResponse,
 )
-from workers.ingestion import audio, images, isolated, pdf
+from workers.ingestion import audio, images, pdf
 from workers.ingestion.parsing import (
     Limits,
     Parsed,
@@ -70,7 +70,7 @@ from workers.ingestion.parsing import (
     from_units,
     parse,
 )
-from workers.ingestion.store import JobStore, NewJob, new_job_id, to_job
+from workers.ingestion.store import JobStore, NewJob, Quota, new_job_id, to_job
 
 _log = structlog.get_logger("workers.ingestion")
 
@@ -158,6 +158,10 @@ class Ingestion:
         self.limits = limits or Limits(max_bytes=settings.upload_max_bytes)
         self.max_inline_bytes = settings.upload_max_bytes
         self.parse_budget_s = parse_budget_s
+        self.quota = Quota(
+            max_documents=settings.ingest_tenant_max_pending_documents,
+            max_bytes=settings.ingest_tenant_max_pending_bytes,
+        )
 
     # ------------------------------------------------------------ endpoints
 
@@ -169,7 +173,7 @@ class Ingestion:
         try:
             for doc in req.documents:
                 jobs.append(await self._new_job(tenant, req.collection_id, doc, written))
-            rows = await self.store.create(tenant, jobs)
+            rows = await self.store.create(tenant, jobs, self.quota)
         except BaseException:
             for name in written:
                 with contextlib.suppress(Exception):
@@ -411,6 +415,17 @@ class Ingestion:
             stopping=self.stopping,
             what=f"fail {job.job_id}",
         )
+        await self._drop_failed(tenant, job.job_id)
+
+    async def _drop_failed(self, tenant: str, job_id: str) -> None:
+        """A failed job's files are never read again: free their room in the bucket."""
+        try:
+            name = await self.store.failed_object(tenant, job_id)
+            if name is not None:
+                await delete_object(self.js, name, tenant)
+            await delete_object(self.js, f"parsed/{job_id}", tenant)
+        except Exception as exc:  # the job is marked failed; the files wait for a later try
+            _log.warning("failed_job_cleanup_failed", job_id=job_id, error=type(exc).__name__)
 
     async def on_progress(self, event: JobProgress, ctx: Context) -> None:
         tenant = _tenant(ctx)
@@ -429,6 +444,8 @@ class Ingestion:
 
         if not await until_available(apply, stopping=self.stopping, what="progress"):
             _log.warning("progress_for_unknown_job", job_id=event.job_id)
+        elif event.stage == "failed":
+            await self._drop_failed(tenant, event.job_id)
 
     async def progress_failed(self, event: Any, ctx: Context | None, reason: str) -> None:
         _log.error("progress_event_dropped", reason=reason, job_id=getattr(event, "job_id", None))
