@@ -34,6 +34,8 @@ DUPLICATE_WINDOW_S = 120.0
 UPLOADS_BUCKET = "uploads"
 #: KV bucket of LLMOps budget states (schemas.llmops.BUDGETS_BUCKET); the gateway watches it.
 LLMOPS_BUDGETS_BUCKET = "LLMOPS_BUDGETS"
+#: Envelope header of a job republished because reporting its failure failed.
+FAILED_KEY = "job_failed"
 #: Most bytes the ``uploads`` bucket holds, all tenants together (``UPLOADS_BUCKET_MAX_BYTES``):
 #: past it JetStream refuses new objects (discard "new") instead of filling the disk. A
 #: stream's ``max_bytes`` is reserved against the server's ``max_file_store`` (8 GB in
@@ -249,28 +251,51 @@ class JobConsumer:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Process jobs until ``stop`` is set; in-flight jobs finish first."""
+        """Process jobs until ``stop`` is set; in-flight jobs finish first.
+
+        Up to ``batch`` jobs run at once, and a free slot is refilled at once: one slow
+        job (a large document) never holds back the jobs fetched with it.
+        """
         await self.ensure()
         sub = await self.js.pull_subscribe_bind(durable=self.spec.durable, stream=self.spec.stream)
+        slots = asyncio.Semaphore(self.spec.batch)
+
+        async def one(msg: Msg) -> None:
+            try:
+                await self._guarded(msg)
+            finally:
+                slots.release()
+
         try:
-            while not stop.is_set():
-                try:
-                    msgs = await sub.fetch(self.spec.batch, timeout=1.0)
-                except TimeoutError:
-                    # nats.errors.TimeoutError, and the plain asyncio.TimeoutError that
-                    # nats-py's fetch raises when its first probe used the whole timeout.
-                    continue
-                except (
-                    nats.errors.ConnectionClosedError,
-                    nats.errors.ConnectionReconnectingError,
-                    nats.js.errors.ServiceUnavailableError,
-                ) as exc:
-                    _log.warning("consumer_fetch_failed", error=type(exc).__name__)
-                    await asyncio.sleep(1.0)
-                    continue
-                async with asyncio.TaskGroup() as tg:
+            async with asyncio.TaskGroup() as tg:
+                while not stop.is_set():
+                    await slots.acquire()
+                    free = 1
+                    while free < self.spec.batch and not slots.locked():
+                        await slots.acquire()
+                        free += 1
+                    if stop.is_set():
+                        for _ in range(free):
+                            slots.release()
+                        break
+                    try:
+                        msgs = await sub.fetch(free, timeout=1.0)
+                    except TimeoutError:
+                        # nats.errors.TimeoutError, and the plain asyncio.TimeoutError that
+                        # nats-py's fetch raises when its first probe used the whole timeout.
+                        msgs = []
+                    except (
+                        nats.errors.ConnectionClosedError,
+                        nats.errors.ConnectionReconnectingError,
+                        nats.js.errors.ServiceUnavailableError,
+                    ) as exc:
+                        _log.warning("consumer_fetch_failed", error=type(exc).__name__)
+                        msgs = []
+                        await asyncio.sleep(1.0)
+                    for _ in range(free - len(msgs)):
+                        slots.release()
                     for msg in msgs:
-                        tg.create_task(self._guarded(msg))
+                        tg.create_task(one(msg))
         finally:
             if not self.js._nc.is_closed:
                 await sub.unsubscribe()
@@ -285,6 +310,8 @@ class JobConsumer:
         delivered = msg.metadata.num_delivered
         payload: Any = None
         ctx: Context | None = None
+        headers: dict[str, Any] = {}
+        data: Any = None
         try:
             headers, data = self.codec.decode(msg.data)
             ctx = Context.model_validate(headers)
@@ -292,6 +319,11 @@ class JobConsumer:
                 payload = self.model.model_validate(data)
             except ValidationError as exc:
                 raise InvalidRequest("invalid job", validation_details(exc)) from None
+            recorded = headers.get(FAILED_KEY)
+            if isinstance(recorded, str):
+                # A job that already failed, republished because reporting it failed.
+                await self._report(msg, payload, ctx, recorded, delivered, headers, data)
+                return
             with structlog.contextvars.bound_contextvars(
                 tenant=ctx.tenant, correlation_id=ctx.correlation_id
             ):
@@ -314,14 +346,43 @@ class JobConsumer:
             if error.code == "internal" and not isinstance(exc, MeshError):
                 _log.error("job_failed_internal", subject=msg.subject, exc_info=exc)
             _log.warning("job_failed", subject=msg.subject, delivered=delivered, reason=reason)
-            try:
-                await self.on_failed(payload, ctx, reason)
-            except Exception:
-                # Could not record the failure: leave the job to be redelivered later.
-                _log.exception("job_failed_report_failed", subject=msg.subject)
+            await self._report(msg, payload, ctx, reason, delivered, headers, data)
+
+    async def _report(
+        self,
+        msg: Msg,
+        payload: Any,
+        ctx: Context | None,
+        reason: str,
+        delivered: int,
+        headers: dict[str, Any],
+        data: Any,
+    ) -> None:
+        """Hand a failed job to ``on_failed``, then drop the message.
+
+        If ``on_failed`` fails (its database is down), the message is nak'ed to try again
+        later; on its last delivery a nak would let JetStream drop it unreported, so it
+        is republished instead, marked as failed (only the report is retried, never the
+        work) and with a fresh delivery count.
+        """
+        try:
+            await self.on_failed(payload, ctx, reason)
+        except Exception:
+            _log.exception("job_failed_report_failed", subject=msg.subject)
+            if delivered < self.spec.max_deliver or ctx is None or data is None:
                 await msg.nak(delay=self.spec.delay(delivered))
                 return
-            await msg.term()
+            body = self.codec.encode({**headers, FAILED_KEY: reason}, data)
+            seq = msg.metadata.sequence.stream
+            try:
+                await self.js.publish(
+                    msg.subject, body, timeout=5.0, headers={"Nats-Msg-Id": f"{seq}:failed"}
+                )
+            except Exception as exc:
+                _log.error("job_failed_requeue_failed", subject=msg.subject, error=repr(exc))
+                await msg.nak(delay=self.spec.delay(delivered))
+                return
+        await msg.term()
 
     async def _with_progress(self, msg: Msg, work: Awaitable[None]) -> None:
         async def heartbeat() -> None:

@@ -181,6 +181,13 @@ class Settings(BaseSettings):
     llmops_retention_days: int = Field(
         default=30, ge=1, le=3650, description="days of LLM operations kept (whole partitions)"
     )
+    gateway_image_url_hosts: list[str] = Field(
+        default_factory=list,
+        description=(
+            'hosts whose https:// image URLs a generation may carry, as JSON: ["cdn.example.com",'
+            ' "*.example.org"] or ["*"]; none by default (inline data: URLs only)'
+        ),
+    )
     gateway_cache_ttl: int = Field(
         default=DEFAULT_GATEWAY_CACHE_TTL_S,
         ge=1,

@@ -51,6 +51,7 @@ from workers.gateway.config import Alias, Deployment, GatewayConfig, load_config
 from workers.gateway.dispatch import AttemptsFailed, Dispatcher, Outcome
 from workers.gateway.errors import map_error
 from workers.gateway.events import CallRecord, Events
+from workers.gateway.images import check_image_urls
 
 _log = structlog.get_logger("workers.gateway")
 
@@ -77,8 +78,10 @@ class Gateway:
         log_content: bool = False,
         budgets: BudgetGuard | None = None,
         js: JetStreamContext | None = None,
+        image_url_hosts: tuple[str, ...] = (),
     ) -> None:
         self.config = config
+        self.image_url_hosts = image_url_hosts
         self.dispatcher = Dispatcher(config)
         self.events = events
         self.cache = cache
@@ -89,6 +92,7 @@ class Gateway:
     # ---------------------------------------------------------------- generate
 
     async def generate(self, req: GenerateRequest, ctx: Context) -> GenerateResponse:
+        check_image_urls(req, self.image_url_hosts)
         alias = self.dispatcher.resolve(req.model, "chat")
         if self.budgets is not None:
             self.budgets.check(ctx)  # before any provider is called
@@ -132,6 +136,7 @@ class Gateway:
     # ---------------------------------------------------------------- stream
 
     async def stream(self, req: GenerateRequest, ctx: Context) -> AsyncIterator[GenerateChunk]:
+        check_image_urls(req, self.image_url_hosts)
         alias = self.dispatcher.resolve(req.model, "chat")
         if self.budgets is not None:
             self.budgets.check(ctx)  # before any provider is called
@@ -428,6 +433,7 @@ async def gateway_running(
     *,
     log_content: bool = False,
     cache_ttl: int = DEFAULT_TTL_S,
+    image_url_hosts: tuple[str, ...] = (),
 ) -> AsyncIterator[Gateway]:
     """A gateway with its background publisher running; pending events drain on exit."""
     codec = Codec(env.settings.codec_type)
@@ -440,6 +446,7 @@ async def gateway_running(
             log_content=log_content,
             budgets=budgets,
             js=env.js,
+            image_url_hosts=image_url_hosts,
         )
         yield gw
 
@@ -465,5 +472,6 @@ async def lifespan(env: WorkerEnv) -> AsyncIterator[Worker]:
         env,
         log_content=settings.gateway_log_content,
         cache_ttl=settings.gateway_cache_ttl,
+        image_url_hosts=tuple(settings.gateway_image_url_hosts),
     ) as gw:
         yield build_worker(gw, Codec(settings.codec_type), settings.max_concurrency)
