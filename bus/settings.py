@@ -140,6 +140,13 @@ class Settings(BaseSettings):
             "for those answered with an error status (>= 400), or none"
         ),
     )
+    bridge_metrics_token: str | None = Field(
+        default=None,
+        description=(
+            "bearer token /metrics requires (its labels name tenants); unset: /metrics "
+            "answers loopback clients only"
+        ),
+    )
     rate_limit_enabled: bool = True
     rate_limit_tenant: QuotaText = Field(
         default=DEFAULT_RATE_LIMIT_TENANT, description="per tenant"

@@ -15,6 +15,8 @@ still serves the operations endpoints and answers 404/405.
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
 import math
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -41,6 +43,7 @@ from bus.codec import Codec
 from bus.connection import connect
 from bus.context import now_ms, trusted
 from bus.errors import (
+    Forbidden,
     Internal,
     InvalidRequest,
     MeshError,
@@ -388,6 +391,20 @@ class Bridge:
         return Response(dumps({"status": "ready", **checks}), media_type=JSON_MEDIA_TYPE)
 
     async def metrics_endpoint(self, request: Request) -> Response:
+        # Metrics carry tenant names: with BRIDGE_METRICS_TOKEN set they need it as a
+        # bearer token; without one they are served to loopback clients only.
+        token = self.settings.bridge_metrics_token
+        if token:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return self.problem(
+                    request.scope, Unauthenticated("metrics need the operator's bearer token")
+                )
+        elif not _loopback(request):
+            return self.problem(
+                request.scope,
+                Forbidden("metrics are served to loopback clients only; set BRIDGE_METRICS_TOKEN"),
+            )
         return Response(self.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     async def openapi_endpoint(self, request: Request) -> Response:
@@ -522,3 +539,11 @@ async def _body(receive: Receive, limit: int) -> bytes:
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
         elif message["type"] == "http.disconnect":
             raise ClientDisconnect()
+
+
+def _loopback(request: Request) -> bool:
+    host = request.client.host if request.client else ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host in ("localhost", "testclient")
