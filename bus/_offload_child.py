@@ -4,6 +4,9 @@ Started by ``bus.offload`` as ``python -c`` with the parent's ``sys.path``; spea
 of ``kind (1 byte) + length (8 bytes, big-endian) + pickle`` over one socket:
 
 * parent → child ``C``: ``(function, args, kwargs)``;
+The argument after the niceness lists modules to import at start (those earlier calls
+of the pool needed), so a replacement process is warm before it is used.
+
 * child → parent ``S`` (the call is unpickled and starts now: the time budget starts
   here, so imports made by unpickling are not charged to the input), then ``R`` with the
   pickled result, ``E`` with the pickled exception, or ``F`` with a UTF-8 description when
@@ -19,6 +22,7 @@ machine. It exits when the parent closes the socket.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import pickle
 import signal
@@ -116,11 +120,15 @@ def serve(sock: socket.socket) -> None:
 
 def main() -> None:
     fd, memory_limit, niceness = (int(a) for a in sys.argv[1:4])
+    preload = [m for m in (sys.argv[4] if len(sys.argv) > 4 else "").split(",") if m]
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
     if niceness > 0:
         with contextlib.suppress(OSError):
             os.nice(niceness)
+    for module in preload:  # what earlier calls needed: be warm for the next one
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
     _limit_memory(memory_limit)
     sock = socket.socket(fileno=fd)
     try:

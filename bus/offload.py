@@ -57,6 +57,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -118,20 +119,30 @@ class _Child:
             self.proc.kill()
         with contextlib.suppress(OSError):
             self.sock.close()
+        # Reap it (a killed child stays a zombie until waited for), off the event loop.
+        threading.Thread(target=self.returncode, daemon=True).start()
 
-    def returncode(self) -> int | None:
+    def returncode(self, timeout: float = 5.0) -> int | None:
         with contextlib.suppress(Exception):
-            return self.proc.wait(timeout=0.5)
+            return self.proc.wait(timeout=timeout)
         return None
 
 
-def _spawn(memory_limit: int, niceness: int) -> _Child:
+def _spawn(memory_limit: int, niceness: int, modules: list[str]) -> _Child:
     parent, child = socket.socketpair()
     try:
         env = dict(os.environ)
         env["MESH_OFFLOAD_PATH"] = json.dumps([p for p in sys.path if isinstance(p, str)])
         proc = subprocess.Popen(
-            [sys.executable, "-c", _BOOT, str(child.fileno()), str(memory_limit), str(niceness)],
+            [
+                sys.executable,
+                "-c",
+                _BOOT,
+                str(child.fileno()),
+                str(memory_limit),
+                str(niceness),
+                ",".join(modules),
+            ],
             pass_fds=(child.fileno(),),
             stdin=subprocess.DEVNULL,
             env=env,
@@ -190,6 +201,10 @@ class Pool:
         )
         self.kills = 0
         """Processes killed because their work overran or its caller gave up; tests read it."""
+        # Modules of the functions run so far: a new process imports them while it starts,
+        # so a replacement is warm before the next call needs it.
+        self._modules: dict[str, None] = {}
+        self._closing = False
 
     # -- public -------------------------------------------------------------------------
 
@@ -206,6 +221,11 @@ class Pool:
         """``fn(*args, **kwargs)`` in a pool process, stopped after ``budget`` seconds."""
         if budget <= 0:
             raise ValueError("budget must be positive")
+        module = getattr(fn, "__module__", None)
+        if module and module != "__main__" and module not in self._modules:
+            self._modules[module] = None
+        if all(c is None for c in self._children):
+            self._warm()  # first use: start every process now, in parallel
         body = pickle.dumps((fn, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
         payload = _HEADER.pack(b"C", len(body)) + body
         index = await self._acquire(key)
@@ -219,6 +239,7 @@ class Pool:
 
         The pool can be used again afterwards: processes start anew on demand.
         """
+        self._closing = True
         children = [c for c in self._children if c is not None]
         self._children = [None] * self.processes
         for child in children:
@@ -232,6 +253,7 @@ class Pool:
                 child.kill()
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(child.proc.wait, 5.0)
+        self._closing = False
 
     def kill_all(self) -> None:
         """Synchronous last resort (interpreter exit)."""
@@ -254,8 +276,7 @@ class Pool:
         loop = asyncio.get_running_loop()
         child = self._children[index]
         if child is None or child.proc.poll() is not None:
-            child = _spawn(self.memory_limit, self.niceness)
-            self._children[index] = child
+            child = self._children[index] = self._spawn()
         started = False
         try:
             await loop.sock_sendall(child.sock, payload)
@@ -277,7 +298,7 @@ class Pool:
             raise BudgetExceeded(f"{what} took longer than {budget:g} s") from None
         except (EOFError, ConnectionError, BrokenPipeError):
             self._discard(index, child)
-            code = child.returncode()
+            code = child.proc.poll()  # None if it has not been reaped yet
             _log.warning("offload_process_died", pool=self.name, what=what, returncode=code)
             raise Internal(f"{what} failed: its worker process ended unexpectedly") from None
         except BaseException:
@@ -303,10 +324,19 @@ class Pool:
         self._discard(index, child)
         raise Internal(f"{what} failed: unexpected answer from its worker process")
 
+    def _spawn(self) -> _Child:
+        return _spawn(self.memory_limit, self.niceness, list(self._modules))
+
+    def _warm(self) -> None:
+        for index, child in enumerate(self._children):
+            if child is None:
+                self._children[index] = self._spawn()
+
     def _discard(self, index: int, child: _Child) -> None:
+        """Kill ``child`` and start its replacement at once (it warms up meanwhile)."""
         child.kill()
         if self._children[index] is child:
-            self._children[index] = None
+            self._children[index] = None if self._closing else self._spawn()
 
     # -- fair scheduling ------------------------------------------------------------------
 

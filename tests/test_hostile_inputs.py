@@ -83,3 +83,10 @@ async def test_item3_printf_output_size_is_checked_before_it_is_built() -> None:
 )
 def test_printf_formatting_still_works(source: str, expected: str) -> None:
     assert _render(source, {}) == expected
+
+
+async def test_chunks_stay_small_whatever_the_words() -> None:
+    text = "start " + "w" * 3_000_000 + " middle" + " " * 2_000_000 + "end"
+    pieces = await _bounded(chunk_text, text)
+    assert max(len(p.text) for p in pieces) <= 200 * 40
+    assert pieces[0].text.startswith("start") and pieces[-1].text.endswith("end")

@@ -15,8 +15,15 @@ from schemas.locations import Location
 
 DEFAULT_MAX_TOKENS = 200
 DEFAULT_OVERLAP = 30
+#: Characters per token a chunk may average at most: a chunk of 200 "tokens" must not
+#: carry megabytes (one 5 MB word, or two words around 5 MB of spaces) into embedding
+#: requests and the index. Longer chunks are cut into pieces of this many characters per
+#: token of the budget.
+MAX_CHARS_PER_TOKEN = 40
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
+# Runs of blanks longer than this become one space (layout, not content).
+_LONG_BLANK = re.compile(r"[ \t]{32,}")
 # An ATX heading opens with 1-6 '#' and whitespace; the rest is cut by _heading() in
 # linear time (a single pattern such as `^(#{1,6})\s+(.+?)\s*#*\s*$` backtracks
 # cubically on "# a" + " " * n + "b").
@@ -183,9 +190,15 @@ def chunk_text(
     if max_tokens < 8 or not 0 <= overlap < max_tokens:
         raise ValueError("need max_tokens >= 8 and 0 <= overlap < max_tokens")
     pieces: list[Piece] = []
-    for section, paragraphs in sections(text):
+    cap = max_tokens * MAX_CHARS_PER_TOKEN
+    for section, paragraphs in sections(_LONG_BLANK.sub(" ", text)):
         units = [u for p in paragraphs for u in _split(p, max_tokens, overlap)]
         for chunk, tokens in _pack(units, max_tokens, overlap):
-            if chunk:
+            if len(chunk) > cap:  # very long "words": cut by characters
+                for start in range(0, len(chunk), cap):
+                    part = chunk[start : start + cap].strip()
+                    if part:
+                        pieces.append(Piece(part, section, count_tokens(part)))
+            elif chunk:
                 pieces.append(Piece(chunk, section, tokens))
     return pieces
