@@ -7,6 +7,7 @@ of ``kind (1 byte) + length (8 bytes, big-endian) + pickle`` over one socket:
 The argument after the niceness lists modules to import at start (those earlier calls
 of the pool needed), so a replacement process is warm before it is used.
 
+* child → parent ``B`` once, when it has started (imports done);
 * child → parent ``S`` (the call is unpickled and starts now: the time budget starts
   here, so imports made by unpickling are not charged to the input), then ``R`` with the
   pickled result, ``E`` with the pickled exception, or ``F`` with a UTF-8 description when
@@ -132,6 +133,7 @@ def main() -> None:
     _limit_memory(memory_limit)
     sock = socket.socket(fileno=fd)
     try:
+        _send(sock, b"B", b"")  # started: the pool prefers processes that have
         serve(sock)
     finally:
         with contextlib.suppress(OSError):

@@ -113,6 +113,9 @@ class _Child:
     proc: subprocess.Popen[bytes]
     sock: socket.socket
     calls: int = 0
+    ready: bool = False
+    consumed: bool = False
+    """Its ``B`` (started) frame has been read."""
 
     def kill(self) -> None:
         with contextlib.suppress(OSError):
@@ -121,6 +124,18 @@ class _Child:
             self.sock.close()
         # Reap it (a killed child stays a zombie until waited for), off the event loop.
         threading.Thread(target=self.returncode, daemon=True).start()
+
+    def booted(self) -> bool:
+        """Has it finished starting (its ``B`` frame is waiting, or was read)?"""
+        if self.ready:
+            return True
+        try:
+            self.ready = bool(self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return False
+        return self.ready
 
     def returncode(self, timeout: float = 5.0) -> int | None:
         with contextlib.suppress(Exception):
@@ -205,6 +220,7 @@ class Pool:
         # so a replacement is warm before the next call needs it.
         self._modules: dict[str, None] = {}
         self._closing = False
+        self._last: collections.OrderedDict[str, int] = collections.OrderedDict()
 
     # -- public -------------------------------------------------------------------------
 
@@ -279,6 +295,12 @@ class Pool:
             child = self._children[index] = self._spawn()
         started = False
         try:
+            if not child.consumed:  # the process's first call: wait until it has started
+                async with asyncio.timeout(START_TIMEOUT_S):
+                    kind, _ = await _read_frame(loop, child.sock)
+                if kind != b"B":
+                    raise EOFError
+                child.consumed = child.ready = True
             await loop.sock_sendall(child.sock, payload)
             async with asyncio.timeout(START_TIMEOUT_S):
                 kind, body = await _read_frame(loop, child.sock)
@@ -343,7 +365,7 @@ class Pool:
     async def _acquire(self, key: str) -> int:
         if self._free and self._running[key] < self.max_per_key:
             self._running[key] += 1
-            return self._free.pop()
+            return self._take(key)
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(key, collections.deque()).append(future)
         try:
@@ -359,6 +381,27 @@ class Pool:
                     if not queue:
                         del self._waiters[key]
             raise
+
+    def _take(self, key: str) -> int:
+        """A free process for ``key``: the one it used last (so a key whose work was
+        killed waits for its own replacement to start), else one that has started, else
+        any."""
+        last = self._last.get(key)
+        if last is not None and last in self._free:
+            choice = last
+        else:
+            warm = [i for i in self._free if self._is_warm(i)]
+            choice = warm[-1] if warm else self._free[-1]
+        self._free.remove(choice)
+        self._last[key] = choice
+        self._last.move_to_end(key)
+        while len(self._last) > 4096:
+            self._last.popitem(last=False)
+        return choice
+
+    def _is_warm(self, index: int) -> bool:
+        child = self._children[index]
+        return child is not None and child.booted()
 
     def _release(self, index: int, key: str) -> None:
         self._running[key] -= 1
@@ -380,7 +423,7 @@ class Pool:
             if queue:
                 future = queue.popleft()
                 self._running[key] += 1
-                future.set_result(self._free.pop())
+                future.set_result(self._take(key))
             # Served (or empty): to the back of the round.
             del self._waiters[key]
             if queue:
