@@ -72,7 +72,7 @@ async def _render(client: Client, name: str, template: str, variables: dict[str,
         ctx(ATTACKER),
     )
     await client.request(
-        "prompt.render.request", {"name": name, "variables": variables}, ctx(ATTACKER, 20)
+        "prompt.render.request", {"name": name, "variables": variables}, ctx(ATTACKER, 60)
     )
     return "rendered"
 
@@ -113,7 +113,7 @@ def _rows(cid: str) -> list[Row]:
         Row(
             "prompt",
             "render burning CPU until the time limit",
-            30,
+            90,
             "time limit",
             lambda c, e, t: _render(
                 c,
@@ -125,21 +125,21 @@ def _rows(cid: str) -> list[Row]:
         Row(
             "prompt",
             "printf format of 400,000 open keys ('%(' * n)",
-            30,
+            90,
             "format requires a mapping",
             lambda c, e, t: _render(c, n(), "{{ t % 1 }}", {"t": "%(" * 400_000}),
         ),
         Row(
             "prompt",
             "printf output 2,000x its input ('%(a)s' * 2000)",
-            30,
+            90,
             "output limit",
             lambda c, e, t: _render(c, n(), "{{ ('%(a)s' * 2000) % {'a': x} }}", {"x": "y" * 1000}),
         ),
         Row(
             "prompt",
             "template nested 2,000 blocks deep",
-            30,
+            90,
             "template",
             lambda c, e, t: _render(c, n(), "{% if x %}" * 2000 + "{% endif %}" * 2000, {}),
         ),
@@ -174,7 +174,7 @@ def _rows(cid: str) -> list[Row]:
         Row(
             "cache",
             "plant an agent run result in the agent's namespace",
-            30,
+            90,
             "reserved",
             lambda c, e, t: c.request(
                 "cache.set.request",
@@ -185,7 +185,7 @@ def _rows(cid: str) -> list[Row]:
         Row(
             "agent",
             "tool schema with a $ref to a local file",
-            30,
+            90,
             "own definitions",
             lambda c, e, t: c.request(
                 "agent.create_tool.request",
