@@ -209,12 +209,15 @@ def _printf_fields(fmt: str) -> Iterator[tuple[str | None, str, str, str]]:
         i += 1
         key = None
         if i < n and fmt[i] == "(":
-            depth, j = 1, i + 1  # Python's % allows nested parentheses in the key
-            while j < n and depth:
-                depth += {"(": 1, ")": -1}.get(fmt[j], 0)
-                j += 1
-            if depth:
-                return
+            # Python's % allows nested parentheses in the key: find the matching ")" with
+            # str.find/count over ranges that never overlap (linear, and in C).
+            depth, j = 1, i + 1
+            while depth:
+                close = fmt.find(")", j)
+                if close == -1:
+                    return
+                depth += fmt.count("(", j, close) - 1
+                j = close + 1
             key, i = fmt[i + 1 : j - 1], j
         while i < n and fmt[i] in "-+ #0":
             i += 1
