@@ -679,6 +679,9 @@ class CacheService(Service):
         "get": schemas.cache.GET,
         "delete": schemas.cache.DELETE,
         "invalidate": schemas.cache.INVALIDATE,
+        "internal_set": schemas.cache.INTERNAL_SET,
+        "internal_get": schemas.cache.INTERNAL_GET,
+        "internal_invalidate": schemas.cache.INTERNAL_INVALIDATE,
     }
 
     @typing.overload
@@ -759,6 +762,68 @@ class CacheService(Service):
         ``cache.invalidate.request``; idempotent: retried on unavailable/timeout.
         """
         return await self._call(schemas.cache.INVALIDATE, request, fields)
+
+    @typing.overload
+    async def internal_set(
+        self, request: schemas.cache.CacheSetRequest, /
+    ) -> schemas.cache.CacheSetResponse: ...
+    @typing.overload
+    async def internal_set(
+        self,
+        /,
+        *,
+        namespace: builtins.str = ...,
+        key: builtins.str,
+        value: typing.Any,
+        ttl_seconds: builtins.int | None = ...,
+        tags: collections.abc.Sequence[builtins.str] = ...,
+    ) -> schemas.cache.CacheSetResponse: ...
+    async def internal_set(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.cache.CacheSetResponse:
+        """Store a value in a service's reserved namespace (services only).
+
+        ``cache.internal_set.request``; idempotent: retried on unavailable/timeout.
+        """
+        return await self._call(schemas.cache.INTERNAL_SET, request, fields)
+
+    @typing.overload
+    async def internal_get(
+        self, request: schemas.cache.CacheGetRequest, /
+    ) -> schemas.cache.CacheGetResponse: ...
+    @typing.overload
+    async def internal_get(
+        self, /, *, namespace: builtins.str = ..., key: builtins.str
+    ) -> schemas.cache.CacheGetResponse: ...
+    async def internal_get(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.cache.CacheGetResponse:
+        """Read a value of a service's reserved namespace (services only).
+
+        ``cache.internal_get.request``; idempotent: retried on unavailable/timeout.
+        """
+        return await self._call(schemas.cache.INTERNAL_GET, request, fields)
+
+    @typing.overload
+    async def internal_invalidate(
+        self, request: schemas.cache.CacheInvalidateRequest, /
+    ) -> schemas.cache.CacheInvalidateResponse: ...
+    @typing.overload
+    async def internal_invalidate(
+        self,
+        /,
+        *,
+        namespace: builtins.str | None = ...,
+        tags: collections.abc.Sequence[builtins.str] | None = ...,
+    ) -> schemas.cache.CacheInvalidateResponse: ...
+    async def internal_invalidate(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.cache.CacheInvalidateResponse:
+        """Drop a reserved namespace or reserved tags (services only).
+
+        ``cache.internal_invalidate.request``; idempotent: retried on unavailable/timeout.
+        """
+        return await self._call(schemas.cache.INTERNAL_INVALIDATE, request, fields)
 
 
 class GatewayService(Service):
