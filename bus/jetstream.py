@@ -126,14 +126,9 @@ async def ensure_streams(
     else:
         info = await js.stream_info(f"OBJ_{UPLOADS_BUCKET}")
         # A bucket made before the limit existed, or with other replicas.
-        if (
-            info.config.num_replicas != replicas
-            or info.config.max_bytes != uploads_max_bytes
-        ):
+        if info.config.num_replicas != replicas or info.config.max_bytes != uploads_max_bytes:
             await js.update_stream(
-                dataclasses.replace(
-                    info.config, num_replicas=replicas, max_bytes=uploads_max_bytes
-                )
+                dataclasses.replace(info.config, num_replicas=replicas, max_bytes=uploads_max_bytes)
             )
     await budgets_bucket(js, replicas=replicas)
 
