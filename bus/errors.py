@@ -51,6 +51,10 @@ class MeshError(Exception):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r})"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickles with its details (bus.offload sends errors back from its processes).
+        return (type(self), (self.message, self.details), self.__dict__)
+
 
 class InvalidRequest(MeshError):
     code = "invalid_request"

@@ -20,6 +20,7 @@ import nats.js.errors
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
+from nats.js.kv import KeyValue
 from pydantic import BaseModel, ValidationError
 
 from bus.codec import Codec
@@ -32,6 +33,15 @@ _log = structlog.get_logger(__name__)
 DAY_S = 24 * 3600.0
 DUPLICATE_WINDOW_S = 120.0
 UPLOADS_BUCKET = "uploads"
+#: KV bucket of LLMOps budget states (schemas.llmops.BUDGETS_BUCKET); the gateway watches it.
+LLMOPS_BUDGETS_BUCKET = "LLMOPS_BUDGETS"
+#: Envelope header of a job republished because reporting its failure failed.
+FAILED_KEY = "job_failed"
+#: Most bytes the ``uploads`` bucket holds, all tenants together (``UPLOADS_BUCKET_MAX_BYTES``):
+#: past it JetStream refuses new objects (discard "new") instead of filling the disk. A
+#: stream's ``max_bytes`` is reserved against the server's ``max_file_store`` (8 GB in
+#: nats.conf), together with LLMOPS' and EVENTS' 1 GiB each.
+DEFAULT_UPLOADS_BUCKET_MAX_BYTES = 4 * 1024**3
 
 STREAMS: tuple[api.StreamConfig, ...] = (
     api.StreamConfig(
@@ -87,11 +97,17 @@ STREAMS: tuple[api.StreamConfig, ...] = (
 )
 
 
-async def ensure_streams(js: JetStreamContext, *, replicas: int = 1) -> None:
-    """Create every stream, or bring an existing one to this definition.
+async def ensure_streams(
+    js: JetStreamContext,
+    *,
+    replicas: int = 1,
+    uploads_max_bytes: int = DEFAULT_UPLOADS_BUCKET_MAX_BYTES,
+) -> None:
+    """Create every stream and the ``uploads`` bucket, or bring existing ones to this
+    definition.
 
     ``replicas`` is 3 on a 3-node cluster (docs/deploy.md): every stream and bucket then
-    survives the loss of one node.
+    survives the loss of one node. ``uploads_max_bytes`` bounds the bucket.
     """
     for config in STREAMS:
         config = dataclasses.replace(config, num_replicas=replicas)
@@ -103,12 +119,44 @@ async def ensure_streams(js: JetStreamContext, *, replicas: int = 1) -> None:
         await js.object_store(UPLOADS_BUCKET)
     except nats.js.errors.BucketNotFoundError:
         await js.create_object_store(
-            UPLOADS_BUCKET, storage=api.StorageType.FILE, replicas=replicas
+            UPLOADS_BUCKET,
+            storage=api.StorageType.FILE,
+            replicas=replicas,
+            max_bytes=uploads_max_bytes,
         )
     else:
         info = await js.stream_info(f"OBJ_{UPLOADS_BUCKET}")
+        # A bucket made before the limit existed, or with other replicas.
+        if info.config.num_replicas != replicas or info.config.max_bytes != uploads_max_bytes:
+            await js.update_stream(
+                dataclasses.replace(info.config, num_replicas=replicas, max_bytes=uploads_max_bytes)
+            )
+    await budgets_bucket(js, replicas=replicas)
+
+
+async def budgets_bucket(js: JetStreamContext, *, replicas: int | None = None) -> KeyValue:
+    """The ``LLMOPS_BUDGETS`` KV bucket (one value per key kept), created if missing;
+    ``replicas`` given (at start, by :func:`ensure_streams`) also brings it to that."""
+    try:
+        kv = await js.key_value(LLMOPS_BUDGETS_BUCKET)
+    except nats.js.errors.BucketNotFoundError:
+        try:
+            return await js.create_key_value(
+                api.KeyValueConfig(
+                    bucket=LLMOPS_BUDGETS_BUCKET,
+                    history=1,
+                    storage=api.StorageType.FILE,
+                    replicas=replicas or 1,
+                    description="LLMOps budget states, watched by the gateway",
+                )
+            )
+        except nats.js.errors.BadRequestError:  # created meanwhile by another process
+            return await js.key_value(LLMOPS_BUDGETS_BUCKET)
+    if replicas is not None:
+        info = await js.stream_info(f"KV_{LLMOPS_BUDGETS_BUCKET}")
         if info.config.num_replicas != replicas:
             await js.update_stream(dataclasses.replace(info.config, num_replicas=replicas))
+    return kv
 
 
 async def publish(
@@ -199,28 +247,51 @@ class JobConsumer:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Process jobs until ``stop`` is set; in-flight jobs finish first."""
+        """Process jobs until ``stop`` is set; in-flight jobs finish first.
+
+        Up to ``batch`` jobs run at once, and a free slot is refilled at once: one slow
+        job (a large document) never holds back the jobs fetched with it.
+        """
         await self.ensure()
         sub = await self.js.pull_subscribe_bind(durable=self.spec.durable, stream=self.spec.stream)
+        slots = asyncio.Semaphore(self.spec.batch)
+
+        async def one(msg: Msg) -> None:
+            try:
+                await self._guarded(msg)
+            finally:
+                slots.release()
+
         try:
-            while not stop.is_set():
-                try:
-                    msgs = await sub.fetch(self.spec.batch, timeout=1.0)
-                except TimeoutError:
-                    # nats.errors.TimeoutError, and the plain asyncio.TimeoutError that
-                    # nats-py's fetch raises when its first probe used the whole timeout.
-                    continue
-                except (
-                    nats.errors.ConnectionClosedError,
-                    nats.errors.ConnectionReconnectingError,
-                    nats.js.errors.ServiceUnavailableError,
-                ) as exc:
-                    _log.warning("consumer_fetch_failed", error=type(exc).__name__)
-                    await asyncio.sleep(1.0)
-                    continue
-                async with asyncio.TaskGroup() as tg:
+            async with asyncio.TaskGroup() as tg:
+                while not stop.is_set():
+                    await slots.acquire()
+                    free = 1
+                    while free < self.spec.batch and not slots.locked():
+                        await slots.acquire()
+                        free += 1
+                    if stop.is_set():
+                        for _ in range(free):
+                            slots.release()
+                        break
+                    try:
+                        msgs = await sub.fetch(free, timeout=1.0)
+                    except TimeoutError:
+                        # nats.errors.TimeoutError, and the plain asyncio.TimeoutError that
+                        # nats-py's fetch raises when its first probe used the whole timeout.
+                        msgs = []
+                    except (
+                        nats.errors.ConnectionClosedError,
+                        nats.errors.ConnectionReconnectingError,
+                        nats.js.errors.ServiceUnavailableError,
+                    ) as exc:
+                        _log.warning("consumer_fetch_failed", error=type(exc).__name__)
+                        msgs = []
+                        await asyncio.sleep(1.0)
+                    for _ in range(free - len(msgs)):
+                        slots.release()
                     for msg in msgs:
-                        tg.create_task(self._guarded(msg))
+                        tg.create_task(one(msg))
         finally:
             if not self.js._nc.is_closed:
                 await sub.unsubscribe()
@@ -235,6 +306,8 @@ class JobConsumer:
         delivered = msg.metadata.num_delivered
         payload: Any = None
         ctx: Context | None = None
+        headers: dict[str, Any] = {}
+        data: Any = None
         try:
             headers, data = self.codec.decode(msg.data)
             ctx = Context.model_validate(headers)
@@ -242,6 +315,11 @@ class JobConsumer:
                 payload = self.model.model_validate(data)
             except ValidationError as exc:
                 raise InvalidRequest("invalid job", validation_details(exc)) from None
+            recorded = headers.get(FAILED_KEY)
+            if isinstance(recorded, str):
+                # A job that already failed, republished because reporting it failed.
+                await self._report(msg, payload, ctx, recorded, delivered, headers, data)
+                return
             with structlog.contextvars.bound_contextvars(
                 tenant=ctx.tenant, correlation_id=ctx.correlation_id
             ):
@@ -264,14 +342,43 @@ class JobConsumer:
             if error.code == "internal" and not isinstance(exc, MeshError):
                 _log.error("job_failed_internal", subject=msg.subject, exc_info=exc)
             _log.warning("job_failed", subject=msg.subject, delivered=delivered, reason=reason)
-            try:
-                await self.on_failed(payload, ctx, reason)
-            except Exception:
-                # Could not record the failure: leave the job to be redelivered later.
-                _log.exception("job_failed_report_failed", subject=msg.subject)
+            await self._report(msg, payload, ctx, reason, delivered, headers, data)
+
+    async def _report(
+        self,
+        msg: Msg,
+        payload: Any,
+        ctx: Context | None,
+        reason: str,
+        delivered: int,
+        headers: dict[str, Any],
+        data: Any,
+    ) -> None:
+        """Hand a failed job to ``on_failed``, then drop the message.
+
+        If ``on_failed`` fails (its database is down), the message is nak'ed to try again
+        later; on its last delivery a nak would let JetStream drop it unreported, so it
+        is republished instead, marked as failed (only the report is retried, never the
+        work) and with a fresh delivery count.
+        """
+        try:
+            await self.on_failed(payload, ctx, reason)
+        except Exception:
+            _log.exception("job_failed_report_failed", subject=msg.subject)
+            if delivered < self.spec.max_deliver or ctx is None or data is None:
                 await msg.nak(delay=self.spec.delay(delivered))
                 return
-            await msg.term()
+            body = self.codec.encode({**headers, FAILED_KEY: reason}, data)
+            seq = msg.metadata.sequence.stream
+            try:
+                await self.js.publish(
+                    msg.subject, body, timeout=5.0, headers={"Nats-Msg-Id": f"{seq}:failed"}
+                )
+            except Exception as exc:
+                _log.error("job_failed_requeue_failed", subject=msg.subject, error=repr(exc))
+                await msg.nak(delay=self.spec.delay(delivered))
+                return
+        await msg.term()
 
     async def _with_progress(self, msg: Msg, work: Awaitable[None]) -> None:
         async def heartbeat() -> None:
@@ -290,3 +397,16 @@ class JobConsumer:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
+
+
+#: The LLMOps worker's durable consumer of operation events (batched: bus/batches.py).
+#: Unlimited deliveries: an event is redelivered until stored, never dropped.
+LLMOPS_CONSUMER = ConsumerSpec(
+    stream="LLMOPS",
+    durable="llmops",
+    filter_subject="events.llmops.operation",
+    max_deliver=-1,
+    backoff=(1.0, 2.0, 5.0, 10.0, 30.0),
+    ack_wait=6.0,  # a killed consumer's batch comes back this soon; live ones send progress
+    batch=500,
+)

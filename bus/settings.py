@@ -59,6 +59,26 @@ class Settings(BaseSettings):
         le=10_000,
         description="handlers in flight per worker",
     )
+    offload_processes: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="processes per off-loop work pool (bus/offload.py), started on first use",
+    )
+    offload_memory_limit_mb: int = Field(
+        default=4096,
+        ge=0,
+        description="address-space limit of each off-loop work process, in MiB (0: none)",
+    )
+
+    uploads_bucket_max_bytes: int = Field(
+        default=4 * 1024**3,
+        ge=1024 * 1024,
+        description="most bytes the JetStream object store bucket `uploads` holds, all tenants",
+    )
+    llmops_retention_days: int = Field(
+        default=30, ge=1, le=3650, description="days of LLM operations kept (whole partitions)"
+    )
 
     @field_validator(
         "nats_url",

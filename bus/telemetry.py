@@ -6,6 +6,7 @@ import logging
 import sys
 
 import structlog
+import structlog.tracebacks
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
@@ -21,23 +22,34 @@ _LEVELS = {
 }
 
 
+def processors(fmt: str = "console") -> list[structlog.typing.Processor]:
+    """The processor chain: context variables first, JSON in production, console in
+    development. Tracebacks never show frame locals: they would copy prompts, documents
+    and credentials from a failing frame into the logs (structlog's JSON traceback
+    transformer and its rich console formatter both show locals by default)."""
+    if fmt == "json":
+        exceptions: structlog.typing.Processor = structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        )
+        renderer: structlog.typing.Processor = structlog.processors.JSONRenderer()
+    else:
+        exceptions = structlog.processors.StackInfoRenderer()
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=False, exception_formatter=structlog.dev.plain_traceback
+        )
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        exceptions,
+        renderer,
+    ]
+
+
 def setup_logging(level: str = "info", fmt: str = "console") -> None:
-    """structlog with context variables first, JSON in production, console in development."""
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer()
-        if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=False)
-    )
+    """Configure structlog once per process (see :func:`processors`)."""
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.dict_tracebacks
-            if fmt == "json"
-            else structlog.processors.StackInfoRenderer(),
-            renderer,
-        ],
+        processors=processors(fmt),
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,

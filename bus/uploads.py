@@ -212,12 +212,21 @@ async def _publish(
 ) -> None:
     try:
         await js.publish(subject, data, timeout=PUBLISH_TIMEOUT_S, headers=headers)
+    except nats.js.errors.APIError as exc:
+        # The bucket is at its size limit (discard "new"): JetStream answers 503 "maximum
+        # bytes exceeded" (err_code 10077), not a transient outage.
+        if exc.err_code == 10077 or "maximum bytes" in (exc.description or "").lower():
+            raise PayloadTooLarge(
+                "the upload store is full; try again after files are processed or deleted"
+            ) from None
+        if isinstance(exc, nats.js.errors.ServiceUnavailableError):
+            raise Unavailable(f"object store write failed: {type(exc).__name__}") from None
+        raise
     except (
         nats.errors.TimeoutError,
         nats.errors.NoRespondersError,
         nats.errors.ConnectionClosedError,
-        nats.js.errors.ServiceUnavailableError,
-        # 503 from JetStream: the stream has no leader for a moment (a node was lost)
+        # No stream leader for a moment (a node was lost); 503 is handled above.
         nats.js.errors.NoStreamResponseError,
     ) as exc:
         raise Unavailable(f"object store write failed: {type(exc).__name__}") from None

@@ -72,6 +72,8 @@ class Admitted:
             correlation_id=info.correlation_id,
             request_id=info.request_id,
             deadline=now_ms() + int(self.timeout * 1000),
+            # The caller's trace context, as the route-table routes keep it: the /v1 and
+            # upload routes are part of the same trace.
             traceparent=info.traceparent,
             tracestate=info.tracestate,
         )

@@ -15,6 +15,8 @@ still serves the operations endpoints and answers 404/405.
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -38,11 +40,20 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from bus.client import Client
 from bus.codec import Codec
 from bus.connection import connect
-from bus.errors import Internal, InvalidRequest, MeshError, NotFound, Unavailable
+from bus.errors import (
+    Forbidden,
+    Internal,
+    InvalidRequest,
+    MeshError,
+    NotFound,
+    Unauthenticated,
+    Unavailable,
+)
 from bus.worker import validation_details
 from gateway_bridge.admission import Admission, read_body
 from gateway_bridge.auth import Authenticator
 from gateway_bridge.connections import Connections
+from gateway_bridge.dashboard import Dashboard
 from gateway_bridge.edge import EdgeMiddleware, RequestInfo, request_info
 from gateway_bridge.encoding import dumps, loads
 from gateway_bridge.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -300,6 +311,20 @@ class Bridge:
         return Response(dumps({"status": "ready", **checks}), media_type=JSON_MEDIA_TYPE)
 
     async def metrics_endpoint(self, request: Request) -> Response:
+        # Metrics carry tenant names: with BRIDGE_METRICS_TOKEN set they need it as a
+        # bearer token; without one they are served to loopback clients only.
+        token = self.settings.bridge_metrics_token
+        if token:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return self.problem(
+                    request.scope, Unauthenticated("metrics need the operator's bearer token")
+                )
+        elif not _loopback(request):
+            return self.problem(
+                request.scope,
+                Forbidden("metrics are served to loopback clients only; set BRIDGE_METRICS_TOKEN"),
+            )
         return Response(self.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     async def openapi_endpoint(self, request: Request) -> Response:
@@ -357,7 +382,7 @@ def create_app(settings: BridgeSettings, routes: Iterable[Route] = ROUTES) -> St
         *UploadRoute(bridge.admission, bridge.bus, settings.upload_max_bytes).routes(),
     ]
     app = Starlette(
-        routes=[*endpoints, *bridge.operation_routes()],
+        routes=[*endpoints, *bridge.operation_routes(), *Dashboard().routes()],
         middleware=[
             Middleware(
                 EdgeMiddleware,
@@ -420,3 +445,11 @@ class _JsonResponse:
 
 def _event(chunk: Any, n: int) -> bytes:
     return event(chunk, event_id=n)
+
+
+def _loopback(request: Request) -> bool:
+    host = request.client.host if request.client else ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host in ("localhost", "testclient")

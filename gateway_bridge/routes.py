@@ -6,7 +6,7 @@ adding a service to the edge is adding its tuple here.
 
 from __future__ import annotations
 
-from schemas import agent, cache, gateway, ingestion, ml, prompt, rag
+from schemas import agent, cache, gateway, ingestion, llmops, ml, prompt, promptgen, rag
 from schemas.routes import Route
 
 ROUTES: tuple[Route, ...] = (
@@ -17,4 +17,6 @@ ROUTES: tuple[Route, ...] = (
     *ingestion.ROUTES,
     *agent.ROUTES,
     *ml.ROUTES,
+    *promptgen.ROUTES,
+    *llmops.ROUTES,
 )

@@ -92,6 +92,13 @@ class BridgeSettings(Settings):
             "for those answered with an error status (>= 400), or none"
         ),
     )
+    bridge_metrics_token: str | None = Field(
+        default=None,
+        description=(
+            "bearer token /metrics requires (its labels name tenants); unset: /metrics "
+            "answers loopback clients only"
+        ),
+    )
     rate_limit_enabled: bool = True
     rate_limit_tenant: QuotaText = Field(
         default=DEFAULT_RATE_LIMIT_TENANT, description="per tenant"
@@ -108,7 +115,14 @@ class BridgeSettings(Settings):
         description="largest uploaded or submitted file, in bytes",
     )
 
-    @field_validator("jwt_secret", "jwt_jwks_url", "jwt_audience", "jwt_issuer", mode="before")
+    @field_validator(
+        "jwt_secret",
+        "jwt_jwks_url",
+        "jwt_audience",
+        "jwt_issuer",
+        "bridge_metrics_token",
+        mode="before",
+    )
     @classmethod
     def _empty_jwt_is_unset(cls, value: object) -> object:
         """``JWT_SECRET=`` (compose's ``${JWT_SECRET:-}``) means unset, not an empty key."""

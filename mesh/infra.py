@@ -20,7 +20,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-READY_TIMEOUT_S = 60.0
+#: How long a server may take to become ready. Generous: on a loaded machine (every core
+#: busy) initdb and a first start take many times longer than on a quiet one. Readiness is
+#: polled, so a quick start is never slowed down. ``MESH_READY_TIMEOUT_S`` overrides it.
+READY_TIMEOUT_S = float(os.environ.get("MESH_READY_TIMEOUT_S", "180"))
+
+
+class StartError(RuntimeError):
+    """A server of the embedded infrastructure did not start; the message says which and
+    ends with the tail of its log."""
+
+
+def _tail(log: Path, lines: int = 15) -> str:
+    try:
+        text = log.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    return "\n  | ".join(["", *text]) if text else ""
+
+
 NATS_CONF = Path(__file__).resolve().parent.parent / "nats.conf"
 
 
@@ -34,11 +52,14 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Pat
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}; see {log}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            raise StartError(f"{what} exited with {proc.returncode}; {log}:{_tail(log)}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 2.0):
             return
         time.sleep(0.05)
-    raise RuntimeError(f"{what} did not listen on port {port} in {READY_TIMEOUT_S}s; see {log}")
+    raise StartError(
+        f"{what} did not listen on port {port} in {READY_TIMEOUT_S:g} s "
+        f"(MESH_READY_TIMEOUT_S); {log}:{_tail(log)}"
+    )
 
 
 def _binary(name: str) -> str:
@@ -86,6 +107,10 @@ class _Server:
             )
         _wait_for_port(self.port, self.proc, self.name, self.log)
         self.ready()
+        if self.proc.poll() is not None:  # what answered was another process on the port
+            raise StartError(
+                f"{self.name} exited with {self.proc.returncode}; {self.log}:{_tail(self.log)}"
+            )
 
     def ready(self) -> None:
         """Extra readiness check after the port accepts connections."""
@@ -109,6 +134,7 @@ class _Server:
 @dataclass
 class NatsServer(_Server):
     name: str = "nats"
+    server_name: str = field(default_factory=lambda: f"mesh-dev-{os.getpid()}-{time.time_ns()}")
 
     @property
     def url(self) -> str:
@@ -125,11 +151,35 @@ class NatsServer(_Server):
             "-sd",
             str(self.data_dir / "jetstream"),
             "-n",
-            f"mesh-dev-{self.port}",
+            self.server_name,
         ]
         if NATS_CONF.exists():
             cmd[1:1] = ["-c", str(NATS_CONF)]
         return cmd
+
+    def ready(self) -> None:
+        """The server speaks the protocol (its INFO line), not just holds the port; and it
+        is ours, when our command named it (another session's server may hold the port)."""
+        ours = self.server_name if self.server_name in self.command() else None
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 2.0) as s,
+            ):
+                s.settimeout(5.0)
+                seen = b""
+                while b"\r\n" not in seen and len(seen) < 65536:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    seen += chunk
+                if seen.startswith(b"INFO "):
+                    if ours is None or ours.encode() in seen:
+                        return
+                    raise StartError(f"port {self.port} is held by another nats-server")
+            time.sleep(0.1)
+        raise StartError(f"nats on {self.port} did not answer; {self.log}:{_tail(self.log)}")
 
 
 @dataclass
@@ -170,11 +220,20 @@ class RedisServer(_Server):
                 contextlib.suppress(OSError),
                 socket.create_connection(("127.0.0.1", self.port), 1) as s,
             ):
-                s.sendall(b"PING\r\n")
-                if s.recv(64).startswith(b"+PONG"):
-                    return
+                s.sendall(b"INFO server\r\n")
+                info = s.recv(65536)
+                if info.startswith(b"$"):
+                    # Ours, not another session's server that took the port first.
+                    assert self.proc is not None
+                    if f"process_id:{self.proc.pid}\r\n".encode() in info:
+                        return
+                    if self.proc.poll() is not None or b"process_id:" in info:
+                        raise StartError(
+                            f"port {self.port} is held by another redis-server; "
+                            f"{self.log}:{_tail(self.log)}"
+                        )
             time.sleep(0.05)
-        raise RuntimeError(f"redis on {self.port} did not answer PING; see {self.log}")
+        raise StartError(f"redis on {self.port} did not answer PING; {self.log}:{_tail(self.log)}")
 
 
 PG_USER = "pgserver"  # postgres refuses to run as root; pgserver uses this system user
@@ -217,7 +276,7 @@ class PostgresServer(_Server):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         user = self._user()
         if not (self.pgdata / "PG_VERSION").exists():
-            subprocess.run(  # noqa: S603
+            done = subprocess.run(  # noqa: S603
                 [
                     self._bin("initdb"),
                     "-D",
@@ -228,10 +287,14 @@ class PostgresServer(_Server):
                     "--encoding=UTF8",
                     "--no-instructions",
                 ],
-                check=True,
                 capture_output=True,
                 user=user,
             )
+            if done.returncode != 0:
+                raise StartError(
+                    f"initdb failed ({done.returncode}): "
+                    + done.stderr.decode(errors="replace")[-2000:]
+                )
         if user:
             shutil.chown(self.log.parent, user, user)
             self.log.touch()
@@ -278,8 +341,12 @@ class PostgresServer(_Server):
             )
             if probe.returncode == 0:
                 return
+            if self.proc is not None and self.proc.poll() is not None:
+                raise StartError(
+                    f"postgres exited with {self.proc.returncode}; {self.log}:{_tail(self.log)}"
+                )
             time.sleep(0.1)
-        raise RuntimeError(f"postgres on {self.port} not ready; see {self.log}")
+        raise StartError(f"postgres on {self.port} not ready; {self.log}:{_tail(self.log)}")
 
     def stop(self, timeout: float = 15.0) -> None:
         # SIGINT is Postgres's "fast shutdown": roll back clients, checkpoint, exit.

@@ -16,6 +16,8 @@ WORKERS: dict[str, str] = {
     "gateway": "workers.gateway",
     "agent": "workers.agent",
     "ml": "workers.ml",
+    "promptgen": "workers.promptgen",
+    "llmops": "workers.llmops",
 }
 
 

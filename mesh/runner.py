@@ -32,7 +32,11 @@ async def bus_env(settings: Settings, name: str) -> AsyncIterator[WorkerEnv]:
     try:
         js = nc.jetstream()
         if settings.jetstream_provision:  # production: `mesh provision` did it
-            await ensure_streams(js, replicas=settings.jetstream_replicas)
+            await ensure_streams(
+                js,
+                replicas=settings.jetstream_replicas,
+                uploads_max_bytes=settings.uploads_bucket_max_bytes,
+            )
         client = Client(nc, codec=Codec(settings.codec_type))
         yield WorkerEnv(settings=settings, nc=nc, client=client, js=js)
     finally:

@@ -107,7 +107,39 @@ INVALIDATE = Operation(
     idempotent=True,
     description="drop a namespace or everything tagged",
 )
-OPERATIONS = (SET, GET, DELETE, INVALIDATE)
+
+#: Namespaces and tags starting with this belong to the mesh's own services (the gateway's
+#: response cache, RAG's query cache, agent runs): the public operations above refuse
+#: them, and only the internal operations below, which have no HTTP route and which the
+#: bridge's NATS user may not call, read or write them. A cached answer that drives
+#: actions (tool calls, a run's result) is therefore only ever written by its service.
+RESERVED_PREFIX = "_"
+
+INTERNAL_SET = Operation(
+    "cache",
+    "internal_set",
+    CacheSetRequest,
+    CacheSetResponse,
+    idempotent=True,
+    description="store a value in a service's reserved namespace (services only)",
+)
+INTERNAL_GET = Operation(
+    "cache",
+    "internal_get",
+    CacheGetRequest,
+    CacheGetResponse,
+    idempotent=True,
+    description="read a value of a service's reserved namespace (services only)",
+)
+INTERNAL_INVALIDATE = Operation(
+    "cache",
+    "internal_invalidate",
+    CacheInvalidateRequest,
+    CacheInvalidateResponse,
+    idempotent=True,
+    description="drop a reserved namespace or reserved tags (services only)",
+)
+OPERATIONS = (SET, GET, DELETE, INVALIDATE, INTERNAL_SET, INTERNAL_GET, INTERNAL_INVALIDATE)
 
 ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/v1/cache/set", SET, summary="Store a value", tags=("cache",)),

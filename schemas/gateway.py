@@ -1,4 +1,4 @@
-"""LLM Gateway contracts: ``gateway.{generate,stream,embed,models,count_tokens}.request``,
+"""LLM Gateway contracts: ``gateway.{generate,stream,embed,models,count_tokens,transcribe}``,
 and the LLMOps event the gateway publishes for every LLM call.
 
 Callers pick a model *alias* only. Every request model forbids unknown fields, so no
@@ -182,9 +182,15 @@ class GenerateRequest(_Request):
 
 
 class Usage(BaseModel):
-    prompt_tokens: int = 0
+    prompt_tokens: int = Field(default=0, description="every input token, cached ones included")
     completion_tokens: int = 0
     total_tokens: int = 0
+    cached_tokens_read: int = Field(
+        default=0, description="input tokens read from the provider's prompt cache"
+    )
+    cached_tokens_write: int = Field(
+        default=0, description="input tokens written to the provider's prompt cache"
+    )
 
 
 class AssistantMessage(BaseModel):
@@ -247,6 +253,58 @@ class EmbedResponse(BaseModel):
     cost: float = 0.0
 
 
+# ---------------------------------------------------------------- transcribe
+
+#: Largest recording ``gateway.transcribe`` sends (OpenAI's limit for its audio API).
+MAX_TRANSCRIBE_BYTES = 25 * 1024 * 1024
+#: Largest recording sent inline in the request (NATS carries at most 8 MiB a message).
+MAX_INLINE_AUDIO_BYTES = 6 * 1024 * 1024
+
+
+class TranscribeRequest(_Request):
+    """A recording to transcribe: inline ``audio`` or ``object_name``, a file the tenant
+    uploaded to the ``uploads`` object store bucket (``bus.uploads``)."""
+
+    model: Alias | None = Field(
+        default=None, description="transcription alias; omitted = the default"
+    )
+    audio: bytes | None = Field(default=None, max_length=MAX_INLINE_AUDIO_BYTES)
+    object_name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_./=-]{1,256}$")] | None = (
+        None
+    )
+    filename: str = Field(
+        default="audio.wav",
+        max_length=256,
+        pattern=r"^[^/\\]+\.[A-Za-z0-9]{1,8}$",
+        description="the extension tells the provider the format (wav, mp3, m4a, ogg...)",
+    )
+    language: str | None = Field(default=None, pattern=r"^[a-z]{2,3}$", description="ISO-639-1")
+    prompt: str | None = Field(default=None, max_length=2_000)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TranscribeRequest:
+        if (self.audio is None) == (self.object_name is None):
+            raise ValueError("give exactly one of audio or object_name")
+        return self
+
+
+class TranscriptSegment(BaseModel):
+    start: float = Field(ge=0, description="seconds from the start of the recording")
+    end: float = Field(ge=0)
+    text: str
+
+
+class TranscribeResponse(BaseModel):
+    model: str = Field(description="the alias that answered")
+    text: str
+    language: str | None = None
+    duration: float | None = Field(default=None, description="seconds, when the provider says")
+    segments: list[TranscriptSegment] = Field(
+        default_factory=list, description="timed segments (empty if the provider gave none)"
+    )
+    cost: float = 0.0
+
+
 # ---------------------------------------------------------------- models
 
 
@@ -259,7 +317,7 @@ class ModelInfo(BaseModel):
 
     alias: str
     provider: str
-    mode: Literal["chat", "embedding"]
+    mode: Literal["chat", "embedding", "audio_transcription"]
     context_window: int | None = None
     max_output_tokens: int | None = None
     input_cost_per_token: float = 0.0
@@ -313,7 +371,7 @@ class CountTokensResponse(BaseModel):
 
 
 #: The gateway operations an LLMOps event reports.
-LLMOpsOperation = Literal["generate", "stream", "embed"]
+LLMOpsOperation = Literal["generate", "stream", "embed", "transcribe"]
 
 
 class LLMOpsEvent(BaseModel):
@@ -335,7 +393,9 @@ class LLMOpsEvent(BaseModel):
     provider_model: str | None = None
     tokens_in: int = 0
     tokens_out: int = 0
-    cost: float = 0.0
+    cached_tokens_read: int | None = None
+    cached_tokens_write: int | None = None
+    cost: float = Field(default=0.0, description="USD, each token kind at its own price")
     latency_ms: float = 0.0
     ttft_ms: float | None = Field(default=None, description="time to first token (streams)")
     cache_hit: bool = False
@@ -392,12 +452,21 @@ COUNT_TOKENS = Operation(
     idempotent=True,
     description="token counts with the alias's tokenizer",
 )
+TRANSCRIBE = Operation(
+    "gateway",
+    "transcribe",
+    TranscribeRequest,
+    TranscribeResponse,
+    idempotent=False,
+    description="speech to text with timed segments, from an audio_transcription alias",
+)
 OPERATIONS = (
     GENERATE,
     STREAM,
     EMBED,
     MODELS,
     COUNT_TOKENS,
+    TRANSCRIBE,
 )
 
 ROUTES: tuple[Route, ...] = (

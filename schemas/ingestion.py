@@ -155,6 +155,11 @@ class IndexJob(BaseModel):
     object_name: str | None = Field(
         default=None, description="the original upload, deleted with the document"
     )
+    spans_object: str | None = Field(
+        default=None,
+        description="where each part of the text comes from (pages, rows, slides, times): "
+        "a JSON list of schemas.locations.Span in the uploads bucket",
+    )
 
 
 #: The stages RAG reports for an ingestion job.

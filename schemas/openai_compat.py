@@ -39,6 +39,7 @@ from schemas.gateway import (
     GenerateRequest,
     GenerateResponse,
     ModelsResponse,
+    Usage,
 )
 
 SSE_DONE = b"data: [DONE]\n\n"
@@ -149,9 +150,21 @@ def chat_completion(resp: GenerateResponse, *, completion_id: str, created: int)
         "choices": [
             {"index": 0, "message": message, "finish_reason": resp.finish_reason, "logprobs": None}
         ],
-        "usage": resp.usage.model_dump(),
+        "usage": openai_usage(resp.usage),
         "system_fingerprint": None,
     }
+
+
+def openai_usage(usage: Usage) -> dict[str, Any]:
+    """OpenAI's usage object: prompt-cache reads as ``prompt_tokens_details.cached_tokens``."""
+    out: dict[str, Any] = {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+    if usage.cached_tokens_read:
+        out["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens_read}
+    return out
 
 
 def chat_chunks(
@@ -201,7 +214,7 @@ def chat_chunks(
                     "created": created,
                     "model": name,
                     "choices": [],
-                    "usage": chunk.usage.model_dump(),
+                    "usage": openai_usage(chunk.usage),
                 }
             )
     return out

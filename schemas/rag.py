@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from schemas.locations import Location
 from schemas.operations import Operation
 from schemas.routes import Route
 
@@ -131,6 +132,9 @@ class SearchResult(BaseModel):
     score: float
     text: str
     metadata: dict[str, Any] = Field(default_factory=dict)
+    location: Location | None = Field(
+        default=None, description="where in the file: page, sheet and rows, slide, time"
+    )
 
 
 class SearchResponse(BaseModel):
@@ -156,6 +160,9 @@ class Citation(BaseModel):
     source_id: str
     chunk_id: str
     quote: str
+    location: Location | None = Field(
+        default=None, description="where in the file: page, sheet and rows, slide, time"
+    )
 
 
 class QueryResponse(BaseModel):
@@ -188,6 +195,7 @@ class Chunk(BaseModel):
     text: str
     section: str | None = None
     tokens: int
+    location: Location | None = None
 
 
 class DocumentDetail(Document):

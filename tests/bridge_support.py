@@ -29,6 +29,7 @@ from starlette.routing import Route as HttpRoute
 from bus.settings import Settings
 from gateway_bridge.routes import ROUTES
 from gateway_bridge.settings import BridgeSettings
+from mesh.infra import READY_TIMEOUT_S
 from schemas.routes import Route
 from tests.support import COUNT, EchoRequest, EchoResponse, Empty, SleepRequest, probe_op
 
@@ -86,7 +87,7 @@ async def serving(app: Any) -> AsyncIterator[str]:
     server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(READY_TIMEOUT_S):  # generous: a loaded machine is slow
             while not server.started:
                 if task.done():
                     task.result()

@@ -3,12 +3,17 @@ started through the same module as ``mesh up`` (mesh.infra)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import nats.errors
+import nats.js.errors
 import pytest
+from nats.js import JetStreamContext
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -19,7 +24,7 @@ from bus.connection import connect
 from bus.jetstream import ensure_streams
 from bus.settings import Settings
 from bus.worker import WorkerEnv
-from mesh.infra import Infrastructure, embedded
+from mesh.infra import READY_TIMEOUT_S, Infrastructure, embedded
 from mesh.runner import serving
 from workers.gateway.settings import prefer_offline
 
@@ -49,7 +54,12 @@ def infra() -> Iterator[Infrastructure]:
     # 0700, which would cut the Postgres system user off from a session already running.
     base = Path(tempfile.mkdtemp(prefix="mesh-tests-"))
     try:
-        with embedded(base, durable=False) as servers:
+        with contextlib.ExitStack() as stack:
+            try:
+                servers = stack.enter_context(embedded(base, durable=False))
+            except Exception as exc:
+                # One clear message instead of one error per test that needs the servers.
+                pytest.exit(f"test infrastructure did not start: {exc}", returncode=3)
             yield servers
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -70,9 +80,24 @@ async def env(settings: Settings) -> AsyncIterator[WorkerEnv]:
     assert settings.nats_url
     nc = await connect(settings.nats_url, name="tests")
     js = nc.jetstream()
-    await ensure_streams(js)
+    await _when_jetstream_is_ready(js)
     yield WorkerEnv(settings=settings, nc=nc, client=Client(nc), js=js)
     await nc.drain()
+
+
+async def _when_jetstream_is_ready(js: JetStreamContext) -> None:
+    """Create the streams, waiting for JetStream (it starts after the port opens and can
+    take long on a loaded machine); one clear message if it never becomes ready."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + READY_TIMEOUT_S
+    while True:
+        try:
+            await ensure_streams(js)
+            return
+        except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:
+            if loop.time() > give_up:
+                pytest.exit(f"JetStream did not become ready: {exc!r}", returncode=3)
+            await asyncio.sleep(0.5)
 
 
 @pytest.fixture

@@ -30,6 +30,8 @@ class Reply:
     tool_calls: list[dict[str, Any]] | None = None
     finish_reason: str = "stop"
     usage: tuple[int, int] = (9, 5)
+    cached: int = 0
+    """Prompt tokens reported as read from the prompt cache (``prompt_tokens_details``)."""
     delay: float = 0.0
     raw: bytes | None = None
     """Send these bytes as the body instead (malformed answers)."""
@@ -42,6 +44,17 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     message: str | None = None
     """The error message of a non-200 reply."""
+    segments: list[tuple[float, float, str]] | None = None
+    """Transcriptions: the timed segments of a ``verbose_json`` answer (default: one
+    segment holding the whole content)."""
+
+
+def _usage(reply: Reply) -> dict[str, Any]:
+    p, c = reply.usage
+    usage: dict[str, Any] = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+    if reply.cached:
+        usage["prompt_tokens_details"] = {"cached_tokens": reply.cached}
+    return usage
 
 
 @dataclass
@@ -90,7 +103,6 @@ class MockOpenAI:
         message: dict[str, Any] = {"role": "assistant", "content": reply.content}
         if reply.tool_calls:
             message["tool_calls"] = reply.tool_calls
-        p, c = reply.usage
         return JSONResponse(
             {
                 "id": "chatcmpl-mock",
@@ -98,7 +110,7 @@ class MockOpenAI:
                 "created": int(time.time()),
                 "model": body.get("model"),
                 "choices": [{"index": 0, "message": message, "finish_reason": reply.finish_reason}],
-                "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c},
+                "usage": _usage(reply),
             }
         )
 
@@ -129,8 +141,7 @@ class MockOpenAI:
             yield chunk({"tool_calls": [{"index": i, **call}]})
         yield chunk({}, reply.finish_reason)
         if (body.get("stream_options") or {}).get("include_usage"):
-            p, c = reply.usage
-            usage = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+            usage = _usage(reply)
             data = {
                 "id": "chatcmpl-mock",
                 "object": "chat.completion.chunk",
@@ -169,11 +180,49 @@ class MockOpenAI:
             }
         )
 
+    async def transcriptions(self, request: Request) -> Response:
+        """``/v1/audio/transcriptions`` (multipart): the form fields are recorded, with the
+        file as ``{"filename", "size"}``; the reply's content is the transcript."""
+        async with request.form() as form:
+            body: dict[str, Any] = {}
+            for key, value in form.multi_items():
+                if hasattr(value, "read"):
+                    data = await value.read()
+                    body[key] = {"filename": value.filename, "size": len(data)}
+                elif key.endswith("[]"):
+                    body.setdefault(key, []).append(value)
+                else:
+                    body[key] = value
+        self.seen.append(Seen(request.url.path, body, dict(request.headers)))
+        reply = self._next(str(body.get("model")))
+        if reply.delay:
+            await asyncio.sleep(reply.delay)
+        if reply.status != 200:
+            text = reply.message or f"mock error {reply.status}"
+            return JSONResponse({"error": {"message": text, "type": "mock"}}, reply.status)
+        text = reply.content or ""
+        segments = reply.segments if reply.segments is not None else [(0.0, 1.0, text)]
+        if body.get("response_format") != "verbose_json":
+            return JSONResponse({"text": text})
+        return JSONResponse(
+            {
+                "task": "transcribe",
+                "language": "english",
+                "duration": max((e for _, e, _ in segments), default=0.0),
+                "text": text,
+                "segments": [
+                    {"id": i, "start": a, "end": b, "text": t}
+                    for i, (a, b, t) in enumerate(segments)
+                ],
+            }
+        )
+
     def app(self) -> Starlette:
         return Starlette(
             routes=[
                 Route("/v1/chat/completions", self.chat, methods=["POST"]),
                 Route("/v1/embeddings", self.embeddings, methods=["POST"]),
+                Route("/v1/audio/transcriptions", self.transcriptions, methods=["POST"]),
             ]
         )
 

@@ -270,7 +270,7 @@ async def _with_trace(c, method: str, path: str, **kw) -> tuple[str, str]:
 
 
 @pytest.mark.parametrize("traced", [False, True], ids=["untraced_edge", "traced_edge"])
-async def test_openai_and_upload_routes_keep_the_callers_trace_context(
+async def test_openai_and_upload_routes_pass_the_trace_context_to_the_worker(
     settings, seen, monkeypatch, traced
 ):
     if not traced:
@@ -294,3 +294,44 @@ async def test_openai_and_upload_routes_keep_the_callers_trace_context(
             assert ctx.traceparent != parent
         else:  # carried unchanged, state included
             assert (ctx.traceparent, ctx.tracestate) == (parent, "vendor=x")
+
+
+@pytest.fixture
+async def gateway_and_ingestion(env):
+    """A scripted gateway and an ingestion stand-in that records the context it got."""
+    from tests.fake_gateway import FakeGateway
+
+    async def submit(req: SubmitRequest, ctx) -> SubmitResponse:
+        return SubmitResponse(jobs=[])
+
+    stand_in = Worker("ingestion", [Endpoint(ingestion.SUBMIT, submit)])
+    async with FakeGateway().worker().serve(env.nc), stand_in.serve(env.nc):
+        yield
+
+
+async def test_openai_and_upload_routes_keep_the_callers_trace_context(
+    untraced_bridge, gateway_and_ingestion, spans
+):
+    async with http(untraced_bridge) as c:
+        for subject, call in (
+            (
+                "gateway.embed.request",
+                lambda h: c.post("/v1/embeddings", json={"input": ["a cat"]}, headers=h),
+            ),
+            (
+                "ingestion.submit.request",
+                lambda h: c.post(
+                    "/api/v1/ingestion/upload",
+                    data={"collection_id": "col-any"},
+                    files=[("file", ("a.md", b"# A\n\ntext\n", "text/markdown"))],
+                    headers=h,
+                ),
+            ),
+        ):
+            trace_id = uuid.uuid4().hex
+            parent = f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
+            spans.clear()
+            r = await call({**auth(hs_token()), "traceparent": parent, "tracestate": "k=v"})
+            assert r.status_code in (200, 202), r.text
+            worker = next(s for s in spans.get_finished_spans() if s.name == subject)
+            assert format(worker.context.trace_id, "032x") == trace_id, subject

@@ -36,6 +36,7 @@ from schemas.ingestion import UPLOAD_PATH
 from tests.bridge_support import auth, bridge_settings, hs_token, http
 from tests.bridge_support import serving as serving_http
 from tests.deploy_support import AuthNats, mint_passwords
+from tests.media import wav_bytes
 from tests.openai_mock import MockOpenAI, Reply
 
 pytestmark = pytest.mark.timeout(300)
@@ -79,6 +80,11 @@ def _models(url: str) -> dict[str, Any]:
                 "model_name": "local-embed",
                 "litellm_params": {"model": "openai/m-embed", **params},
                 "model_info": {"mode": "embedding"},
+            },
+            {
+                "model_name": "whisper",
+                "litellm_params": {"model": "openai/whisper-1", **params},
+                "model_info": {"mode": "audio_transcription"},
             },
         ],
         "router_settings": {"num_retries": 0},
@@ -170,6 +176,47 @@ async def _poll(get: Any, done: Any, timeout: float = 90.0) -> Any:
 
 
 # --------------------------------------------------------------------------- flows
+
+
+async def test_a_recording_is_transcribed_by_the_gateway_and_cited_by_time(
+    deployed: str, mock: MockOpenAI
+):
+    """Ingestion may ask the gateway to transcribe; the gateway may read the upload."""
+    tenant = f"dep-{uuid.uuid4().hex[:6]}"
+    token = hs_token(tenant=tenant)
+    mock.script(
+        "whisper-1",
+        Reply(content="Board at gate nine.", segments=[(3.0, 5.5, "Board at gate nine.")]),
+    )
+    async with http(deployed) as c:
+        r = await c.post("/api/v1/rag/collections", json={"name": "calls"}, headers=auth(token))
+        assert r.status_code in (200, 201), r.text
+        collection = r.json()["collection_id"]
+        r = await c.post(
+            UPLOAD_PATH,
+            data={"collection_id": collection},
+            files=[("file", ("call.wav", wav_bytes(0.2), "audio/wav"))],
+            headers=auth(token),
+        )
+        assert r.status_code == 202, r.text
+        job_id = r.json()["jobs"][0]["job_id"]
+
+        async def job() -> dict[str, Any]:
+            r = await c.get(f"/api/v1/ingestion/jobs/{job_id}", headers=auth(token))
+            return dict(r.json())
+
+        done = await _poll(job, lambda j: j["status"] in ("indexed", "failed"))
+        assert done["status"] == "indexed", done
+        r = await c.post(
+            "/api/v1/rag/search",
+            json={"collection_ids": [collection], "query": "gate nine", "mode": "keyword"},
+            headers=auth(token),
+        )
+    assert r.status_code == 200, r.text
+    [hit] = r.json()["results"]
+    assert (
+        hit["location"]["start_seconds"] == 3.0 and hit["location"]["label"] == "00:00:03-00:00:05"
+    )
 
 
 @pytest.mark.usefixtures("clean_log")

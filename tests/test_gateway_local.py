@@ -162,14 +162,25 @@ async def test_count_tokens_with_the_embedding_tokenizer(gateway, client):
     assert out.counts == [4]  # [CLS] hello world [SEP]
 
 
-async def test_count_tokens_of_a_model_litellm_knows(gateway, client):
-    out = await client.request(
-        "gateway.count_tokens.request",
-        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello world"}]},
-        ctx(),
-        CountTokensResponse,
-    )
-    assert out.model == "gpt-4o-mini" and out.counts[0] > 0 and out.total > out.counts[0]
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "meta-llama/Llama-2-7b-chat-hf", "command-r"])
+async def test_count_tokens_only_counts_configured_aliases(gateway, client, model):
+    # Issue 10, item 5: a name litellm knows is not an alias; some would make litellm
+    # download a tokenizer from a hub, inline.
+    with pytest.raises(NotFound, match="unknown model alias"):
+        await client.request(
+            "gateway.count_tokens.request",
+            {"model": model, "messages": [{"role": "user", "content": "hello world"}]},
+            ctx(),
+            CountTokensResponse,
+        )
+
+
+def test_litellm_never_downloads_a_tokenizer():
+    import litellm
+
+    import workers.gateway.tokens  # noqa: F401 - sets the switch
+
+    assert litellm.disable_hf_tokenizer_download is True
 
 
 async def test_count_tokens_needs_exactly_one_input(gateway, client):

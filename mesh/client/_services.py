@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import builtins
 import collections.abc
+import datetime
 import typing
 
 import schemas.agent
 import schemas.cache
 import schemas.gateway
 import schemas.ingestion
+import schemas.llmops
 import schemas.ml
 import schemas.prompt
+import schemas.promptgen
 import schemas.rag
 from mesh.client._base import Service
 
@@ -676,6 +679,9 @@ class CacheService(Service):
         "get": schemas.cache.GET,
         "delete": schemas.cache.DELETE,
         "invalidate": schemas.cache.INVALIDATE,
+        "internal_set": schemas.cache.INTERNAL_SET,
+        "internal_get": schemas.cache.INTERNAL_GET,
+        "internal_invalidate": schemas.cache.INTERNAL_INVALIDATE,
     }
 
     @typing.overload
@@ -757,6 +763,68 @@ class CacheService(Service):
         """
         return await self._call(schemas.cache.INVALIDATE, request, fields)
 
+    @typing.overload
+    async def internal_set(
+        self, request: schemas.cache.CacheSetRequest, /
+    ) -> schemas.cache.CacheSetResponse: ...
+    @typing.overload
+    async def internal_set(
+        self,
+        /,
+        *,
+        namespace: builtins.str = ...,
+        key: builtins.str,
+        value: typing.Any,
+        ttl_seconds: builtins.int | None = ...,
+        tags: collections.abc.Sequence[builtins.str] = ...,
+    ) -> schemas.cache.CacheSetResponse: ...
+    async def internal_set(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.cache.CacheSetResponse:
+        """Store a value in a service's reserved namespace (services only).
+
+        ``cache.internal_set.request``; idempotent: retried on unavailable/timeout.
+        """
+        return await self._call(schemas.cache.INTERNAL_SET, request, fields)
+
+    @typing.overload
+    async def internal_get(
+        self, request: schemas.cache.CacheGetRequest, /
+    ) -> schemas.cache.CacheGetResponse: ...
+    @typing.overload
+    async def internal_get(
+        self, /, *, namespace: builtins.str = ..., key: builtins.str
+    ) -> schemas.cache.CacheGetResponse: ...
+    async def internal_get(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.cache.CacheGetResponse:
+        """Read a value of a service's reserved namespace (services only).
+
+        ``cache.internal_get.request``; idempotent: retried on unavailable/timeout.
+        """
+        return await self._call(schemas.cache.INTERNAL_GET, request, fields)
+
+    @typing.overload
+    async def internal_invalidate(
+        self, request: schemas.cache.CacheInvalidateRequest, /
+    ) -> schemas.cache.CacheInvalidateResponse: ...
+    @typing.overload
+    async def internal_invalidate(
+        self,
+        /,
+        *,
+        namespace: builtins.str | None = ...,
+        tags: collections.abc.Sequence[builtins.str] | None = ...,
+    ) -> schemas.cache.CacheInvalidateResponse: ...
+    async def internal_invalidate(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.cache.CacheInvalidateResponse:
+        """Drop a reserved namespace or reserved tags (services only).
+
+        ``cache.internal_invalidate.request``; idempotent: retried on unavailable/timeout.
+        """
+        return await self._call(schemas.cache.INTERNAL_INVALIDATE, request, fields)
+
 
 class GatewayService(Service):
     """The ``gateway`` service (``schemas/gateway.py``)."""
@@ -768,6 +836,7 @@ class GatewayService(Service):
         "embed": schemas.gateway.EMBED,
         "models": schemas.gateway.MODELS,
         "count_tokens": schemas.gateway.COUNT_TOKENS,
+        "transcribe": schemas.gateway.TRANSCRIBE,
     }
 
     @typing.overload
@@ -916,6 +985,31 @@ class GatewayService(Service):
         """
         return await self._call(schemas.gateway.COUNT_TOKENS, request, fields)
 
+    @typing.overload
+    async def transcribe(
+        self, request: schemas.gateway.TranscribeRequest, /
+    ) -> schemas.gateway.TranscribeResponse: ...
+    @typing.overload
+    async def transcribe(
+        self,
+        /,
+        *,
+        model: builtins.str | None = ...,
+        audio: builtins.bytes | None = ...,
+        object_name: builtins.str | None = ...,
+        filename: builtins.str = ...,
+        language: builtins.str | None = ...,
+        prompt: builtins.str | None = ...,
+    ) -> schemas.gateway.TranscribeResponse: ...
+    async def transcribe(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.gateway.TranscribeResponse:
+        """Speech to text with timed segments, from an audio_transcription alias.
+
+        ``gateway.transcribe.request``; not retried.
+        """
+        return await self._call(schemas.gateway.TRANSCRIBE, request, fields)
+
 
 class IngestionService(Service):
     """The ``ingestion`` service (``schemas/ingestion.py``)."""
@@ -989,6 +1083,171 @@ class IngestionService(Service):
         ``ingestion.list_jobs.request``; idempotent: retried on unavailable/timeout.
         """
         return await self._call(schemas.ingestion.LIST_JOBS, request, fields)
+
+
+class LlmopsService(Service):
+    """The ``llmops`` service (``schemas/llmops.py``)."""
+
+    name = "llmops"
+    operations = {
+        "log": schemas.llmops.LOG,
+        "query": schemas.llmops.QUERY,
+        "metrics": schemas.llmops.METRICS,
+        "cost": schemas.llmops.COST,
+        "set_budget": schemas.llmops.SET_BUDGET,
+        "get_budgets": schemas.llmops.GET_BUDGETS,
+    }
+
+    @typing.overload
+    async def log(self, request: schemas.llmops.LogRequest, /) -> schemas.llmops.LogResponse: ...
+    @typing.overload
+    async def log(
+        self,
+        /,
+        *,
+        operations: collections.abc.Sequence[
+            schemas.llmops.LLMOperation | collections.abc.Mapping[builtins.str, typing.Any]
+        ],
+    ) -> schemas.llmops.LogResponse: ...
+    async def log(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.llmops.LogResponse:
+        """Record LLM calls made outside the gateway.
+
+        ``llmops.log.request``; idempotent: retried on unavailable/timeout.
+        """
+        return await self._call(schemas.llmops.LOG, request, fields)
+
+    @typing.overload
+    async def query(
+        self, request: schemas.llmops.QueryRequest, /
+    ) -> schemas.llmops.QueryResponse: ...
+    @typing.overload
+    async def query(
+        self,
+        /,
+        *,
+        from_: datetime.datetime,
+        to: datetime.datetime,
+        filters: schemas.llmops.Filters
+        | collections.abc.Mapping[builtins.str, typing.Any]
+        | None = ...,
+        limit: builtins.int = ...,
+        cursor: builtins.str | None = ...,
+    ) -> schemas.llmops.QueryResponse: ...
+    async def query(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.llmops.QueryResponse:
+        """Stored operations, newest first.
+
+        ``llmops.query.request``; idempotent: retried on unavailable/timeout.
+        """
+        return await self._call(schemas.llmops.QUERY, request, fields)
+
+    @typing.overload
+    async def metrics(
+        self, request: schemas.llmops.MetricsRequest, /
+    ) -> schemas.llmops.MetricsResponse: ...
+    @typing.overload
+    async def metrics(
+        self,
+        /,
+        *,
+        from_: datetime.datetime,
+        to: datetime.datetime,
+        bucket: typing.Literal["minute", "hour", "day", "auto"] = ...,
+        group_by: collections.abc.Sequence[
+            typing.Literal["model", "provider", "user", "status", "operation"]
+        ] = ...,
+        metrics: collections.abc.Sequence[
+            typing.Literal[
+                "requests",
+                "errors",
+                "tokens_in",
+                "tokens_out",
+                "cost",
+                "latency_p50",
+                "latency_p95",
+                "latency_p99",
+                "ttft_p95",
+            ]
+        ],
+        filters: schemas.llmops.Filters
+        | collections.abc.Mapping[builtins.str, typing.Any]
+        | None = ...,
+    ) -> schemas.llmops.MetricsResponse: ...
+    async def metrics(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.llmops.MetricsResponse:
+        """Counts, tokens, cost and latency percentiles per time bucket.
+
+        ``llmops.metrics.request``; idempotent: retried on unavailable/timeout.
+        """
+        return await self._call(schemas.llmops.METRICS, request, fields)
+
+    @typing.overload
+    async def cost(self, request: schemas.llmops.CostRequest, /) -> schemas.llmops.CostResponse: ...
+    @typing.overload
+    async def cost(
+        self,
+        /,
+        *,
+        from_: datetime.datetime,
+        to: datetime.datetime,
+        group_by: collections.abc.Sequence[
+            typing.Literal["model", "provider", "user", "status", "operation"]
+        ] = ...,
+        filters: schemas.llmops.Filters
+        | collections.abc.Mapping[builtins.str, typing.Any]
+        | None = ...,
+    ) -> schemas.llmops.CostResponse: ...
+    async def cost(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.llmops.CostResponse:
+        """Cost analysis.
+
+        ``llmops.cost.request``; idempotent: retried on unavailable/timeout.
+        """
+        return await self._call(schemas.llmops.COST, request, fields)
+
+    @typing.overload
+    async def set_budget(
+        self, request: schemas.llmops.SetBudgetRequest, /
+    ) -> schemas.llmops.Budget: ...
+    @typing.overload
+    async def set_budget(
+        self,
+        /,
+        *,
+        scope: typing.Literal["tenant", "user"],
+        user: builtins.str | None = ...,
+        period: typing.Literal["day", "month"],
+        limit_usd: builtins.float,
+        hard: builtins.bool = ...,
+    ) -> schemas.llmops.Budget: ...
+    async def set_budget(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.llmops.Budget:
+        """Create or replace a budget.
+
+        ``llmops.set_budget.request``; idempotent: retried on unavailable/timeout.
+        """
+        return await self._call(schemas.llmops.SET_BUDGET, request, fields)
+
+    @typing.overload
+    async def get_budgets(
+        self, request: schemas.llmops.GetBudgetsRequest, /
+    ) -> schemas.llmops.GetBudgetsResponse: ...
+    @typing.overload
+    async def get_budgets(self, /) -> schemas.llmops.GetBudgetsResponse: ...
+    async def get_budgets(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.llmops.GetBudgetsResponse:
+        """The tenant's budgets with what is spent.
+
+        ``llmops.get_budgets.request``; idempotent: retried on unavailable/timeout.
+        """
+        return await self._call(schemas.llmops.GET_BUDGETS, request, fields)
 
 
 class MlService(Service):
@@ -1514,6 +1773,236 @@ class PromptService(Service):
         return await self._call(schemas.prompt.CONTEXT, request, fields)
 
 
+class PromptgenService(Service):
+    """The ``promptgen`` service (``schemas/promptgen.py``)."""
+
+    name = "promptgen"
+    operations = {
+        "generate_agent": schemas.promptgen.GENERATE_AGENT,
+        "generate_tool": schemas.promptgen.GENERATE_TOOL,
+        "refine": schemas.promptgen.REFINE,
+        "submit": schemas.promptgen.SUBMIT,
+        "review": schemas.promptgen.REVIEW,
+        "publish": schemas.promptgen.PUBLISH,
+        "feedback": schemas.promptgen.FEEDBACK,
+        "get": schemas.promptgen.GET,
+        "list": schemas.promptgen.LIST,
+        "audit": schemas.promptgen.AUDIT,
+    }
+
+    @typing.overload
+    async def generate_agent(
+        self, request: schemas.promptgen.GenerateRequest, /
+    ) -> schemas.promptgen.SpecVersion: ...
+    @typing.overload
+    async def generate_agent(
+        self,
+        /,
+        *,
+        prompt: builtins.str,
+        model: builtins.str | None = ...,
+        name: builtins.str | None = ...,
+    ) -> schemas.promptgen.SpecVersion: ...
+    async def generate_agent(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.promptgen.SpecVersion:
+        """Write a draft agent spec from a prompt.
+
+        ``promptgen.generate_agent.request``; not retried.
+        """
+        return await self._call(schemas.promptgen.GENERATE_AGENT, request, fields)
+
+    @typing.overload
+    async def generate_tool(
+        self, request: schemas.promptgen.GenerateRequest, /
+    ) -> schemas.promptgen.SpecVersion: ...
+    @typing.overload
+    async def generate_tool(
+        self,
+        /,
+        *,
+        prompt: builtins.str,
+        model: builtins.str | None = ...,
+        name: builtins.str | None = ...,
+    ) -> schemas.promptgen.SpecVersion: ...
+    async def generate_tool(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.promptgen.SpecVersion:
+        """Write a draft declarative tool spec from a prompt.
+
+        ``promptgen.generate_tool.request``; not retried.
+        """
+        return await self._call(schemas.promptgen.GENERATE_TOOL, request, fields)
+
+    @typing.overload
+    async def refine(
+        self, request: schemas.promptgen.RefineRequest, /
+    ) -> schemas.promptgen.SpecVersion: ...
+    @typing.overload
+    async def refine(
+        self,
+        /,
+        *,
+        spec_id: builtins.str,
+        base_version: builtins.int,
+        instruction: builtins.str | None = ...,
+        model: builtins.str | None = ...,
+    ) -> schemas.promptgen.SpecVersion: ...
+    async def refine(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.promptgen.SpecVersion:
+        """The next version from an instruction or feedback, with a diff.
+
+        ``promptgen.refine.request``; not retried.
+        """
+        return await self._call(schemas.promptgen.REFINE, request, fields)
+
+    @typing.overload
+    async def submit(
+        self, request: schemas.promptgen.SubmitRequest, /
+    ) -> schemas.promptgen.Transition: ...
+    @typing.overload
+    async def submit(
+        self, /, *, spec_id: builtins.str, version: builtins.int, reason: builtins.str | None = ...
+    ) -> schemas.promptgen.Transition: ...
+    async def submit(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.promptgen.Transition:
+        """Send a draft to review.
+
+        ``promptgen.submit.request``; not retried.
+        """
+        return await self._call(schemas.promptgen.SUBMIT, request, fields)
+
+    @typing.overload
+    async def review(
+        self, request: schemas.promptgen.ReviewRequest, /
+    ) -> schemas.promptgen.Transition: ...
+    @typing.overload
+    async def review(
+        self,
+        /,
+        *,
+        spec_id: builtins.str,
+        version: builtins.int,
+        decision: typing.Literal["approve", "reject"],
+        reason: builtins.str | None = ...,
+    ) -> schemas.promptgen.Transition: ...
+    async def review(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.promptgen.Transition:
+        """Approve or reject a version.
+
+        ``promptgen.review.request``; not retried.
+        """
+        return await self._call(schemas.promptgen.REVIEW, request, fields)
+
+    @typing.overload
+    async def publish(
+        self, request: schemas.promptgen.PublishRequest, /
+    ) -> schemas.promptgen.Transition: ...
+    @typing.overload
+    async def publish(
+        self, /, *, spec_id: builtins.str, version: builtins.int
+    ) -> schemas.promptgen.Transition: ...
+    async def publish(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.promptgen.Transition:
+        """Create or update the agent or tool in the Agent Service, as the publisher.
+
+        ``promptgen.publish.request``; not retried.
+        """
+        return await self._call(schemas.promptgen.PUBLISH, request, fields)
+
+    @typing.overload
+    async def feedback(
+        self, request: schemas.promptgen.FeedbackRequest, /
+    ) -> schemas.promptgen.FeedbackResponse: ...
+    @typing.overload
+    async def feedback(
+        self,
+        /,
+        *,
+        spec_id: builtins.str | None = ...,
+        version: builtins.int | None = ...,
+        run_id: builtins.str | None = ...,
+        score: builtins.int | typing.Literal["up", "down"],
+        comment: builtins.str | None = ...,
+    ) -> schemas.promptgen.FeedbackResponse: ...
+    async def feedback(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.promptgen.FeedbackResponse:
+        """Score a version or a run of a published agent.
+
+        ``promptgen.feedback.request``; not retried.
+        """
+        return await self._call(schemas.promptgen.FEEDBACK, request, fields)
+
+    @typing.overload
+    async def get(
+        self, request: schemas.promptgen.GetRequest, /
+    ) -> schemas.promptgen.SpecDetail: ...
+    @typing.overload
+    async def get(
+        self, /, *, spec_id: builtins.str, version: builtins.int | None = ...
+    ) -> schemas.promptgen.SpecDetail: ...
+    async def get(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.promptgen.SpecDetail:
+        """Read a spec.
+
+        ``promptgen.get.request``; idempotent: retried on unavailable/timeout.
+        """
+        return await self._call(schemas.promptgen.GET, request, fields)
+
+    @typing.overload
+    async def list(
+        self, request: schemas.promptgen.ListRequest, /
+    ) -> schemas.promptgen.SpecList: ...
+    @typing.overload
+    async def list(
+        self,
+        /,
+        *,
+        kind: typing.Literal["agent", "tool"] | None = ...,
+        status: typing.Literal["draft", "pending_review", "approved", "published", "rejected"]
+        | None = ...,
+        mine: builtins.bool = ...,
+        cursor: builtins.str | None = ...,
+        limit: builtins.int = ...,
+    ) -> schemas.promptgen.SpecList: ...
+    async def list(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.promptgen.SpecList:
+        """List specs.
+
+        ``promptgen.list.request``; idempotent: retried on unavailable/timeout.
+        """
+        return await self._call(schemas.promptgen.LIST, request, fields)
+
+    @typing.overload
+    async def audit(
+        self, request: schemas.promptgen.AuditRequest, /
+    ) -> schemas.promptgen.AuditList: ...
+    @typing.overload
+    async def audit(
+        self,
+        /,
+        *,
+        spec_id: builtins.str | None = ...,
+        cursor: builtins.str | None = ...,
+        limit: builtins.int = ...,
+    ) -> schemas.promptgen.AuditList: ...
+    async def audit(
+        self, request: typing.Any = None, /, **fields: typing.Any
+    ) -> schemas.promptgen.AuditList:
+        """State changes, newest first.
+
+        ``promptgen.audit.request``; idempotent: retried on unavailable/timeout.
+        """
+        return await self._call(schemas.promptgen.AUDIT, request, fields)
+
+
 class RagService(Service):
     """The ``rag`` service (``schemas/rag.py``)."""
 
@@ -1780,8 +2269,10 @@ class Services:
     cache: CacheService
     gateway: GatewayService
     ingestion: IngestionService
+    llmops: LlmopsService
     ml: MlService
     prompt: PromptService
+    promptgen: PromptgenService
     rag: RagService
 
 
@@ -1790,7 +2281,9 @@ SERVICE_CLASSES: dict[str, type[Service]] = {
     "cache": CacheService,
     "gateway": GatewayService,
     "ingestion": IngestionService,
+    "llmops": LlmopsService,
     "ml": MlService,
     "prompt": PromptService,
+    "promptgen": PromptgenService,
     "rag": RagService,
 }

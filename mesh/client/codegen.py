@@ -119,7 +119,13 @@ def _method(module: types.ModuleType, op: Operation[Any, Any], render: _Renderer
     ret = f"collections.abc.AsyncGenerator[{resp}, None]" if op.streaming else resp
     kwargs = []
     for name, field in op.request.model_fields.items():
-        if field.alias and field.alias != name:
+        if (
+            field.alias
+            and field.alias != name
+            and not op.request.model_config.get("populate_by_name")
+        ):
+            # The keyword is the Python name (``from_`` for the wire's ``from``): the model
+            # must accept it, which ``populate_by_name`` says.
             raise ValueError(f"{op.subject}: field {name!r} has an alias; not supported yet")
         if keyword.iskeyword(name) or name in ("self", "request"):
             raise ValueError(f"{op.subject}: field name {name!r} cannot be a keyword argument")

@@ -9,6 +9,9 @@ Roles come from the verified context (``ctx.roles``, set by the bridge from the 
 * ``agent:approve`` — approve or reject any paused tool call of the tenant (the user who
   started a run may always decide on their own run).
 * ``tools:http`` — the built-in ``http_get`` requires it.
+* the agent's owner (the user who created it) — with ``agent:admin``, the only one who may
+  change or delete an agent: its system prompt, tools, approval gates, memory settings and
+  collections decide what runs for every user of the agent (docs/services/agent.md).
 * a tool's ``required_roles`` — a caller must hold all of them to attach the tool to an
   agent or to have it offered to (and executed for) the model in their runs.
 """
@@ -48,6 +51,12 @@ def require_tools_write(ctx: Context) -> None:
 def may_see(ctx: Context, owner: str) -> bool:
     """Threads and runs are their user's; admins see every user's."""
     return is_admin(ctx) or owner == user_of(ctx)
+
+
+def require_agent_owner(ctx: Context, owner: str | None) -> None:
+    """Changing or deleting an agent: its owner or an admin (others only use it)."""
+    if not (is_admin(ctx) or (owner or "") == user_of(ctx)):
+        raise Forbidden(f"only the agent's owner or a holder of {ADMIN} may change it")
 
 
 def may_approve(ctx: Context, owner: str) -> bool:

@@ -32,7 +32,8 @@ from workers.agent.settings import AgentConfig
 
 _log = structlog.get_logger(__name__)
 
-CACHE_NAMESPACE = "agent"
+#: Reserved (schemas.cache.RESERVED_PREFIX): users cannot plant run results here.
+CACHE_NAMESPACE = "_agent"
 #: Optional calls get a short leash: a slow cache or counter must not eat the run's time.
 CACHE_TIMEOUT_S = 2.0
 COUNT_TIMEOUT_S = 5.0
@@ -51,9 +52,9 @@ class Remote:
         self._count = gateway.COUNT_TOKENS.served_as(gw)
         self._search = rag.SEARCH.served_as(config.rag_service)
         self._render = prompt.RENDER.served_as(config.prompt_service)
-        self._cache_get = cache.GET.served_as(cs)
-        self._cache_set = cache.SET.served_as(cs)
-        self._cache_invalidate = cache.INVALIDATE.served_as(cs)
+        self._cache_get = cache.INTERNAL_GET.served_as(cs)
+        self._cache_set = cache.INTERNAL_SET.served_as(cs)
+        self._cache_invalidate = cache.INTERNAL_INVALIDATE.served_as(cs)
 
     async def generate(self, req: GenerateRequest, ctx: Context) -> GenerateResponse:
         return await self.client.call(

@@ -107,7 +107,7 @@ def cache_key(agent: Agent, task: str, offered: list[str]) -> str:
 
 
 def cache_tag(agent_id: str) -> str:
-    return f"agent.{agent_id}"
+    return f"_agent.{agent_id}"  # reserved, like the namespace
 
 
 @dataclass
@@ -694,7 +694,7 @@ class Runs:
             existing = state.by_call.get(call_id)
             if existing is not None and existing["status"] != "pending_approval":
                 continue  # answered already (before a pause)
-            decision = state.toolbox.check(name, raw)
+            decision = await state.toolbox.check(name, raw, key=state.tenant)
             if existing is not None:
                 approval = existing["approval"]
                 if approval is None:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 import nats.errors
 import structlog
 
+from bus import offload
 from bus.codec import Codec
 from bus.errors import Conflict, Forbidden, InvalidRequest, MeshError, NotFound
 from bus.jetstream import ConsumerSpec, JobConsumer, publish
@@ -189,6 +190,7 @@ class AgentService:
         if nulls:
             raise InvalidRequest(f"{', '.join(nulls)} cannot be null")
         current = await self.store.get_agent(tenant, req.agent_id)
+        policy.require_agent_owner(ctx, current["created_by"])
         if "tools" in fields:
             await self._check_attach(tenant, fields["tools"], ctx, current["tools"])
             fields["tools"] = list(dict.fromkeys(fields["tools"]))
@@ -202,6 +204,7 @@ class AgentService:
     async def delete(self, req: AgentDeleteRequest, ctx: Context) -> AgentDeleteResponse:
         tenant = tenant_of(ctx)
         row = await self.store.get_agent(tenant, req.agent_id)
+        policy.require_agent_owner(ctx, row["created_by"])
         status: Literal["deleted", "archived"]
         if req.hard:
             await self.store.delete_agent(tenant, req.agent_id)
@@ -231,7 +234,7 @@ class AgentService:
         policy.require_tools_write(ctx)
         if req.name in tools.BUILTINS:
             raise InvalidRequest(f"{req.name} is a built-in tool")
-        tools.check_declaration(req.parameters, req.implementation)
+        await tools.check_declaration_off_loop(req.parameters, req.implementation, tenant_of(ctx))
         row = await self.store.insert_tool(
             tenant_of(ctx),
             {
@@ -260,7 +263,9 @@ class AgentService:
         merged = {**current, **fields}
         if merged["parameters"].get("type") != "object":
             raise InvalidRequest('parameters must be a JSON Schema with "type": "object"')
-        tools.check_declaration(merged["parameters"], _implementation(merged))
+        await tools.check_declaration_off_loop(
+            merged["parameters"], _implementation(merged), tenant
+        )
         row = await self.store.update_tool(tenant, req.name, req.version, fields)
         return views.tool(row)
 
@@ -661,5 +666,8 @@ async def serving_parts(
         await db.close()
 
 
-def lifespan(env: WorkerEnv) -> AbstractAsyncContextManager[Worker]:
-    return serving_parts(env)
+@asynccontextmanager
+async def lifespan(env: WorkerEnv) -> AsyncIterator[Worker]:
+    # The schema pool stops after the worker and its run consumer have stopped.
+    async with offload.using(env.settings), serving_parts(env) as worker:
+        yield worker

@@ -24,9 +24,10 @@ from schemas.context import Context
 from schemas.gateway import GenerateRequest
 from workers.gateway.background import Background
 
-_log = structlog.get_logger("workers.gateway.cache")
+_log = structlog.get_logger(__name__)
 
-NAMESPACE = "gateway"
+#: Reserved (schemas.cache.RESERVED_PREFIX): users cannot plant answers here.
+NAMESPACE = "_gateway"
 KEY_VERSION = "v1"
 #: Longest a cache lookup may take before the request goes on without it.
 CACHE_TIMEOUT_S = 0.5
@@ -75,7 +76,7 @@ class ResponseCache:
         try:
             # A short deadline: retries, if any, stay inside it; a cache is not worth a wait.
             found = await self.client.call(
-                cache.GET,
+                cache.INTERNAL_GET,
                 CacheGetRequest(namespace=NAMESPACE, key=key),
                 _short(ctx, CACHE_TIMEOUT_S),
             )
@@ -97,6 +98,6 @@ class ResponseCache:
 
         async def store() -> None:
             fresh = ctx.model_copy(update={"deadline": now_ms() + int(CACHE_TIMEOUT_S * 1000)})
-            await self.client.call(cache.SET, request, fresh)
+            await self.client.call(cache.INTERNAL_SET, request, fresh)
 
         self.background.submit("cache_store", store)

@@ -21,9 +21,13 @@ offline local defaults.
       cooldown_time: 5                        # seconds
       fallbacks: [{fast: [local-chat]}]
       context_window_fallbacks: [{fast: [big]}]
+      - model_name: whisper                   # speech to text (gateway.transcribe)
+        litellm_params: {model: openai/whisper-1, api_key: os.environ/OPENAI_API_KEY}
+        model_info: {mode: audio_transcription}
     gateway_settings:
       default_chat_model: fast
       default_embedding_model: local-embed
+      default_transcription_model: whisper
 
 Resolved secrets live only in :class:`Deployment.params`, whose ``repr`` hides them; they
 are never logged, returned, or accepted from a request.
@@ -41,9 +45,14 @@ import yaml
 from schemas.gateway import DEFAULT_CHAT_MODEL, DEFAULT_EMBED_MODEL
 from workers.gateway import local
 
-Mode = Literal["chat", "embedding"]
+Mode = Literal["chat", "embedding", "audio_transcription"]
 #: The litellm modes the gateway serves, as its own type.
-_SERVED_MODES: dict[str, Mode] = {"chat": "chat", "embedding": "embedding"}
+_SERVED_MODES: dict[str, Mode] = {
+    "chat": "chat",
+    "embedding": "embedding",
+    "audio_transcription": "audio_transcription",
+}
+MODES = tuple(_SERVED_MODES)
 
 DEFAULT_CHAT_ALIAS = DEFAULT_CHAT_MODEL
 DEFAULT_EMBED_ALIAS = DEFAULT_EMBED_MODEL
@@ -66,6 +75,8 @@ _OWN_PARAMS = {
     "order",
     "weight",
     "input_cost_per_token",
+    "cache_read_input_token_cost",
+    "cache_creation_input_token_cost",
     "output_cost_per_token",
     "mock_response",
 }
@@ -102,6 +113,8 @@ class Alias:
     listed as chat but, as in the LiteLLM proxy, serves whichever operation is asked."""
     input_cost_per_token: float = 0.0
     output_cost_per_token: float = 0.0
+    cache_read_input_token_cost: float | None = None
+    cache_creation_input_token_cost: float | None = None
     context_window: int | None = None
     max_output_tokens: int | None = None
     dimensions: int | None = None
@@ -112,9 +125,25 @@ class Alias:
     def provider(self) -> str:
         return self.deployments[0].provider
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return prompt_tokens * self.input_cost_per_token + (
-            completion_tokens * self.output_cost_per_token
+    def cost(
+        self,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_read: int | None = None,
+        cached_write: int | None = None,
+    ) -> float:
+        """USD of one call, each token kind at its own price: ``prompt_tokens`` includes
+        the cached ones, which are priced at the cache read/creation rates (litellm's
+        names); a rate the price map lacks falls back to the input price."""
+        read, write = cached_read or 0, cached_write or 0
+        uncached = max(0, prompt_tokens - read - write)
+        read_rate = self.cache_read_input_token_cost
+        write_rate = self.cache_creation_input_token_cost
+        return (
+            uncached * self.input_cost_per_token
+            + read * (self.input_cost_per_token if read_rate is None else read_rate)
+            + write * (self.input_cost_per_token if write_rate is None else write_rate)
+            + completion_tokens * self.output_cost_per_token
         )
 
 
@@ -129,8 +158,11 @@ class GatewayConfig:
     cooldown: float = DEFAULT_COOLDOWN_S
     secrets: tuple[str, ...] = field(default=(), repr=False)
     """Every resolved secret value, so error messages can be scrubbed of them."""
+    default_transcription: str | None = None
 
     def default_for(self, mode: Mode) -> str | None:
+        if mode == "audio_transcription":
+            return self.default_transcription
         return self.default_chat if mode == "chat" else self.default_embedding
 
 
@@ -225,6 +257,7 @@ def parse_config(raw: Any, *, source: str = "config") -> GatewayConfig:
         allowed_fails=int(settings.get("allowed_fails", DEFAULT_ALLOWED_FAILS)),
         cooldown=float(settings.get("cooldown_time", DEFAULT_COOLDOWN_S)),
         secrets=tuple(s for s in secrets if len(s) >= 4),
+        default_transcription=default("default_transcription_model", "audio_transcription"),
     )
 
 
@@ -239,7 +272,10 @@ def _alias(
     declared = info.get("mode") or known.get("mode")
     mode = _SERVED_MODES.get(declared or "chat")
     if mode is None:
-        raise ConfigError(f"alias {name!r}: mode {declared!r} is not served (chat or embedding)")
+        raise ConfigError(
+            f"alias {name!r}: mode {declared!r} is not served"
+            " (chat, embedding or audio_transcription)"
+        )
     # Deployments that declare no mode (and litellm does not know) take the alias's.
     declared_modes = (i.get("mode") or _litellm_info(d.model).get("mode") for d, i in entries)
     modes: set[str] = {str(m) for m in declared_modes if m is not None}
@@ -261,6 +297,8 @@ def _alias(
         mode_known=declared is not None,
         input_cost_per_token=float(pick("input_cost_per_token") or 0.0),
         output_cost_per_token=float(pick("output_cost_per_token") or 0.0),
+        cache_read_input_token_cost=_price(pick("cache_read_input_token_cost")),
+        cache_creation_input_token_cost=_price(pick("cache_creation_input_token_cost")),
         context_window=_int(pick("max_input_tokens", "max_tokens")),
         max_output_tokens=_int(pick("max_output_tokens")),
         dimensions=_int(pick("output_vector_size", "dimensions")),
@@ -285,9 +323,23 @@ def _provider(model: str, params: dict[str, Any]) -> str:
     return model.split("/", 1)[0] if "/" in model else "openai"
 
 
+_PRICE_KEYS = (
+    "input_cost_per_token",
+    "cache_read_input_token_cost",
+    "cache_creation_input_token_cost",
+    "output_cost_per_token",
+    "cache_read_input_token_cost",
+    "cache_creation_input_token_cost",
+)
+
+
 def _prices(params: dict[str, Any]) -> dict[str, Any]:
     # The proxy accepts custom prices in litellm_params as well as in model_info.
-    return {k: params[k] for k in ("input_cost_per_token", "output_cost_per_token") if k in params}
+    return {k: params[k] for k in _PRICE_KEYS if k in params}
+
+
+def _price(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def _resolve(value: Any, where: str, secrets: list[str]) -> Any:

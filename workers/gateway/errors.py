@@ -78,6 +78,25 @@ def counts_against_deployment(error: MeshError) -> bool:
     return not isinstance(error, InvalidRequest)
 
 
+_NOT_INSTALLED = re.compile(r"the local model (?:needs the package|file) [^\n]{1,300}")
+
+
+def _model_not_installed(exc: BaseException) -> str | None:
+    """The install hint of a missing local model, wherever litellm wrapped it."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if type(e).__name__ == "ModelNotInstalled":  # workers.gateway.local, not imported here
+            return str(e)
+        todo += [e.__cause__, e.__context__, getattr(e, "original_exception", None)]
+    m = _NOT_INSTALLED.search(str(exc))
+    return m.group(0) if m else None
+
+
 def map_error(exc: BaseException, secrets: tuple[str, ...] = ()) -> MeshError:
     """Translate an exception raised by a litellm call into the error contract."""
     if isinstance(exc, MeshError):
@@ -88,6 +107,10 @@ def map_error(exc: BaseException, secrets: tuple[str, ...] = ()) -> MeshError:
         )
     if isinstance(exc, litellm.UnsupportedParamsError):
         return InvalidRequest("the model does not support a parameter", _detail(exc, secrets))
+    missing = _model_not_installed(exc)
+    if missing is not None:
+        # Not "cannot be reached" (retried, then a breaker): say what to install.
+        return ProviderConfigError(missing)
     if isinstance(exc, litellm.Timeout | TimeoutError | httpx.TimeoutException):
         return Timeout("the model provider did not answer in time")
     if _connection_failure(exc):

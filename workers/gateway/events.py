@@ -90,6 +90,8 @@ class CallRecord:
             provider_model=deployment.model if deployment else None,
             tokens_in=usage.prompt_tokens if usage else 0,
             tokens_out=usage.completion_tokens if usage else 0,
+            cached_tokens_read=(usage.cached_tokens_read or None) if usage else None,
+            cached_tokens_write=(usage.cached_tokens_write or None) if usage else None,
             cost=cost,
             latency_ms=round((time.perf_counter() - self.started) * 1000, 3),
             ttft_ms=(

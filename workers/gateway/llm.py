@@ -109,7 +109,30 @@ def usage_of(raw: Any) -> Usage:
         return Usage()
     p = int(getattr(raw, "prompt_tokens", 0) or 0)
     c = int(getattr(raw, "completion_tokens", 0) or 0)
-    return Usage(prompt_tokens=p, completion_tokens=c, total_tokens=p + c)
+    # litellm puts prompt-cache tokens in prompt_tokens_details (OpenAI: cached_tokens;
+    # Anthropic's cache_read/cache_creation_input_tokens mapped there too) and counts them
+    # inside prompt_tokens.
+    details = getattr(raw, "prompt_tokens_details", None)
+    read = _count(details, "cached_tokens") or _count(raw, "cache_read_input_tokens")
+    write = (
+        _count(details, "cache_creation_tokens")
+        or _count(details, "cache_write_tokens")
+        or _count(raw, "cache_creation_input_tokens")
+    )
+    return Usage(
+        prompt_tokens=p,
+        completion_tokens=c,
+        total_tokens=p + c,
+        cached_tokens_read=read or 0,
+        cached_tokens_write=write or 0,
+    )
+
+
+def _count(obj: Any, name: str) -> int | None:
+    value = getattr(obj, name, None) if obj is not None else None
+    if value is None and isinstance(obj, dict):
+        value = obj.get(name)
+    return int(value) if isinstance(value, int | float) and value > 0 else None
 
 
 async def open_stream(
@@ -224,3 +247,50 @@ async def embed(
 
 def _get(item: Any, key: str, default: Any) -> Any:
     return item.get(key, default) if isinstance(item, dict) else getattr(item, key, default)
+
+
+@dataclass
+class Transcript:
+    text: str
+    language: str | None
+    duration: float | None
+    segments: list[tuple[float, float, str]]
+
+
+async def transcribe(
+    deployment: Deployment,
+    audio: bytes,
+    filename: str,
+    language: str | None,
+    prompt: str | None,
+    timeout: float,
+) -> Transcript:
+    """Speech to text with segment timestamps (OpenAI's ``verbose_json``)."""
+    extra: dict[str, Any] = {}
+    if language:
+        extra["language"] = language
+    if prompt:
+        extra["prompt"] = prompt
+    response = await litellm.atranscription(
+        file=(filename, audio),
+        response_format="verbose_json",
+        timestamp_granularities=["segment"],
+        **extra,
+        **_call_kwargs(deployment, timeout),
+    )
+    text = getattr(response, "text", None)
+    if not isinstance(text, str):
+        raise MalformedAnswer("the model provider answered without a transcript")
+    segments = []
+    for seg in _get(response, "segments", None) or []:
+        start, end, said = _get(seg, "start", None), _get(seg, "end", None), _get(seg, "text", "")
+        if isinstance(start, (int, float)) and isinstance(end, (int, float)):
+            segments.append((float(start), float(end), str(said or "")))
+    duration = _get(response, "duration", None)
+    language_out = _get(response, "language", None)
+    return Transcript(
+        text=text,
+        language=str(language_out) if language_out else None,
+        duration=float(duration) if isinstance(duration, (int, float)) else None,
+        segments=segments,
+    )

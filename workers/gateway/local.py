@@ -59,6 +59,10 @@ _INSTALL_HINT = {
 }
 
 
+class ModelNotInstalled(FileNotFoundError):
+    """A local model's package or file is missing; the message says how to install it."""
+
+
 def model_file(key: str) -> Path:
     """Locate a model file without importing its package.
 
@@ -67,14 +71,22 @@ def model_file(key: str) -> Path:
     """
     env, package, rel = MODEL_FILES[key]
     if os.environ.get(env):
-        return Path(os.environ[env])
+        given = Path(os.environ[env])
+        if not given.is_file():
+            raise ModelNotInstalled(f"the local model file {given} (set by {env}) does not exist")
+        return given
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         hint = _INSTALL_HINT.get(package, "pip install -e .")
-        raise FileNotFoundError(f"package {package!r} is not installed: {hint}")
+        raise ModelNotInstalled(
+            f"the local model needs the package {package!r}, which is not installed: {hint}"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / rel
     if not path.is_file():
-        raise FileNotFoundError(path)
+        raise ModelNotInstalled(
+            f"the local model file {path} is missing: reinstall {package!r} "
+            f"({_INSTALL_HINT.get(package, 'pip install -e .')}) or set {env}"
+        )
     return path
 
 

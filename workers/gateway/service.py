@@ -1,4 +1,5 @@
-"""Gateway Service endpoints: ``gateway.{generate,stream,embed,models,count_tokens}.request``."""
+"""Gateway Service endpoints:
+``gateway.{generate,stream,embed,models,count_tokens,transcribe}.request``."""
 
 from __future__ import annotations
 
@@ -12,15 +13,18 @@ from typing import Any, TypeVar
 
 import litellm
 import structlog
+from nats.js import JetStreamContext
 
 from bus.codec import Codec
 from bus.context import remaining
-from bus.errors import InvalidRequest, MeshError, NotFound
+from bus.errors import InvalidRequest, MeshError, NotFound, Unavailable
 from bus.settings import DEFAULT_MAX_CONCURRENCY
+from bus.uploads import read_object
 from bus.worker import Endpoint, Worker, WorkerEnv
 from schemas import gateway
 from schemas.context import Context
 from schemas.gateway import (
+    MAX_TRANSCRIBE_BYTES,
     CountTokensRequest,
     CountTokensResponse,
     Delta,
@@ -34,18 +38,31 @@ from schemas.gateway import (
     ModelsRequest,
     ModelsResponse,
     ToolCallDelta,
+    TranscribeRequest,
+    TranscribeResponse,
+    TranscriptSegment,
     Usage,
 )
 from workers.gateway import llm, local, tokens
 from workers.gateway.background import Background, running
+from workers.gateway.budgets import BudgetGuard, watching
 from workers.gateway.cache import DEFAULT_TTL_S, ResponseCache, cache_key, cache_policy
 from workers.gateway.config import Alias, Deployment, GatewayConfig, load_config
 from workers.gateway.dispatch import AttemptsFailed, Dispatcher, Outcome
 from workers.gateway.errors import map_error
 from workers.gateway.events import CallRecord, Events
+from workers.gateway.images import check_image_urls
 from workers.gateway.settings import GatewaySettings
 
 _log = structlog.get_logger(__name__)
+
+#: What a caller is told when no transcription alias is configured.
+NO_TRANSCRIPTION_MODEL = (
+    "no transcription model is configured: add an alias with model_info.mode "
+    "audio_transcription to GATEWAY_MODELS, e.g. {model_name: whisper, litellm_params: "
+    "{model: openai/whisper-1, api_key: os.environ/OPENAI_API_KEY}, model_info: "
+    "{mode: audio_transcription}} (see docs/services/gateway.md)"
+)
 
 VERSION = "0.1.0"
 
@@ -60,17 +77,26 @@ class Gateway:
         events: Events,
         cache: ResponseCache,
         log_content: bool = False,
+        budgets: BudgetGuard | None = None,
+        js: JetStreamContext | None = None,
+        image_url_hosts: tuple[str, ...] = (),
     ) -> None:
         self.config = config
+        self.image_url_hosts = image_url_hosts
         self.dispatcher = Dispatcher(config)
         self.events = events
         self.cache = cache
         self.log_content = log_content
+        self.budgets = budgets
+        self.js = js
 
     # ---------------------------------------------------------------- generate
 
     async def generate(self, req: GenerateRequest, ctx: Context) -> GenerateResponse:
+        check_image_urls(req, self.image_url_hosts)
         alias = self.dispatcher.resolve(req.model, "chat")
+        if self.budgets is not None:
+            self.budgets.check(ctx)  # before any provider is called
         call = CallRecord("generate", alias.name, ctx)
         messages = llm.messages_of(req)
         read, write = cache_policy(req)
@@ -100,7 +126,7 @@ class Gateway:
             message=result.message,
             finish_reason=result.finish_reason,
             usage=result.usage,
-            cost=served.cost(result.usage.prompt_tokens, result.usage.completion_tokens),
+            cost=_cost(served, result.usage),
         )
         if write and key:
             ttl = req.cache.ttl if req.cache else None
@@ -111,7 +137,10 @@ class Gateway:
     # ---------------------------------------------------------------- stream
 
     async def stream(self, req: GenerateRequest, ctx: Context) -> AsyncIterator[GenerateChunk]:
+        check_image_urls(req, self.image_url_hosts)
         alias = self.dispatcher.resolve(req.model, "chat")
+        if self.budgets is not None:
+            self.budgets.check(ctx)  # before any provider is called
         call = CallRecord("stream", alias.name, ctx)
         messages = llm.messages_of(req)
         read, write = cache_policy(req)
@@ -155,7 +184,7 @@ class Gateway:
             usage = state.usage or llm.count_usage(
                 outcome.deployment, messages, "".join(state.text)
             )
-            cost = served.cost(usage.prompt_tokens, usage.completion_tokens)
+            cost = _cost(served, usage)
             finish = state.finish_reason or ("tool_calls" if message.tool_calls else "stop")
         except (MeshError, asyncio.CancelledError, GeneratorExit) as exc:
             self._failed(call, ctx, exc, messages)
@@ -174,6 +203,8 @@ class Gateway:
 
     async def embed(self, req: EmbedRequest, ctx: Context) -> EmbedResponse:
         alias = self.dispatcher.resolve(req.model, "embedding")
+        if self.budgets is not None:
+            self.budgets.check(ctx)  # before any provider is called
         call = CallRecord("embed", alias.name, ctx)
         dimensions = req.dimensions
         if dimensions is not None and alias.provider == local.PROVIDER:
@@ -194,10 +225,50 @@ class Gateway:
         self._record(call, ctx, usage, cost, False, req.texts, None)
         return EmbedResponse(model=outcome.alias.name, vectors=vectors, usage=usage, cost=cost)
 
+    # ---------------------------------------------------------------- transcribe
+
+    async def transcribe(self, req: TranscribeRequest, ctx: Context) -> TranscribeResponse:
+        if req.model is None and self.config.default_transcription is None:
+            raise NotFound(NO_TRANSCRIPTION_MODEL)
+        alias = self.dispatcher.resolve(req.model, "audio_transcription")
+        if self.budgets is not None:
+            self.budgets.check(ctx)  # before any provider is called
+        audio = req.audio
+        if audio is None:
+            if self.js is None or not ctx.tenant:
+                raise Unavailable("the gateway has no object store to read the recording from")
+            _, audio = await read_object(
+                self.js, req.object_name or "", ctx.tenant, max_bytes=MAX_TRANSCRIBE_BYTES
+            )
+        call = CallRecord("transcribe", alias.name, ctx)
+        try:
+            outcome = await self._dispatch(
+                call,
+                alias,
+                ctx,
+                lambda d, t: llm.transcribe(d, audio, req.filename, req.language, req.prompt, t),
+            )
+        except (MeshError, asyncio.CancelledError) as exc:
+            self._failed(call, ctx, exc, None)
+            raise
+        result = outcome.value
+        self._record(call, ctx, Usage(), 0.0, False, None, None)
+        return TranscribeResponse(
+            model=outcome.alias.name,
+            text=result.text,
+            language=result.language,
+            duration=result.duration,
+            segments=[TranscriptSegment(start=s, end=e, text=t) for s, e, t in result.segments],
+        )
+
     # ---------------------------------------------------------------- models, tokens
 
     async def models(self, req: ModelsRequest, ctx: Context) -> ModelsResponse:
-        defaults = {self.config.default_chat, self.config.default_embedding}
+        defaults = {
+            self.config.default_chat,
+            self.config.default_embedding,
+            self.config.default_transcription,
+        }
         return ModelsResponse(
             models=[
                 ModelInfo(
@@ -220,13 +291,12 @@ class Gateway:
         name = req.model or self.config.default_chat
         if name is None:
             raise NotFound("no chat model is configured")
+        # Only configured aliases: any model name litellm knows would let a caller pick a
+        # tokenizer that litellm downloads from a hub, inline (issue 10, item 5).
         alias = self.config.aliases.get(name)
-        if alias is not None:
-            deployment = alias.deployments[0]
-        elif name in litellm.model_cost:  # a model litellm knows, asked for by its own name
-            deployment = Deployment(alias=name, model=name, provider="litellm", params={})
-        else:
+        if alias is None:
             raise NotFound(f"unknown model alias {name!r}; gateway.models lists them")
+        deployment = alias.deployments[0]
         messages = [m.model_dump() for m in req.messages] if req.messages is not None else None
         total, counts = await tokens.count(deployment, messages, req.texts)
         return CountTokensResponse(model=name, total=total, counts=counts)
@@ -280,6 +350,15 @@ class Gateway:
         self.events.publish(event, ctx)
 
 
+def _cost(alias: Alias, usage: Usage) -> float:
+    return alias.cost(
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        usage.cached_tokens_read,
+        usage.cached_tokens_write,
+    )
+
+
 def _dump(value: Any) -> Any:
     return value.model_dump(exclude_none=True) if hasattr(value, "model_dump") else value
 
@@ -328,6 +407,7 @@ def build_worker(
             Endpoint(gateway.EMBED, g.embed),
             Endpoint(gateway.MODELS, g.models),
             Endpoint(gateway.COUNT_TOKENS, g.count_tokens),
+            Endpoint(gateway.TRANSCRIBE, g.transcribe),
         ],
         version=VERSION,
         description="One door to LLMs through litellm",
@@ -355,16 +435,20 @@ async def gateway_running(
     *,
     log_content: bool = False,
     cache_ttl: int = DEFAULT_TTL_S,
+    image_url_hosts: tuple[str, ...] = (),
 ) -> AsyncIterator[Gateway]:
     """A gateway with its background publisher running; pending events drain on exit."""
     codec = Codec(env.settings.codec_type)
     background = Background()
-    async with running(background):
+    async with running(background), watching(env.js) as budgets:
         gw = Gateway(
             config,
             events=Events(env.js, background, codec),
             cache=ResponseCache(env.client, background, cache_ttl),
             log_content=log_content,
+            budgets=budgets,
+            js=env.js,
+            image_url_hosts=image_url_hosts,
         )
         yield gw
 
@@ -390,5 +474,6 @@ async def lifespan(env: WorkerEnv, settings: GatewaySettings) -> AsyncIterator[W
         env,
         log_content=settings.log_content,
         cache_ttl=settings.cache_ttl,
+        image_url_hosts=tuple(settings.image_url_hosts),
     ) as gw:
         yield build_worker(gw, Codec(env.settings.codec_type), env.settings.max_concurrency)

@@ -44,6 +44,14 @@ class GatewaySettings(BaseSettings):
     log_content: bool = Field(
         default=False, description="put prompt and completion text in LLMOps events"
     )
+    image_url_hosts: list[str] = Field(
+        default_factory=list,
+        description=(
+            'hosts whose https:// image URLs a generation may carry, as JSON: ["cdn.example.com",'
+            ' "*.example.org"] or ["*"]; none by default (inline data: URLs only) '
+            "(GATEWAY_IMAGE_URL_HOSTS)"
+        ),
+    )
     cache_ttl: int = Field(
         default=DEFAULT_CACHE_TTL_S,
         ge=1,

@@ -3,7 +3,8 @@
 Local models count with their real tokenizers (SmolLM2's from its GGUF vocabulary, MiniLM's
 ``tokenizer.json``), which is cheap: no weights are loaded. Every other model counts with
 ``litellm.token_counter`` for its underlying model (tiktoken for OpenAI models, litellm's
-default otherwise).
+bundled default otherwise: never a tokenizer downloaded at run time). Only configured
+aliases are counted.
 
 For messages, ``counts[i]`` is message *i* with its chat framing (what dropping it would
 save), and ``total`` is the whole prompt as sent, including framing that belongs to no
@@ -19,6 +20,11 @@ import litellm
 
 from workers.gateway import local
 from workers.gateway.config import Deployment
+
+# Never fetch a tokenizer at run time: for some model names (llama, cohere, deepseek…)
+# litellm.token_counter downloads one from the Hugging Face hub, inline. With this set it
+# counts those with its bundled tiktoken encoding (an estimate) instead.
+litellm.disable_hf_tokenizer_download = True
 
 #: Inputs larger than this (characters) are counted off the event loop.
 INLINE_CHARS = 20_000

@@ -1,6 +1,17 @@
 """Data Ingestion Service: uploads and inline documents become jobs, parsed on a durable
 JetStream consumer and handed to RAG for indexing."""
 
-from workers.ingestion.service import lifespan
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: a bus.offload process that runs one of this package's
+    # functions should not import the whole service (NATS, Postgres, ...) to start.
+    if name == "lifespan":
+        from workers.ingestion.service import lifespan
+
+        return lifespan
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["lifespan"]

@@ -1,15 +1,21 @@
 """Turning an uploaded file into text, with its type taken from its content.
 
-Detection: ``%PDF-`` is a PDF; a ZIP with ``word/document.xml`` is a DOCX (any other ZIP
-or OLE2 file is refused); other binary content (a NUL byte in the first 8 KiB, bytes that
-are not UTF-8/UTF-16 text, or a format ``puremagic`` names) is refused whatever its name;
+Detection: ``%PDF-`` is a PDF (``pdf``: text layer, OCR of scanned pages); a ZIP with
+``word/document.xml`` is a DOCX, with ``xl/workbook.xml`` an XLSX (``sheets``), with
+``ppt/presentation.xml`` a PPTX (``slides``) (any other ZIP or OLE2 file is refused); PNG,
+JPEG, GIF, TIFF and WebP are read by OCR (``images``, ``ocr``); audio is recognised
+(``audio``) and transcribed by the service through the gateway; other binary content (a
+NUL byte in the first 8 KiB, bytes that are not UTF-8/UTF-16 text, or a format
+``puremagic`` names) is refused whatever its name;
 text is HTML, JSON, CSV, Markdown or plain text — the name or declared type chooses among
 text formats only, and the content must then parse as that format.
 
 Every failure raises :class:`ParseError` (an ``invalid_request``) with a sentence a user
 can act on; the job ends ``failed`` with it and is not retried. Limits bound the work a
 hostile file can cause: file size, PDF pages, DOCX members and expanded size and ratio
-(zip bombs), extracted text length.
+(zip bombs), extracted text length, image size and frames, OCR pages, sheet rows and
+cells, slides. Formats with places to cite (pages, rows, slides, time) also return
+:class:`~schemas.locations.Span` s: which characters of the text came from where.
 """
 
 from __future__ import annotations
@@ -24,18 +30,20 @@ from typing import Any
 
 import puremagic
 
-from bus.errors import InvalidRequest
+from schemas.locations import Location, Span
+from workers.ingestion import audio, images, pdf, sheets, slides
+from workers.ingestion.archive import ZipLimits, check_zip, open_zip
+from workers.ingestion.errors import ParseError
 
 DEFAULT_MAX_PDF_PAGES = 2_000
 DEFAULT_MAX_UNZIPPED_BYTES = 200 * 1024 * 1024
 DEFAULT_MAX_ZIP_RATIO = 200
 DEFAULT_MAX_ZIP_MEMBERS = 5_000
 DEFAULT_MAX_TEXT_CHARS = 20_000_000
-#: Ratio checks apply to members at least this large (tiny XML parts compress very well).
-_RATIO_MIN_BYTES = 1024 * 1024
+DEFAULT_MAX_AUDIO_SECONDS = 4 * 3600
 
 TEXT_KINDS = ("txt", "md", "html", "csv", "json")
-KINDS = (*TEXT_KINDS, "pdf", "docx")
+KINDS = (*TEXT_KINDS, "pdf", "docx", "xlsx", "pptx", *images.KINDS, *audio.KINDS)
 MIME = {
     "txt": "text/plain",
     "md": "text/markdown",
@@ -44,6 +52,10 @@ MIME = {
     "json": "application/json",
     "pdf": "application/pdf",
     "docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "pptx": "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+    **images.MIME,
+    **audio.MIME,
 }
 _EXTENSIONS = {
     "txt": "txt",
@@ -62,10 +74,6 @@ _EXTENSIONS = {
 _MIME_KINDS = {v: k for k, v in MIME.items()} | {"text/x-markdown": "md", "text/json": "json"}
 
 
-class ParseError(InvalidRequest):
-    """The file cannot be ingested; the message says why, for the user."""
-
-
 @dataclass(frozen=True)
 class Limits:
     max_bytes: int
@@ -74,6 +82,22 @@ class Limits:
     max_zip_ratio: int = DEFAULT_MAX_ZIP_RATIO
     max_zip_members: int = DEFAULT_MAX_ZIP_MEMBERS
     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
+    max_ocr_pages: int = pdf.DEFAULT_MAX_OCR_PAGES
+    max_image_pixels: int = images.DEFAULT_MAX_IMAGE_PIXELS
+    max_image_side: int = images.DEFAULT_MAX_IMAGE_SIDE
+    max_image_frames: int = images.DEFAULT_MAX_IMAGE_FRAMES
+    max_sheet_rows: int = sheets.DEFAULT_MAX_ROWS
+    max_sheet_cells: int = sheets.DEFAULT_MAX_CELLS
+    max_slides: int = slides.DEFAULT_MAX_SLIDES
+    max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS
+
+    @property
+    def zip(self) -> ZipLimits:
+        return ZipLimits(self.max_zip_members, self.max_unzipped_bytes, self.max_zip_ratio)
+
+    @property
+    def image(self) -> images.ImageLimits:
+        return images.ImageLimits(self.max_image_pixels, self.max_image_side, self.max_image_frames)
 
 
 @dataclass(frozen=True)
@@ -81,6 +105,13 @@ class Parsed:
     kind: str
     text: str
     title: str | None = None
+    spans: tuple[Span, ...] = ()
+    """Where each unit of ``text`` comes from (empty for formats without locations)."""
+    units: tuple[tuple[str, Location], ...] = ()
+    pending_ocr: tuple[int, ...] = ()
+    """``parse(defer_ocr=True)`` of a PDF with scanned pages: ``text`` is empty, ``units``
+    holds the pages read so far and these pages are left for ``pdf.ocr_page``; then
+    :func:`from_units` joins everything."""
 
     @property
     def content_type(self) -> str:
@@ -103,17 +134,55 @@ def _named(filename: str | None) -> str:
 
 
 def parse(
-    data: bytes, limits: Limits, *, filename: str | None = None, content_type: str | None = None
+    data: bytes,
+    limits: Limits,
+    *,
+    filename: str | None = None,
+    content_type: str | None = None,
+    defer_ocr: bool = False,
 ) -> Parsed:
+    """The file's text (and spans). ``defer_ocr``: leave a PDF's scanned pages to one
+    ``pdf.ocr_page`` call each (see :attr:`Parsed.pending_ocr`)."""
     if not data:
         raise ParseError("the file is empty")
     if len(data) > limits.max_bytes:
         raise ParseError(f"the file has {len(data)} bytes, over the {limits.max_bytes}-byte limit")
     hint = declared_kind(filename, content_type)
     if data.startswith(b"%PDF-"):
-        parsed = _pdf(data, limits)
+        result = pdf.read_pdf(
+            data,
+            max_pages=limits.max_pdf_pages,
+            max_ocr_pages=limits.max_ocr_pages,
+            image_limits=limits.image,
+            defer_ocr=defer_ocr,
+        )
+        if result.pending:
+            return Parsed(
+                "pdf",
+                "",
+                result.title,
+                units=tuple(result.units),
+                pending_ocr=tuple(result.pending),
+            )
+        return finish_pdf(result.units, limits, result.title)
     elif data.startswith(b"PK\x03\x04"):
+        zip_kind = _zip_kind(data, filename)
+        if zip_kind == "xlsx":
+            units, title = sheets.read_xlsx(
+                data,
+                limits.zip,
+                max_rows=limits.max_sheet_rows,
+                max_cells=limits.max_sheet_cells,
+            )
+            return from_units("xlsx", units, limits, title)
+        if zip_kind == "pptx":
+            units, title = slides.read_pptx(data, limits.zip, max_slides=limits.max_slides)
+            return from_units("pptx", units, limits, title)
         parsed = _docx(data, limits, filename)
+    elif image_kind := images.kind_of(data):
+        return from_units(image_kind, images.read_image(data, limits.image), limits)
+    elif audio.kind_of(data):
+        raise ParseError("audio is transcribed through the gateway, not parsed here")
     elif data.startswith(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"):
         raise ParseError(
             "legacy Microsoft Office (OLE2) files are not supported" + _named(filename)
@@ -133,72 +202,76 @@ def parse(
     return Parsed(parsed.kind, text, parsed.title)
 
 
+def from_units(
+    kind: str, units: list[tuple[str, Location]], limits: Limits, title: str | None = None
+) -> Parsed:
+    """Join located units into one text, each tidied, separated by a blank line, and
+    record the characters each one occupies."""
+    parts: list[str] = []
+    spans: list[Span] = []
+    size = 0
+    for raw, location in units:
+        text = _tidy(raw)
+        if not text:
+            continue
+        if parts:
+            size += 2  # the "\n\n" before this unit
+        spans.append(Span(start=size, end=size + len(text), location=location))
+        parts.append(text)
+        size += len(text)
+        if size > limits.max_text_chars:
+            raise ParseError(
+                f"the extracted text has more than {limits.max_text_chars} characters, "
+                "over the limit"
+            )
+    if not parts:
+        raise ParseError(f"no text could be extracted: {_NOTHING.get(kind, 'no text')}")
+    return Parsed(kind, "\n\n".join(parts), title, tuple(spans))
+
+
+def finish_pdf(
+    units: list[tuple[str, Location]], limits: Limits, title: str | None = None
+) -> Parsed:
+    """A PDF's pages (text layer and OCR), in page order, as one parsed document."""
+    units = sorted((u for u in units if u[0].strip()), key=lambda u: u[1].page or 0)
+    if not units:
+        raise ParseError(
+            "no text could be extracted: the PDF has neither a text layer nor images with text"
+        )
+    return from_units("pdf", units, limits, title)
+
+
+_NOTHING = {
+    **{k: "no text was recognised in the image" for k in images.KINDS},
+    **{k: "the recording has no speech" for k in audio.KINDS},
+    "xlsx": "the workbook's sheets are empty",
+    "pptx": "the slides have no text",
+}
+
+
+def _zip_kind(data: bytes, filename: str | None) -> str:
+    with open_zip(data, "DOCX") as zf:
+        names = set(zf.namelist())
+    if "word/document.xml" in names:
+        return "docx"
+    if "xl/workbook.xml" in names:
+        return "xlsx"
+    if "ppt/presentation.xml" in names:
+        return "pptx"
+    raise ParseError(
+        "the file is a ZIP archive but not a DOCX, XLSX or PPTX document" + _named(filename)
+    )
+
+
 def _tidy(text: str) -> str:
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
-    text = re.sub(r"[ \t\f\v]+\n", "\n", text)
+    # Per line, not `re.sub(r"[ \t\f\v]+\n", ...)`: that retries the whole run of spaces
+    # at each of its positions, quadratic on a long run with no newline after it.
+    text = "\n".join(line.rstrip(" \t\f\v") for line in text.split("\n"))
     return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
 # ---------------------------------------------------------------- binary formats
-
-
-def _pdf(data: bytes, limits: Limits) -> Parsed:
-    import pypdf
-    from pypdf.errors import DependencyError, FileNotDecryptedError, PyPdfError
-
-    try:
-        reader = pypdf.PdfReader(io.BytesIO(data), strict=False)
-        if reader.is_encrypted:
-            # Owner-password-only PDFs open with an empty user password; others cannot.
-            try:
-                opened = reader.decrypt("")
-            except (DependencyError, NotImplementedError, PyPdfError):
-                opened = 0
-            if not opened:
-                raise ParseError("the PDF is encrypted (password-protected)")
-        pages = len(reader.pages)
-        if pages > limits.max_pdf_pages:
-            raise ParseError(
-                f"the PDF has {pages} pages, over the {limits.max_pdf_pages}-page limit"
-            )
-        texts = [page.extract_text() or "" for page in reader.pages]
-        title = None
-        try:
-            meta = reader.metadata
-            title = str(meta.title) if meta and meta.title else None
-        except (PyPdfError, ValueError, KeyError, TypeError):
-            pass
-    except ParseError:
-        raise
-    except FileNotDecryptedError:
-        raise ParseError("the PDF is encrypted (password-protected)") from None
-    except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError, OSError):
-        raise ParseError("the PDF is corrupt or truncated") from None
-    except RecursionError:
-        raise ParseError("the PDF is corrupt (nested too deeply)") from None
-    return Parsed("pdf", "\n\n".join(t.strip() for t in texts if t.strip()), title)
-
-
-def _check_zip(zf: zipfile.ZipFile, limits: Limits, filename: str | None) -> None:
-    infos = zf.infolist()
-    if len(infos) > limits.max_zip_members:
-        raise ParseError(
-            f"the DOCX has {len(infos)} parts, over the {limits.max_zip_members} limit"
-        )
-    total = 0
-    for info in infos:
-        total += info.file_size
-        ratio = info.file_size / max(1, info.compress_size)
-        if info.file_size >= _RATIO_MIN_BYTES and ratio > limits.max_zip_ratio:
-            raise ParseError(
-                f"the DOCX part {info.filename!r} expands {ratio:.0f}-fold "
-                f"(limit {limits.max_zip_ratio}): refused as a possible zip bomb"
-            )
-    if total > limits.max_unzipped_bytes:
-        raise ParseError(
-            f"the DOCX expands to {total} bytes, over the {limits.max_unzipped_bytes}-byte "
-            "limit: refused as a possible zip bomb"
-        )
 
 
 def _docx(data: bytes, limits: Limits, filename: str | None) -> Parsed:
@@ -210,10 +283,7 @@ def _docx(data: bytes, limits: Limits, filename: str | None) -> Parsed:
     except (zipfile.BadZipFile, ValueError, OSError):
         raise ParseError("the file is a corrupt ZIP/DOCX archive" + _named(filename)) from None
     with zf:
-        names = set(zf.namelist())
-        if "word/document.xml" not in names:
-            raise ParseError("the file is a ZIP archive but not a DOCX document" + _named(filename))
-        _check_zip(zf, limits, filename)
+        check_zip(zf, limits.zip, "DOCX")
     try:
         document = docx.Document(io.BytesIO(data))
     except (PackageNotFoundError, zipfile.BadZipFile, KeyError, ValueError, OSError):

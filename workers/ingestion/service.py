@@ -15,13 +15,14 @@ import asyncio
 import contextlib
 import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from nats.js import JetStreamContext
 
+from bus import offload
 from bus.client import Client
 from bus.codec import Codec
 from bus.context import child, new_context
@@ -41,8 +42,9 @@ from bus.uploads import (
     read_object,
 )
 from bus.worker import Endpoint, Worker, WorkerEnv
-from schemas import ingestion, rag
+from schemas import gateway, ingestion, rag
 from schemas.context import Context
+from schemas.gateway import MAX_TRANSCRIBE_BYTES, TranscribeRequest
 from schemas.ingestion import (
     INDEX_SUBJECT,
     PARSE_SUBJECT,
@@ -59,11 +61,21 @@ from schemas.ingestion import (
     SubmitRequest,
     SubmitResponse,
 )
-from workers.ingestion.parsing import Limits, parse
+from workers.ingestion import audio, images, pdf
+from workers.ingestion.parsing import (
+    Limits,
+    Parsed,
+    ParseError,
+    finish_pdf,
+    from_units,
+    parse,
+)
 from workers.ingestion.settings import IngestionSettings
-from workers.ingestion.store import JobStore, NewJob, new_job_id, to_job
+from workers.ingestion.store import JobStore, NewJob, Quota, new_job_id, to_job
 
 _log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 VERSION = "0.1.0"
 PARSE_CONSUMER = ConsumerSpec(
@@ -91,6 +103,26 @@ SWEEP_BATCH = 500
 #: Parsed text is capped by the parser's own limit; this only bounds the object write.
 MAX_PARSED_BYTES = 64 * 1024 * 1024
 COLLECTION_CHECK_TIMEOUT_S = 3.0
+#: Longest a transcription through the gateway may take (a long recording, a slow provider).
+TRANSCRIBE_TIMEOUT_S = 900.0
+#: Time budget of parsing one file, OCR aside.
+PARSE_BUDGET_S = 60.0
+#: Time budget of reading one image or one scanned PDF page by OCR (a full page takes
+#: 5-20 s on a loaded 2-core machine: docs/services/ingestion.md).
+OCR_PAGE_BUDGET_S = 120.0
+
+
+async def _off_loop(fn: Callable[..., T], *args: Any, budget: float, tenant: str, **kw: Any) -> T:
+    """Run CPU-bound parsing of untrusted input in a killable process, within ``budget``."""
+    return await offload.run(
+        fn,
+        *args,
+        budget=budget,
+        key=tenant,
+        what="parsing the document",
+        pool="ingestion",
+        **kw,
+    )
 
 
 def _stem(filename: str | None) -> str | None:
@@ -111,6 +143,7 @@ class Ingestion:
         codec: Codec | None = None,
         stopping: asyncio.Event | None = None,
         limits: Limits | None = None,
+        parse_budget_s: float = PARSE_BUDGET_S,
     ) -> None:
         self.store = JobStore(db)
         self.js = js
@@ -119,6 +152,11 @@ class Ingestion:
         self.stopping = stopping or asyncio.Event()
         self.limits = limits or Limits(max_bytes=settings.upload_max_bytes)
         self.max_inline_bytes = settings.upload_max_bytes
+        self.parse_budget_s = parse_budget_s
+        self.quota = Quota(
+            max_documents=settings.ingest_tenant_max_pending_documents,
+            max_bytes=settings.ingest_tenant_max_pending_bytes,
+        )
 
     # ------------------------------------------------------------ endpoints
 
@@ -130,7 +168,7 @@ class Ingestion:
         try:
             for doc in req.documents:
                 jobs.append(await self._new_job(tenant, req.collection_id, doc, written))
-            rows = await self.store.create(tenant, jobs)
+            rows = await self.store.create(tenant, jobs, self.quota)
         except BaseException:
             for name in written:
                 with contextlib.suppress(Exception):
@@ -249,13 +287,11 @@ class Ingestion:
             _, data = await read_object(
                 self.js, row["object_name"], tenant, max_bytes=self.limits.max_bytes
             )
-            parsed = await asyncio.to_thread(
-                parse,
-                data,
-                self.limits,
-                filename=row["filename"],
-                content_type=row["declared_type"],
-            )
+            sound = audio.kind_of(data)
+            if sound is not None:
+                parsed = await self._transcribe(ctx, sound, data, row["object_name"])
+            else:
+                parsed = await self._parse(tenant, data, row["filename"], row["declared_type"])
             text_object = await put_stream(
                 self.js,
                 tenant,
@@ -264,6 +300,7 @@ class Ingestion:
                 content_type="text/plain; charset=utf-8",
                 name=f"parsed/{job.job_id}",
             )
+            spans_object = await self._put_spans(tenant, job.job_id, parsed)
             title = row["title"] or parsed.title
             await self.store.parsed(tenant, job.job_id, parsed.content_type, title)
             metadata = row["metadata"]
@@ -279,6 +316,7 @@ class Ingestion:
                     content_type=parsed.content_type,
                     text_object=text_object.name,
                     object_name=row["object_name"],
+                    spans_object=spans_object,
                 ),
                 ctx,
                 msg_id=f"{job.job_id}:index",
@@ -286,6 +324,81 @@ class Ingestion:
             )
 
         await until_available(attempt, stopping=self.stopping, what=f"parse {job.job_id}")
+
+    async def _parse(
+        self, tenant: str, data: bytes, filename: str | None, declared: str | None
+    ) -> Parsed:
+        """The file's text off the event loop; a PDF's scanned pages one OCR call each."""
+        budget = OCR_PAGE_BUDGET_S if images.kind_of(data) else PARSE_BUDGET_S
+        parsed = await _off_loop(
+            parse,
+            data,
+            self.limits,
+            filename=filename,
+            content_type=declared,
+            defer_ocr=True,
+            budget=budget,
+            tenant=tenant,
+        )
+        if not parsed.pending_ocr:
+            return parsed
+        units = list(parsed.units)
+        for number in parsed.pending_ocr:
+            units.append(
+                await _off_loop(
+                    pdf.ocr_page,
+                    data,
+                    number,
+                    self.limits.image,
+                    budget=OCR_PAGE_BUDGET_S,
+                    tenant=tenant,
+                )
+            )
+        return await _off_loop(
+            finish_pdf, units, self.limits, parsed.title, budget=PARSE_BUDGET_S, tenant=tenant
+        )
+
+    async def _transcribe(self, ctx: Context, kind: str, data: bytes, object_name: str) -> Parsed:
+        """A recording → timed transcript segments, through ``gateway.transcribe``."""
+        audio.check_duration(kind, data, self.limits.max_audio_seconds)
+        if len(data) > MAX_TRANSCRIBE_BYTES:
+            raise ParseError(
+                f"the recording has {len(data)} bytes, over the {MAX_TRANSCRIBE_BYTES}-byte "
+                "limit of transcription"
+            )
+        request = TranscribeRequest(object_name=object_name, filename=f"recording.{kind}")
+        try:
+            out = await self.client.call(
+                gateway.TRANSCRIBE, request, child(ctx, timeout=TRANSCRIBE_TIMEOUT_S)
+            )
+        except NotFound as exc:  # no transcription alias configured (or the named one)
+            raise ParseError(f"the recording cannot be transcribed: {exc.message}") from None
+        segments = [(s.start, s.end, s.text) for s in out.segments]
+        return from_units(kind, audio.transcript_units(segments, out.text), self.limits)
+
+    async def _put_spans(self, tenant: str, job_id: str, parsed: Parsed) -> str | None:
+        """Where each part of the text comes from, beside the text, for RAG."""
+        if not parsed.spans:
+            return None
+        body = json.dumps(
+            [
+                {
+                    "start": s.start,
+                    "end": s.end,
+                    "location": s.location.model_dump(exclude_none=True, exclude={"label"}),
+                }
+                for s in parsed.spans
+            ]
+        ).encode()
+        stored = await put_stream(
+            self.js,
+            tenant,
+            [body],
+            max_bytes=MAX_PARSED_BYTES,
+            content_type="application/json",
+            name=f"parsed/{job_id}.spans",
+        )
+        return stored.name
 
     async def parse_failed(self, job: ParseJob | None, ctx: Context | None, reason: str) -> None:
         if job is None or ctx is None or not ctx.tenant:
@@ -297,6 +410,17 @@ class Ingestion:
             stopping=self.stopping,
             what=f"fail {job.job_id}",
         )
+        await self._drop_failed(tenant, job.job_id)
+
+    async def _drop_failed(self, tenant: str, job_id: str) -> None:
+        """A failed job's files are never read again: free their room in the bucket."""
+        try:
+            name = await self.store.failed_object(tenant, job_id)
+            if name is not None:
+                await delete_object(self.js, name, tenant)
+            await delete_object(self.js, f"parsed/{job_id}", tenant)
+        except Exception as exc:  # the job is marked failed; the files wait for a later try
+            _log.warning("failed_job_cleanup_failed", job_id=job_id, error=type(exc).__name__)
 
     async def on_progress(self, event: JobProgress, ctx: Context) -> None:
         tenant = tenant_of(ctx)
@@ -315,6 +439,8 @@ class Ingestion:
 
         if not await until_available(apply, stopping=self.stopping, what="progress"):
             _log.warning("progress_for_unknown_job", job_id=event.job_id)
+        elif event.stage == "failed":
+            await self._drop_failed(tenant, event.job_id)
 
     async def progress_failed(self, event: Any, ctx: Context | None, reason: str) -> None:
         _log.error("progress_event_dropped", reason=reason, job_id=getattr(event, "job_id", None))
@@ -389,7 +515,8 @@ async def lifespan(
             on_failed=ing.progress_failed,
             codec=codec,
         )
-        async with asyncio.TaskGroup() as tg:
+        # The pools stop after the consumers' in-flight jobs (the TaskGroup) finish.
+        async with offload.using(env.settings), asyncio.TaskGroup() as tg:
             tg.create_task(parse_consumer.run(stopping))
             tg.create_task(progress_consumer.run(stopping))
             tg.create_task(ing.sweep(stopping))

@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 
 from bus.context import new_id
+from bus.errors import PayloadTooLarge, RateLimited
 from bus.postgres import Database
 from bus.sql import cursor_time, decode_cursor, encode_cursor
 from schemas.ingestion import STAGES, Job
@@ -63,15 +64,60 @@ def _uncursor(cursor: str) -> tuple[datetime, str]:
 
 _STAGES = list(STAGES)
 _TERMINAL = "('indexed', 'failed')"
+#: How long a tenant over its pending quota is told to wait before trying again.
+QUOTA_RETRY_AFTER_S = 30
+
+
+@dataclass(frozen=True)
+class Quota:
+    """What one tenant may have queued or in progress at once (not yet indexed or failed)."""
+
+    max_documents: int
+    max_bytes: int
+
+
+async def _check_quota(
+    conn: asyncpg.Connection, tenant: str, jobs: list[NewJob], quota: Quota
+) -> None:
+    """Refuse a submit that would take the tenant past its pending quota.
+
+    Under a per-tenant transaction lock, so two concurrent submits cannot both pass. A
+    batch larger than the whole quota can never pass: ``payload_too_large``; one that fits
+    once earlier jobs finish: ``rate_limited`` with a retry-after.
+    """
+    size = sum(j.size or 0 for j in jobs)
+    if len(jobs) > quota.max_documents or size > quota.max_bytes:
+        raise PayloadTooLarge(
+            f"this submit holds {len(jobs)} documents and {size} bytes; a tenant may have at "
+            f"most {quota.max_documents} documents and {quota.max_bytes} bytes in progress"
+        )
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('ingestion.quota:' || $1))", tenant)
+    row = await conn.fetchrow(
+        "SELECT count(*) AS documents, coalesce(sum(size), 0)::bigint AS bytes"
+        f" FROM ingestion.jobs WHERE tenant_id = $1 AND status NOT IN {_TERMINAL}",
+        tenant,
+    )
+    assert row is not None
+    if row["documents"] + len(jobs) > quota.max_documents or row["bytes"] + size > quota.max_bytes:
+        raise RateLimited(
+            f"the tenant has {row['documents']} documents ({row['bytes']} bytes) in progress; "
+            f"the limit is {quota.max_documents} documents and {quota.max_bytes} bytes: "
+            "retry when some have finished",
+            {"retry_after": QUOTA_RETRY_AFTER_S},
+        )
 
 
 class JobStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def create(self, tenant: str, jobs: list[NewJob]) -> list[asyncpg.Record]:
+    async def create(
+        self, tenant: str, jobs: list[NewJob], quota: Quota | None = None
+    ) -> list[asyncpg.Record]:
         now = datetime.now(UTC)
         async with self.db.transaction() as conn:
+            if quota is not None:
+                await _check_quota(conn, tenant, jobs, quota)
             return await conn.fetch(
                 "INSERT INTO ingestion.jobs (tenant_id, job_id, collection_id, source_id, title,"
                 " metadata, filename, declared_type, object_name, size, timings)"
@@ -223,6 +269,16 @@ class JobStore:
                 chunks,
             )
         return row is not None
+
+    async def failed_object(self, tenant: str, job_id: str) -> str | None:
+        """The stored original of a job that ended ``failed`` (to delete), else ``None``."""
+        async with self.db.connection() as conn:
+            return await conn.fetchval(  # type: ignore[no-any-return]
+                "SELECT object_name FROM ingestion.jobs"
+                " WHERE tenant_id = $1 AND job_id = $2 AND status = 'failed'",
+                tenant,
+                job_id,
+            )
 
     async def fail(self, tenant: str, job_id: str, error: str) -> bool:
         return await self.advance(tenant, job_id, "failed", datetime.now(UTC), error=error)

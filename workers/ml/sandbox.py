@@ -20,7 +20,7 @@ import structlog
 from bus.errors import Internal, InvalidRequest, MeshError, PayloadTooLarge
 from workers.ml.trainer import MEMORY_ENV, PARENT_ENV
 
-_log = structlog.get_logger("workers.ml.sandbox")
+_log = structlog.get_logger(__name__)
 
 #: Largest answer read back (an ONNX model plus metrics and the drift reference).
 MAX_ANSWER_BYTES = 256 * 1024 * 1024

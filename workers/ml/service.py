@@ -38,6 +38,7 @@ from bus.errors import (
 )
 from bus.jetstream import ConsumerSpec, JobConsumer, publish
 from bus.postgres import Database, create_database, migrate, migrations_of
+from bus.sql import tenant_of
 from bus.uploads import object_info, read_object
 from bus.worker import Endpoint, Worker, WorkerEnv
 from schemas import ml
@@ -76,7 +77,7 @@ from workers.ml.serving import Loaded, SessionCache, infer
 from workers.ml.settings import MLConfig
 from workers.ml.store import MAX_ATTEMPTS, MLStore, Superseded, new_job_id
 
-_log = structlog.get_logger("workers.ml")
+_log = structlog.get_logger(__name__)
 
 VERSION = "0.1.0"
 TRAIN_CONSUMER = ConsumerSpec(
@@ -103,16 +104,6 @@ INLINE_ROWS = 32
 MIN_DRIFT_ROWS = 20
 
 
-def _tenant(ctx: Context | None) -> str:
-    if ctx is None or not ctx.tenant:
-        raise InvalidRequest("no tenant in context")
-    return ctx.tenant
-
-
-def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value
-
-
 def to_job(row: Any) -> Job:
     return Job(
         job_id=row["job_id"],
@@ -122,10 +113,10 @@ def to_job(row: Any) -> Job:
         algorithm=row["algorithm"],
         model=row["name"] if row["status"] == "succeeded" else None,
         version=row["version"],
-        metrics=_json(row["metrics"]),
+        metrics=row["metrics"],
         error=row["error"],
         error_code=row["error_code"],
-        error_details=_json(row["error_details"]),
+        error_details=row["error_details"],
         attempts=row["attempts"],
         created_at=row["created_at"],
         started_at=row["started_at"],
@@ -137,9 +128,9 @@ def to_version(row: Any, aliases: list[str]) -> Version:
     return Version(
         version=row["version"],
         algorithm=row["algorithm"],
-        params=_json(row["params"]),
-        metrics=_json(row["metrics"]),
-        signature=_json(row["signature"]),
+        params=row["params"],
+        metrics=row["metrics"],
+        signature=row["signature"],
         dataset_hash=row["dataset_hash"],
         job_id=row["job_id"],
         source=row["source"],
@@ -176,7 +167,7 @@ class MLService:
     # ------------------------------------------------------------ jobs
 
     async def train(self, req: TrainRequest, ctx: Context) -> TrainResponse:
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
         try:
             params = check_params(req.algorithm, req.task, req.params)
         except DataError as exc:
@@ -230,21 +221,21 @@ class MLService:
         return TrainResponse(job_id=job_id, status="queued")
 
     async def get_job(self, req: GetJobRequest, ctx: Context) -> Job:
-        row = await self.store.get_job(_tenant(ctx), req.job_id)
+        row = await self.store.get_job(tenant_of(ctx), req.job_id)
         if row is None:
             raise NotFound(f"no job {req.job_id}")
         return to_job(row)
 
     async def list_jobs(self, req: ListJobsRequest, ctx: Context) -> ListJobsResponse:
         rows, cursor = await self.store.list_jobs(
-            _tenant(ctx), status=req.status, name=req.name, limit=req.limit, cursor=req.cursor
+            tenant_of(ctx), status=req.status, name=req.name, limit=req.limit, cursor=req.cursor
         )
         return ListJobsResponse(jobs=[to_job(r) for r in rows], next_cursor=cursor)
 
     async def cancel_job(self, req: CancelJobRequest, ctx: Context) -> Job:
         """Cancel a queued or running job (its process is killed within a heartbeat);
         a finished job is returned unchanged."""
-        row = await self.store.cancel_job(_tenant(ctx), req.job_id)
+        row = await self.store.cancel_job(tenant_of(ctx), req.job_id)
         if row is None:
             raise NotFound(f"no job {req.job_id}")
         return to_job(row)
@@ -252,7 +243,7 @@ class MLService:
     # ------------------------------------------------------------ the training consumer
 
     async def run_job(self, job: TrainJob, ctx: Context) -> None:
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
         row = await self.store.get_job(tenant, job.job_id)
         if row is None:
             raise NotFound(f"no job {job.job_id}")
@@ -289,7 +280,7 @@ class MLService:
                 tenant, job.job_id, exc.code, f"dataset: {exc.message}", attempt=attempt
             )
             return
-        spec = _json(row["spec"])
+        spec = row["spec"]
         cancelled = asyncio.Event()
         beat = asyncio.create_task(self._lease(tenant, job.job_id, attempt, cancelled))
         try:
@@ -404,7 +395,7 @@ class MLService:
     # ------------------------------------------------------------ registry
 
     async def list_models(self, req: ListModelsRequest, ctx: Context) -> ListModelsResponse:
-        items, cursor = await self.store.list_models(_tenant(ctx), req.limit, req.cursor)
+        items, cursor = await self.store.list_models(tenant_of(ctx), req.limit, req.cursor)
         models = []
         for m, latest, aliases in items:
             alias_map = {a["alias"]: a["version"] for a in aliases}
@@ -426,7 +417,7 @@ class MLService:
         return ListModelsResponse(models=models, next_cursor=cursor)
 
     async def get_model(self, req: GetModelRequest, ctx: Context) -> ModelInfo:
-        m, versions, aliases = await self.store.model(_tenant(ctx), req.model)
+        m, versions, aliases = await self.store.model(tenant_of(ctx), req.model)
         alias_map = {a["alias"]: a["version"] for a in aliases}
         return ModelInfo(
             name=m["name"],
@@ -442,7 +433,7 @@ class MLService:
         )
 
     async def set_alias(self, req: SetAliasRequest, ctx: Context) -> SetAliasResponse:
-        previous = await self.store.set_alias(_tenant(ctx), req.model, req.alias, req.version)
+        previous = await self.store.set_alias(tenant_of(ctx), req.model, req.alias, req.version)
         return SetAliasResponse(
             model=req.model, alias=req.alias, version=req.version, previous_version=previous
         )
@@ -450,7 +441,7 @@ class MLService:
     async def delete_version(
         self, req: DeleteVersionRequest, ctx: Context
     ) -> DeleteVersionResponse:
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
         deleted = await self.store.delete_version(tenant, req.model, req.version)
         if not deleted:
             raise NotFound(f"model {req.model!r} has no version {req.version}")
@@ -460,7 +451,7 @@ class MLService:
     async def upload_model(self, req: UploadModelRequest, ctx: Context) -> UploadModelResponse:
         """Register an uploaded ONNX file after the checks of ``trainer.check_model``,
         which run in a separate process: the file is never loaded any other way."""
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
         features = []
         for f in req.features:
             if f.type == "categorical" and not f.categories:
@@ -527,14 +518,14 @@ class MLService:
         if loaded is None:
             loaded = await self.sessions.load(
                 key,
-                _json(row["signature"]),
+                row["signature"],
                 lambda: self.store.artifact(tenant, req.model, version),
                 row["artifact_sha256"],
             )
         return version, loaded
 
     async def predict(self, req: PredictRequest, ctx: Context) -> PredictResponse:
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
         version, loaded = await self._loaded(tenant, req)
         started = time.perf_counter()
 
@@ -591,7 +582,7 @@ class MLService:
                 _log.warning("serving_flush_failed", error=type(exc).__name__)
 
     async def drift(self, req: DriftRequest, ctx: Context) -> DriftResponse:
-        tenant = _tenant(ctx)
+        tenant = tenant_of(ctx)
         row = await self.store.resolve(tenant, req.model, req.version, req.alias)
         version = row["version"]
         ref_text = await self.store.reference(tenant, req.model, version)
@@ -610,12 +601,12 @@ class MLService:
                 f"a drift report needs at least {MIN_DRIFT_ROWS} rows; {len(rows)} available",
                 {"rows": len(rows)},
             )
-        signature = _json(row["signature"])
+        signature = row["signature"]
         features = features_of(signature)
 
         def report() -> tuple[int, list[dict[str, Any]]]:
             # The reference (1,001 quantiles a feature) is parsed here, off the loop.
-            ref = _json(ref_text)
+            ref = json.loads(ref_text)
             n_ref = max((int(r.get("n", 0)) for r in ref.values()), default=0)
             return n_ref, drift.compare(features, ref, check_rows(features, rows))
 

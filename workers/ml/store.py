@@ -6,13 +6,12 @@ Every query filters on ``tenant_id`` (the lease sweeper alone looks across tenan
 from __future__ import annotations
 
 import base64
-import json
-import uuid
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
+from bus.context import new_id
 from bus.errors import Conflict, InvalidRequest, NotFound
 from bus.postgres import Database
 
@@ -27,7 +26,7 @@ _JOB = (
 
 
 def new_job_id() -> str:
-    return "mlj_" + uuid.uuid4().hex
+    return "mlj_" + new_id()
 
 
 def _cursor(ts: datetime, key: str) -> str:
@@ -40,10 +39,6 @@ def _uncursor(cursor: str) -> tuple[datetime, str]:
         return datetime.fromisoformat(ts), key
     except Exception:
         raise InvalidRequest("invalid cursor") from None
-
-
-def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value
 
 
 class MLStore:
@@ -75,7 +70,7 @@ class MLStore:
                 name,
                 task,
                 algorithm,
-                json.dumps(spec),
+                spec,
                 dataset_object,
                 dataset,
                 dataset_format,
@@ -165,7 +160,7 @@ class MLStore:
                 job_id,
                 f"{code}: {message}",
                 code,
-                json.dumps(details) if details is not None else None,
+                details,
                 attempt,
             )
         return row is not None
@@ -255,10 +250,10 @@ class MLStore:
                 model,
                 version,
                 algorithm,
-                json.dumps(params),
-                json.dumps(metrics),
-                json.dumps(signature),
-                json.dumps(reference) if reference is not None else None,
+                params,
+                metrics,
+                signature,
+                reference,
                 dataset_hash,
                 job_id,
                 source,
@@ -274,7 +269,7 @@ class MLStore:
                     tenant,
                     job_id,
                     version,
-                    json.dumps(metrics),
+                    metrics,
                     attempt,
                 )
                 if done is None:  # cancelled or taken over meanwhile: register nothing
@@ -332,10 +327,10 @@ class MLStore:
         return bytes(row["artifact"]), row["artifact_sha256"]
 
     async def reference(self, tenant: str, model: str, version: int) -> Any:
-        """The version's drift reference as stored (JSON text), or ``None``."""
+        """The version's drift reference as JSON text (parsed off the loop), or ``None``."""
         async with self.db.connection() as conn:
             value = await conn.fetchval(
-                "SELECT reference FROM ml.versions"
+                "SELECT reference::text FROM ml.versions"
                 " WHERE tenant_id = $1 AND model = $2 AND version = $3",
                 tenant,
                 model,
@@ -525,7 +520,7 @@ class MLStore:
                 version,
                 limit,
             )
-        return [_json(r["row"]) for r in rows]
+        return [r["row"] for r in rows]
 
 
 class _Superseded(Exception):

@@ -1,23 +1,27 @@
-"""Compiling, caching and rendering templates in the sandbox, off the event loop.
+"""Compiling, caching and rendering templates in the sandbox, in killable processes.
 
-Renders run in a small thread pool so a heavy template never stalls the worker's event
-loop; each render carries a :class:`~workers.prompt.sandbox.Budget` whose checkpoints stop
-it in bounded time, and the caller stops waiting shortly after the limit whatever happens.
+Parsing, compiling and rendering a user's template is CPU work whose cost the user
+controls, and Jinja (like ``re``) holds the GIL, so it runs in the prompt pool of
+:mod:`bus.offload`: each render carries a :class:`~workers.prompt.sandbox.Budget` whose
+checkpoints stop it in bounded time with a precise message, and the pool kills the
+process if a render still overruns (code between checkpoints, a C routine), so the
+worker's event loop never stalls. Time spent queued counts against the request's
+deadline (``timeout``), not the template.
+
 Compiled templates are cached per ``(tenant, template_id, version)``: versions are
 immutable, so an entry never goes stale and needs no invalidation (and holds no client
-state: any replica compiles the same thing from Postgres).
+state: any replica compiles the same thing from Postgres). The worker keeps the Python
+code Jinja generated for each version and sends it with each render; each process keeps
+its own cache of loaded templates, so a template is compiled once per worker, not once
+per process.
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
-import time
+import dataclasses
 from collections import OrderedDict
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import structlog
 from jinja2 import Template, meta, nodes
@@ -28,6 +32,7 @@ from jinja2.exceptions import (
     UndefinedError,
 )
 
+from bus import offload
 from bus.errors import InvalidRequest
 from workers.prompt.sandbox import (
     Budget,
@@ -40,14 +45,12 @@ from workers.prompt.sandbox import (
 
 _log = structlog.get_logger(__name__)
 
-#: Threads rendering at once; more renders queue (the worker's concurrency bounds both).
-DEFAULT_RENDER_THREADS = 4
-#: Compiled versions kept in memory.
+#: Compiled versions kept in memory (by the worker, and by each render process).
 DEFAULT_CACHE_SIZE = 2048
-#: How long after the render limit the caller still waits for a render to stop itself.
+#: How long after the render limit the process running a render is killed.
 GRACE_S = 1.0
-
-T = TypeVar("T")
+#: The bus.offload pool renders run in.
+POOL = "prompt"
 
 #: (tenant, template_id, version)
 CacheKey = tuple[str, str, int]
@@ -62,6 +65,8 @@ class Source:
     type: str
     template: str | None
     messages: list[dict[str, str]] | None
+    code: tuple[str, ...] | None = None
+    """The Python code Jinja generated for the bodies, once compiled (see the module doc)."""
 
 
 @dataclass(frozen=True)
@@ -85,33 +90,92 @@ def _bodies(type_: str, template: str | None, messages: list[dict[str, str]] | N
 
 
 class Renderer:
-    def __init__(
-        self,
-        limits: Limits | None = None,
-        threads: int = DEFAULT_RENDER_THREADS,
-        cache_size: int = DEFAULT_CACHE_SIZE,
-    ) -> None:
+    """The worker's side: the cache of generated code, and calls into the render pool."""
+
+    def __init__(self, limits: Limits | None = None, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
         self.limits = limits or Limits()
-        self.env = PromptSandbox(self.limits)
         self.cache_size = cache_size
-        self._cache: OrderedDict[CacheKey, tuple[Template, ...]] = OrderedDict()
-        self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="prompt-render")
+        self._code: OrderedDict[CacheKey, tuple[str, ...]] = OrderedDict()
         self.compiles = 0
         """Templates compiled so far (cache misses); tests and metrics read it."""
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """Nothing to release: the render processes belong to bus.offload's pools."""
 
     # -- save time -------------------------------------------------------------------
 
     async def analyze(
-        self, type_: str, template: str | None, messages: list[dict[str, str]] | None
+        self,
+        type_: str,
+        template: str | None,
+        messages: list[dict[str, str]] | None,
+        *,
+        key: str = "",
     ) -> Analysis:
         """Parse and compile the bodies; their variables and references, or InvalidRequest."""
-        return await self._run(lambda: self._analyze(_bodies(type_, template, messages), type_))
+        bodies = _bodies(type_, template, messages)
+        return await self._run(analyze_in_process, self.limits, bodies, type_, key=key)  # type: ignore[no-any-return]
 
-    def _analyze(self, bodies: list[str], type_: str) -> Analysis:
+    # -- render time -----------------------------------------------------------------
+
+    async def render(
+        self, root: Source, includes: dict[str, Source], variables: dict[str, Any]
+    ) -> Rendered:
+        """Render ``root`` with ``variables``; ``includes`` maps each reference string the
+        tree uses to its resolved version. Template faults become ``InvalidRequest``."""
+        root = self._with_code(root)
+        includes = {ref: self._with_code(src) for ref, src in includes.items()}
+        rendered, compiled = await self._run(
+            render_in_process, self.limits, root, includes, variables, key=root.key[0]
+        )
+        for cache_key, code in compiled.items():
+            self.compiles += 1
+            self._code[cache_key] = code
+        while len(self._code) > self.cache_size:
+            self._code.popitem(last=False)
+        return rendered  # type: ignore[no-any-return]
+
+    def _with_code(self, source: Source) -> Source:
+        code = self._code.get(source.key)
+        if code is None:
+            return source
+        self._code.move_to_end(source.key)
+        return dataclasses.replace(source, code=code)
+
+    def cached(self, key: CacheKey) -> bool:
+        return key in self._code
+
+    async def _run(self, fn: Any, *args: Any, key: str) -> Any:
+        limit = self.limits.timeout_s
+        try:
+            return await offload.run(
+                fn,
+                *args,
+                budget=limit + GRACE_S,
+                key=key,
+                what="rendering the template",
+                pool=POOL,
+            )
+        except offload.BudgetExceeded:
+            _log.warning("render_overran", limit_s=limit)
+            raise InvalidRequest(
+                f"render exceeded the time limit of {limit:g} s", {"limit": True}
+            ) from None
+
+
+# -- the process side (bus.offload runs these by name) ------------------------------
+
+
+class _Core:
+    """One process's sandbox and loaded templates."""
+
+    def __init__(self, limits: Limits, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
+        self.env = PromptSandbox(limits)
+        self.limits = limits
+        self.cache_size = cache_size
+        self.templates: OrderedDict[CacheKey, tuple[Template, ...]] = OrderedDict()
+
+    def analyze(self, bodies: list[str], type_: str) -> Analysis:
         variables: dict[str, None] = {}
         refs: dict[str, None] = {}
         for index, body in enumerate(bodies):
@@ -144,31 +208,23 @@ class Renderer:
                 refs[target.value] = None
         return Analysis(variables=list(variables), refs=list(refs))
 
-    # -- render time -----------------------------------------------------------------
-
-    async def render(
+    def render(
         self, root: Source, includes: dict[str, Source], variables: dict[str, Any]
-    ) -> Rendered:
-        """Render ``root`` with ``variables``; ``includes`` maps each reference string the
-        tree uses to its resolved version. Template faults become ``InvalidRequest``."""
-        return await self._run(lambda: self._render(root, includes, variables))
-
-    def _render(
-        self, root: Source, includes: dict[str, Source], variables: dict[str, Any]
-    ) -> Rendered:
+    ) -> tuple[Rendered, dict[CacheKey, tuple[str, ...]]]:
+        compiled: dict[CacheKey, tuple[str, ...]] = {}
         budget = Budget(self.limits)
         for ref, source in includes.items():
-            budget.refs[ref] = self._compiled(source)[0]
-        compiled = self._compiled(root)
+            budget.refs[ref] = self._compiled(source, compiled)[0]
+        templates = self._compiled(root, compiled)
         if root.type == "text":
-            return Rendered(text=self._render_one(compiled[0], variables, budget, None))
+            text = self._render_one(templates[0], variables, budget, None)
+            return Rendered(text=text), compiled
         assert root.messages is not None
-        return Rendered(
-            messages=[
-                {"role": m["role"], "content": self._render_one(tpl, variables, budget, i)}
-                for i, (m, tpl) in enumerate(zip(root.messages, compiled, strict=True))
-            ]
-        )
+        messages = [
+            {"role": m["role"], "content": self._render_one(tpl, variables, budget, i)}
+            for i, (m, tpl) in enumerate(zip(root.messages, templates, strict=True))
+        ]
+        return Rendered(messages=messages), compiled
 
     def _render_one(
         self, template: Template, variables: dict[str, Any], budget: Budget, index: int | None
@@ -179,83 +235,54 @@ class Renderer:
         except Exception as exc:
             raise _template_error(exc, index) from None
 
-    def _compiled(self, source: Source) -> tuple[Template, ...]:
-        with self._lock:
-            hit = self._cache.get(source.key)
-            if hit is not None:
-                self._cache.move_to_end(source.key)
-                return hit
-
+    def _compiled(
+        self, source: Source, compiled: dict[CacheKey, tuple[str, ...]]
+    ) -> tuple[Template, ...]:
+        hit = self.templates.get(source.key)
+        if hit is not None:
+            self.templates.move_to_end(source.key)
+            return hit
         # Compiled outside the budget on purpose: Jinja folds constant expressions at
         # compile time, and with no budget every checkpoint refuses, so nothing a template
         # computes runs before render time (where it is charged).
-        bodies = _bodies(source.type, source.template, source.messages)
+        code = source.code
         try:
-            compiled = tuple(self.env.from_string(body) for body in bodies)
+            if code is None:
+                bodies = _bodies(source.type, source.template, source.messages)
+                code = tuple(self.env.compile(body, raw=True) for body in bodies)
+                compiled[source.key] = code
+            templates = tuple(
+                Template.from_code(
+                    self.env, compile(c, "<template>", "exec"), self.env.make_globals(None), None
+                )
+                for c in code
+            )
         except Exception as exc:
             raise _template_error(exc, None) from None
-        with self._lock:
-            self.compiles += 1
-            self._cache[source.key] = compiled
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        return compiled
-
-    def cached(self, key: CacheKey) -> bool:
-        with self._lock:
-            return key in self._cache
-
-    async def _run(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` on a render thread; stop waiting ``GRACE_S`` after the render limit.
-
-        The limit starts when a thread picks the job up, so time spent queued behind other
-        renders counts against the request's deadline (``timeout``), not the template.
-        """
-        loop = asyncio.get_running_loop()
-        job = _Job(fn)
-        future = loop.run_in_executor(self._pool, job.run)
-        # Whatever happens to the caller, retrieve the outcome so it is never "unretrieved".
-        future.add_done_callback(_retrieve)
-        allowed = self.limits.timeout_s + GRACE_S
-        wait = allowed
-        try:
-            while True:
-                done, _ = await asyncio.wait((future,), timeout=wait)
-                if done:
-                    return future.result()
-                if job.started is None:  # still queued: the request deadline bounds this
-                    continue
-                wait = job.started + allowed - time.monotonic()
-                if wait <= 0:
-                    _log.warning("render_overran", limit_s=self.limits.timeout_s)
-                    raise InvalidRequest(
-                        f"render exceeded the time limit of {self.limits.timeout_s:g} s"
-                    )
-        except asyncio.CancelledError:
-            job.cancelled = True
-            raise
+        self.templates[source.key] = templates
+        while len(self.templates) > self.cache_size:
+            self.templates.popitem(last=False)
+        return templates
 
 
-class _Job:
-    """A render handed to a thread: when it started, and whether its caller gave up."""
-
-    __slots__ = ("cancelled", "fn", "started")
-
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        self.fn = fn
-        self.started: float | None = None
-        self.cancelled = False
-
-    def run(self) -> Any:
-        self.started = time.monotonic()
-        if self.cancelled:  # the caller gave up while this was queued
-            raise InvalidRequest("render cancelled")
-        return self.fn()
+_cores: dict[Limits, _Core] = {}
 
 
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
+def _core(limits: Limits) -> _Core:
+    core = _cores.get(limits)
+    if core is None:
+        core = _cores[limits] = _Core(limits)
+    return core
+
+
+def analyze_in_process(limits: Limits, bodies: list[str], type_: str) -> Analysis:
+    return _core(limits).analyze(bodies, type_)
+
+
+def render_in_process(
+    limits: Limits, root: Source, includes: dict[str, Source], variables: dict[str, Any]
+) -> tuple[Rendered, dict[CacheKey, tuple[str, ...]]]:
+    return _core(limits).render(root, includes, variables)
 
 
 def _template_error(exc: BaseException, index: int | None) -> InvalidRequest:

@@ -30,7 +30,6 @@ caller additionally runs it in a thread and stops waiting after the limit.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 import types
@@ -89,8 +88,10 @@ _BLOCKED_STR_METHODS = frozenset(
     }
 )
 _SEQUENCES = (str, bytes, list, tuple)
-# A printf-style conversion: flags, width, precision, conversion type.
-_PRINTF = re.compile(r"%(?:\([^)]*\))?[-+ #0]*(\*|\d+)?(?:\.(\*|\d+))?[hlL]?[diouxXeEfFgGcrsa%]")
+_DIGITS = "0123456789"
+#: Characters a numeric conversion can produce besides width/precision padding (a
+#: 4096-bit integer has 1234 digits; a float's integer part at most 309).
+_NUMBER_CHARS = 1_300
 
 
 class RenderLimitExceeded(SecurityError):
@@ -195,13 +196,88 @@ def _check_int_args(args: Iterable[Any], kwargs: dict[str, Any], what: str) -> N
             raise RenderLimitExceeded(f"{what}: argument {arg} exceeds the limit of {cap}")
 
 
-def _check_printf(fmt: str) -> None:
-    for width, precision in _PRINTF.findall(fmt):
+def _printf_fields(fmt: str) -> Iterator[tuple[str | None, str, str, str]]:
+    """``(key, width, precision, conversion)`` of each ``%`` conversion in ``fmt``.
+
+    A scanner, not a regular expression: it reads each character once (the pattern it
+    replaces rescanned the rest of the text after every ``%(`` looking for ``)``, quadratic on
+    ``'%(' * n``). It stops at the first incomplete conversion, where ``%`` itself raises.
+    """
+    n = len(fmt)
+    i = fmt.find("%")
+    while i != -1:
+        i += 1
+        key = None
+        if i < n and fmt[i] == "(":
+            # Python's % allows nested parentheses in the key: find the matching ")" with
+            # str.find/count over ranges that never overlap (linear, and in C).
+            depth, j = 1, i + 1
+            while depth:
+                close = fmt.find(")", j)
+                if close == -1:
+                    return
+                depth += fmt.count("(", j, close) - 1
+                j = close + 1
+            key, i = fmt[i + 1 : j - 1], j
+        while i < n and fmt[i] in "-+ #0":
+            i += 1
+        start = i
+        if i < n and fmt[i] == "*":
+            i += 1
+        else:
+            while i < n and fmt[i] in _DIGITS:
+                i += 1
+        width = fmt[start:i]
+        precision = ""
+        if i < n and fmt[i] == ".":
+            i += 1
+            start = i
+            if i < n and fmt[i] == "*":
+                i += 1
+            else:
+                while i < n and fmt[i] in _DIGITS:
+                    i += 1
+            precision = fmt[start:i]
+        if i < n and fmt[i] in "hlL":
+            i += 1
+        if i >= n:
+            return
+        yield key, width, precision, fmt[i]
+        i = fmt.find("%", i + 1)
+
+
+def _check_printf(fmt: str, args: Any = ()) -> None:
+    """Refuse wide fields, and a result over the output limit before it is built
+    (``('%(a)s' * 2000) % {'a': x}`` repeats ``x`` 2000 times)."""
+    limit = current_budget().limits.max_output_chars
+    size = len(fmt)
+    positional = iter(args if isinstance(args, tuple) else (args,))
+    for key, width, precision, conversion in _printf_fields(fmt):
         for field in (width, precision):
-            if field == "*" or (field and int(field) > MAX_FORMAT_WIDTH):
+            if field == "*" or (field and (len(field) > 9 or int(field) > MAX_FORMAT_WIDTH)):
                 raise RenderLimitExceeded(
                     f"format fields wider than {MAX_FORMAT_WIDTH} are not allowed"
                 )
+        if conversion == "%":
+            continue
+        if key is not None:
+            try:
+                value = args[key] if not isinstance(args, tuple | str | bytes) else None
+            except Exception:  # % itself raises for a missing key
+                value = None
+        else:
+            value = next(positional, None)
+        if conversion in "sra":
+            # repr/ascii escape a character into at most 10 (\U0001f600).
+            grow = 10 if conversion in "ra" else 1
+            produced = weigh(value, limit) * grow
+        else:
+            produced = _NUMBER_CHARS + int(precision or 0)
+        size += max(int(width or 0), produced)
+        if size > limit:
+            raise RenderLimitExceeded(
+                f"formatting would exceed the output limit of {limit} characters"
+            )
 
 
 class _StrictUndefined(StrictUndefined):
@@ -396,7 +472,7 @@ class PromptSandbox(ImmutableSandboxedEnvironment):
                         f"concatenation would exceed the output limit of {limit} characters"
                     )
         elif operator == "%" and isinstance(left, str | bytes):
-            _check_printf(left if isinstance(left, str) else left.decode("latin-1"))
+            _check_printf(left if isinstance(left, str) else left.decode("latin-1"), right)
         result = self.binop_table[operator](left, right)
         if isinstance(result, list | tuple):
             _check_weight(result, "this operation")
@@ -520,7 +596,7 @@ def _indent(s: Any, width: int | str = 4, first: bool = False, blank: bool = Fal
 
 
 def _format(value: Any, *args: Any, **kwargs: Any) -> str:
-    _check_printf(str(value))
+    _check_printf(str(value), kwargs if kwargs else args)
     return do_format(str(value), *args, **kwargs)
 
 

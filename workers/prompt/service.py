@@ -6,13 +6,13 @@ sandbox, and context building under a token budget counted by the gateway.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import structlog
 
+from bus import offload
 from bus.client import Client
 from bus.codec import Codec
 from bus.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
@@ -85,6 +85,7 @@ class PromptHandlers:
 
     async def _body(
         self,
+        tenant: str,
         type_: str,
         template: str | None,
         messages: list[dict[str, str]] | None,
@@ -92,7 +93,7 @@ class PromptHandlers:
         declared: list[str],
         commit_message: str | None,
     ) -> Body:
-        analysis = await self.renderer.analyze(type_, template, messages)
+        analysis = await self.renderer.analyze(type_, template, messages, key=tenant)
         check_refs(analysis.refs)
         return Body(
             template=template,
@@ -136,6 +137,7 @@ class PromptHandlers:
     async def create(self, req: PromptCreateRequest, ctx: Context) -> PromptCreateResponse:
         tenant = tenant_of(ctx)
         body = await self._body(
+            tenant,
             req.type,
             req.template,
             [m.model_dump() for m in req.messages] if req.messages is not None else None,
@@ -163,6 +165,7 @@ class PromptHandlers:
         if base.type == "chat" and req.template is not None:
             raise InvalidRequest(f"{req.name!r} is a chat template: give 'messages'")
         body = await self._body(
+            tenant,
             base.type,
             req.template if req.template is not None else base.template,
             [m.model_dump() for m in req.messages] if req.messages is not None else base.messages,
@@ -360,7 +363,9 @@ async def lifespan(env: WorkerEnv) -> AsyncIterator[Worker]:
     renderer = Renderer()
     try:
         handlers = PromptHandlers(PromptStore(db), renderer, env.client)
-        yield build_worker(handlers, Codec(env.settings.codec_type), env.settings.max_concurrency)
+        async with offload.using(env.settings):
+            yield build_worker(
+                handlers, Codec(env.settings.codec_type), env.settings.max_concurrency
+            )
     finally:
-        await asyncio.to_thread(renderer.close)
         await db.close()

@@ -1,5 +1,16 @@
 """RAG Service: collections, structure-aware indexing, hybrid search and grounded answers."""
 
-from workers.rag.service import lifespan
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: a bus.offload process that runs one of this package's
+    # functions should not import the whole service (NATS, Postgres, ...) to start.
+    if name == "lifespan":
+        from workers.rag.service import lifespan
+
+        return lifespan
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["lifespan"]

@@ -9,6 +9,7 @@ its chunk: the sentence(s) sharing the most words with the answer and the questi
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -43,6 +44,8 @@ class Passage:
     source_id: str
     title: str | None
     text: str
+    where: str | None = None
+    """The chunk's location label ("page 3", "sheet 'Sales' row 4"), shown to the model."""
 
 
 def words(text: str) -> set[str]:
@@ -59,7 +62,7 @@ def fit_passages(passages: list[Passage], budget_tokens: int) -> list[Passage]:
         if used + cost > budget_tokens:
             if not kept:
                 cut = p.text[: max(200, budget_tokens * 4)]
-                kept.append(Passage(p.number, p.chunk_id, p.document_id, p.source_id, p.title, cut))
+                kept.append(dataclasses.replace(p, text=cut))
             break
         kept.append(p)
         used += cost
@@ -68,6 +71,8 @@ def fit_passages(passages: list[Passage], budget_tokens: int) -> list[Passage]:
 
 def render_passage(p: Passage) -> str:
     head = f"[{p.number}]" + (f" {p.title}" if p.title else f" ({p.source_id})")
+    if p.where:
+        head += f", {p.where}"
     return f"{head}\n{p.text}"
 
 

@@ -11,14 +11,41 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from schemas.locations import Location
+
 DEFAULT_MAX_TOKENS = 200
 DEFAULT_OVERLAP = 30
+#: Characters per token a chunk may average at most: a chunk of 200 "tokens" must not
+#: carry megabytes (one 5 MB word, or two words around 5 MB of spaces) into embedding
+#: requests and the index. Longer chunks are cut into pieces of this many characters per
+#: token of the budget.
+MAX_CHARS_PER_TOKEN = 40
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
-_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+# Runs of blanks longer than this become one space (layout, not content).
+_LONG_BLANK = re.compile(r"[ \t]{32,}")
+# An ATX heading opens with 1-6 '#' and whitespace; the rest is cut by _heading() in
+# linear time (a single pattern such as `^(#{1,6})\s+(.+?)\s*#*\s*$` backtracks
+# cubically on "# a" + " " * n + "b").
+_HEADING_OPEN = re.compile(r"(#{1,6})\s")
 _FENCE = re.compile(r"^\s*(```|~~~)")
 # A sentence ends at . ! ? (or their CJK forms) followed by space and a capital/digit/quote.
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+(?=[\"'(\[]?[A-Z0-9\u00C0-\u024F\u4e00-\u9fff])")
+
+
+def _heading(line: str) -> tuple[int, str] | None:
+    """``(level, title)`` of a Markdown ATX heading line, or None; a closing run of '#'
+    is dropped when whitespace precedes it (CommonMark: ``# C#`` keeps its '#')."""
+    m = _HEADING_OPEN.match(line)
+    if m is None:
+        return None
+    title = line[m.end() :].strip()
+    bare = title.rstrip("#")
+    if bare != title and (not bare or bare[-1].isspace()):
+        title = bare.rstrip()
+    if not title:
+        return None
+    return len(m.group(1)), title
 
 
 def count_tokens(text: str) -> int:
@@ -30,6 +57,7 @@ class Piece:
     text: str
     section: str | None
     tokens: int
+    location: Location | None = None
 
 
 @dataclass(frozen=True)
@@ -66,13 +94,13 @@ def sections(text: str) -> list[tuple[str | None, list[str]]]:
             current.append(line)
             continue
         if not fenced:
-            m = _HEADING.match(line)
-            if m:
+            heading = _heading(line)
+            if heading:
                 close_section()
-                level = len(m.group(1))
+                level, title = heading
                 while path and path[-1][0] >= level:
                     path.pop()
-                path.append((level, m.group(2).strip()))
+                path.append((level, title))
                 continue
             if not line.strip():
                 close_paragraph()
@@ -162,9 +190,15 @@ def chunk_text(
     if max_tokens < 8 or not 0 <= overlap < max_tokens:
         raise ValueError("need max_tokens >= 8 and 0 <= overlap < max_tokens")
     pieces: list[Piece] = []
-    for section, paragraphs in sections(text):
+    cap = max_tokens * MAX_CHARS_PER_TOKEN
+    for section, paragraphs in sections(_LONG_BLANK.sub(" ", text)):
         units = [u for p in paragraphs for u in _split(p, max_tokens, overlap)]
         for chunk, tokens in _pack(units, max_tokens, overlap):
-            if chunk:
+            if len(chunk) > cap:  # very long "words": cut by characters
+                for start in range(0, len(chunk), cap):
+                    part = chunk[start : start + cap].strip()
+                    if part:
+                        pieces.append(Piece(part, section, count_tokens(part)))
+            elif chunk:
                 pieces.append(Piece(chunk, section, tokens))
     return pieces

@@ -19,7 +19,9 @@ from typing import Any
 
 import structlog
 from nats.js import JetStreamContext
+from pydantic import TypeAdapter, ValidationError
 
+from bus import offload
 from bus.client import Client
 from bus.codec import Codec
 from bus.context import child, new_id
@@ -39,6 +41,7 @@ from schemas.ingestion import (
     JobProgress,
     ProgressStage,
 )
+from schemas.locations import Span
 from schemas.rag import (
     DEFAULT_EMBEDDING_MODEL,
     Chunk,
@@ -72,8 +75,18 @@ from schemas.rag import (
 from workers.rag import answer as answers
 from workers.rag.chunking import chunk_text
 from workers.rag.llm import Models
+from workers.rag.located import chunk_spans
 from workers.rag.search import Scope, hydrate, keyword_leg, rrf, vector_leg
-from workers.rag.store import CollectionRow, RagStore, WriteResult, content_hash, search_text
+from workers.rag.store import (
+    CollectionRow,
+    RagStore,
+    WriteResult,
+    content_hash,
+    location_of,
+    search_text,
+    spans_json,
+    spans_of,
+)
 
 _log = structlog.get_logger(__name__)
 
@@ -93,12 +106,16 @@ INDEX_CONSUMER = ConsumerSpec(
 INDEX_TIMEOUT_S = 600.0
 #: Largest parsed text RAG reads back from the object store.
 MAX_PARSED_BYTES = 64 * 1024 * 1024
-QUERY_CACHE_NAMESPACE = "rag.query"
+#: Time budget of chunking one document in an off-loop process (bus/offload.py).
+CHUNK_BUDGET_S = 60.0
+#: Reserved (schemas.cache.RESERVED_PREFIX): users cannot plant answers here.
+QUERY_CACHE_NAMESPACE = "_rag.query"
 QUERY_CACHE_TTL_S = 3600
 CACHE_TIMEOUT_S = 1.0
 MAX_ANSWER_TOKENS = 512
 
 Progress = Callable[[ProgressStage], Awaitable[None]]
+_SPANS = TypeAdapter(list[Span])
 
 
 @dataclass
@@ -113,7 +130,7 @@ class IndexStats:
 
 
 def cache_tag(collection_id: str) -> str:
-    return f"rag.col.{collection_id}"
+    return f"_rag.col.{collection_id}"  # reserved, like the namespace
 
 
 def _collection(row: CollectionRow) -> Collection:
@@ -222,9 +239,13 @@ class Rag:
         object_name: str | None = None,
         progress: Progress | None = None,
         force: bool = False,
+        spans: list[Span] | None = None,
     ) -> IngestedDocument:
         tenant = tenant_of(ctx)
-        digest = content_hash(title, text)
+        # Locations are part of the content: the same text newly located (a file indexed
+        # before locations existed, submitted again) is an update, not "unchanged".
+        located = "\x00" + (spans_json(spans) or "") if spans else ""
+        digest = content_hash(title, text + located)
         existing = await self.store.find_document(tenant, collection.collection_id, source_id)
         if existing is not None and existing["content_hash"] == digest and not force:
             await self.store.refresh_unchanged(
@@ -239,7 +260,14 @@ class Rag:
         if progress:
             await progress("chunking")
         started = time.perf_counter()
-        pieces = chunk_text(text)
+        args = (chunk_spans, text, spans) if spans else (chunk_text, text)
+        pieces = await offload.run(
+            *args,
+            budget=CHUNK_BUDGET_S,
+            key=tenant,
+            what="chunking the document",
+            pool="rag",
+        )
         if not pieces:
             raise InvalidRequest(f"document {source_id!r} has no text to index")
         chunked = time.perf_counter()
@@ -270,6 +298,7 @@ class Rag:
             job_id=job_id,
             object_name=object_name,
             force=force,
+            spans=spans,
         )
         stats = self.stats
         stats.documents += 1
@@ -334,6 +363,7 @@ class Rag:
                     raise
                 await report("indexed", document_id=done["document_id"], chunks=done["chunk_count"])
                 return
+            spans = await self._spans(tenant, job.spans_object) if job.spans_object else None
             collection = await self.store.collection(tenant, job.collection_id)
             stages: list[ProgressStage] = []
 
@@ -351,15 +381,25 @@ class Rag:
                 job_id=job.job_id,
                 object_name=job.object_name,
                 progress=progress,
+                spans=spans,
             )
             if not stages:
                 await report("chunking", started=True)
             await report("indexed", document_id=result.document_id, chunks=result.chunks)
+            if job.spans_object:
+                await self._drop_object(tenant, job.spans_object)
             await self._drop_object(tenant, job.text_object)
             if result.status != "unchanged":
                 await self._invalidate(actx, [job.collection_id])
 
         await until_available(attempt, stopping=self.stopping, what=f"index {job.job_id}")
+
+    async def _spans(self, tenant: str, name: str) -> list[Span]:
+        _, data = await read_object(self.js, name, tenant, max_bytes=MAX_PARSED_BYTES)
+        try:
+            return _SPANS.validate_json(data)
+        except ValidationError:
+            raise InvalidRequest("the job's locations (spans) are not valid") from None
 
     async def index_failed(self, job: IndexJob | None, ctx: Context | None, reason: str) -> None:
         """A job that will not be retried: tell ingestion, drop its parsed text."""
@@ -375,6 +415,8 @@ class Rag:
             msg_id=f"{job.job_id}:failed",
             codec=self.codec,
         )
+        if job.spans_object:
+            await self._drop_object(ctx.tenant, job.spans_object)
         await self._drop_object(ctx.tenant, job.text_object)
 
     # ------------------------------------------------------------ search and query
@@ -435,6 +477,7 @@ class Rag:
                     score=score,
                     text=r["text"],
                     metadata=r["metadata"],
+                    location=location_of(r["location"]),
                 )
             )
         return results, titles
@@ -494,6 +537,7 @@ class Rag:
                 source_id=r.source_id,
                 title=titles.get(r.chunk_id),
                 text=r.text,
+                where=r.location.label if r.location else None,
             )
             for i, r in enumerate(results)
         ]
@@ -501,12 +545,14 @@ class Rag:
         generated = await self.models.generate(ctx, req.model, messages, MAX_ANSWER_TOKENS)
         text = (generated.message.content or "").strip()
         target = answers.words(text) | answers.words(req.question)
+        where = {r.chunk_id: r.location for r in results}
         citations = [
             Citation(
                 document_id=p.document_id,
                 source_id=p.source_id,
                 chunk_id=p.chunk_id,
                 quote=answers.best_quote(p.text, target),
+                location=where.get(p.chunk_id),
             )
             for p in answers.cited_passages(text, used)
         ]
@@ -568,6 +614,7 @@ class Rag:
                     text=c["text"],
                     section=c["section"],
                     tokens=c["token_count"],
+                    location=location_of(c["location"]),
                 )
                 for c in chunks
             ],
@@ -615,6 +662,7 @@ class Rag:
             metadata=_document(row).metadata,
             job_id=row["job_id"],
             force=True,
+            spans=spans_of(row["spans"]),
         )
         await self._invalidate(ctx, [collection.collection_id])
         return result
@@ -624,7 +672,7 @@ class Rag:
     async def _cache_get(self, ctx: Context, key: str) -> dict[str, Any] | None:
         try:
             out = await self.client.call(
-                cache.GET,
+                cache.INTERNAL_GET,
                 {"namespace": QUERY_CACHE_NAMESPACE, "key": key},
                 child(ctx, timeout=CACHE_TIMEOUT_S),
             )
@@ -638,7 +686,7 @@ class Rag:
     ) -> None:
         try:
             await self.client.call(
-                cache.SET,
+                cache.INTERNAL_SET,
                 {
                     "namespace": QUERY_CACHE_NAMESPACE,
                     "key": key,
@@ -656,7 +704,7 @@ class Rag:
         collection's version, so a missed invalidation costs memory, never a stale answer."""
         try:
             await self.client.call(
-                cache.INVALIDATE,
+                cache.INTERNAL_INVALIDATE,
                 {"tags": [cache_tag(c) for c in collection_ids]},
                 child(ctx, timeout=CACHE_TIMEOUT_S),
             )
@@ -712,7 +760,8 @@ async def lifespan(env: WorkerEnv) -> AsyncIterator[Worker]:
             on_failed=service.index_failed,
             codec=codec,
         )
-        async with asyncio.TaskGroup() as tg:
+        # The pools stop after the consumer's in-flight jobs (the TaskGroup) finish.
+        async with offload.using(env.settings), asyncio.TaskGroup() as tg:
             tg.create_task(consumer.run(stopping))
             try:
                 yield build_worker(service, codec, min(env.settings.max_concurrency, 64))

@@ -11,6 +11,7 @@ Each write bumps the collection's ``version`` (part of rag.query's cache key).
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -21,6 +22,7 @@ from bus.context import new_id
 from bus.errors import Conflict, NotFound
 from bus.postgres import Database
 from bus.sql import cursor_time, decode_cursor, encode_cursor, vector_literal
+from schemas.locations import Location, Span
 from workers.rag.chunking import Piece
 
 #: Text search configuration of the keyword leg (stemming and stop words).
@@ -38,6 +40,40 @@ def chunk_id(document_id: str, digest: str, ord_: int) -> str:
 def search_text(title: str | None, section: str | None, text: str) -> str:
     """What is embedded and indexed for a chunk: its title and heading path give it context."""
     return "\n".join(p for p in (title, section, text) if p)
+
+
+def location_json(location: Location | None) -> str | None:
+    """A chunk's location as JSON text (the chunks are inserted from a ``text[]``)."""
+    if location is None:
+        return None
+    return location.model_dump_json(exclude_none=True, exclude={"label"})
+
+
+def location_of(value: Any) -> Location | None:
+    """A stored chunk location (jsonb, decoded by the pool's codec), or ``None``."""
+    return Location.model_validate(value) if isinstance(value, dict) and value else None
+
+
+def spans_value(spans: list[Span] | None) -> list[dict[str, Any]] | None:
+    """A document's spans as the Python value stored in its jsonb column."""
+    if not spans:
+        return None
+    return [
+        s.model_dump(mode="json", exclude_none=True, exclude={"location": {"label"}}) for s in spans
+    ]
+
+
+def spans_json(spans: list[Span] | None) -> str | None:
+    """The spans as JSON text (part of a document's content hash)."""
+    value = spans_value(spans)
+    return None if value is None else json.dumps(value)
+
+
+def spans_of(value: Any) -> list[Span] | None:
+    """A document's stored spans (jsonb, decoded by the pool's codec), or ``None``."""
+    if not isinstance(value, list) or not value:
+        return None
+    return [Span.model_validate(v) for v in value]
 
 
 @dataclass(frozen=True)
@@ -243,6 +279,7 @@ class RagStore:
         job_id: str | None,
         object_name: str | None,
         force: bool = False,
+        spans: list[Span] | None = None,
     ) -> WriteResult:
         """Create or replace a document and all its chunks in one transaction.
 
@@ -309,8 +346,8 @@ class RagStore:
             await conn.execute(
                 "UPDATE rag.documents SET title = $3, metadata = $4::jsonb,"
                 " content_hash = $5, body = $6, chunk_count = $7, job_id = $8,"
-                " object_name = coalesce($9, object_name), lex_total = $10, updated_at = now()"
-                " WHERE tenant_id = $1 AND document_id = $2",
+                " object_name = coalesce($9, object_name), lex_total = $10, spans = $11::jsonb,"
+                " updated_at = now() WHERE tenant_id = $1 AND document_id = $2",
                 tenant,
                 document_id,
                 title,
@@ -321,6 +358,7 @@ class RagStore:
                 job_id,
                 object_name,
                 lex_total,
+                spans_value(spans),
             )
         await self.bump(tenant, cid)
         replaced = None
@@ -351,12 +389,14 @@ class RagStore:
         lex = await conn.fetchval(
             "WITH ins AS (INSERT INTO rag.chunks (tenant_id, collection_id, document_id,"
             " chunk_id, ord, text, section, token_count, metadata, dims, embedding, tsv,"
-            " lex_count)"
+            " lex_count, location)"
             " SELECT $1, $2, $3, u.chunk_id, u.ord, u.text, u.section, u.tokens, $4::jsonb, $5,"
             "   u.emb::vector, v.tsv,"
-            "   (SELECT coalesce(sum(cardinality(x.positions)), 0) FROM unnest(v.tsv) x)"
+            "   (SELECT coalesce(sum(cardinality(x.positions)), 0) FROM unnest(v.tsv) x),"
+            "   u.location::jsonb"
             " FROM unnest($6::text[], $7::int[], $8::text[], $9::text[], $10::int[],"
-            "   $11::text[], $12::text[]) AS u(chunk_id, ord, text, section, tokens, emb, search)"
+            "   $11::text[], $12::text[], $13::text[])"
+            "   AS u(chunk_id, ord, text, section, tokens, emb, search, location)"
             f" CROSS JOIN LATERAL (SELECT to_tsvector('{TS_CONFIG}', u.search) AS tsv) v"
             " RETURNING lex_count) SELECT coalesce(sum(lex_count), 0) FROM ins",
             tenant,
@@ -371,6 +411,7 @@ class RagStore:
             [p.tokens for p in pieces],
             [vector_literal(v) for v in vectors],
             [search_text(title, p.section, p.text) for p in pieces],
+            [location_json(p.location) for p in pieces],
         )
         return int(lex)
 
@@ -434,7 +475,7 @@ class RagStore:
     async def document(self, tenant: str, document_id: str) -> asyncpg.Record:
         async with self.db.connection() as conn:
             row = await conn.fetchrow(
-                f"SELECT {_DOC_COLUMNS}, body FROM rag.documents"
+                f"SELECT {_DOC_COLUMNS}, body, spans FROM rag.documents"
                 " WHERE tenant_id = $1 AND document_id = $2",
                 tenant,
                 document_id,
@@ -446,7 +487,7 @@ class RagStore:
     async def chunks_of(self, tenant: str, document_id: str) -> list[asyncpg.Record]:
         async with self.db.connection() as conn:
             return await conn.fetch(
-                "SELECT chunk_id, ord, text, section, token_count FROM rag.chunks"
+                "SELECT chunk_id, ord, text, section, token_count, location FROM rag.chunks"
                 " WHERE tenant_id = $1 AND document_id = $2 ORDER BY ord",
                 tenant,
                 document_id,

@@ -1,0 +1,445 @@
+"""Reading operations: the paged list, metrics per time bucket, and cost analysis.
+
+Every statement filters on the tenant first, and every question is checked for size
+before it runs (number of time buckets, rows of the answer), so a bad question is an
+``invalid_request`` with a reason and never a slow query. Which table answers:
+
+* ``bucket = minute`` → raw rows, percentiles exact (``percentile_disc``);
+* ``hour`` → ``rollup_hour`` when the user is grouped or filtered on, else
+  ``rollup_hour_nouser``; ``day`` → ``rollup_day``. Percentiles come from the merged
+  log-scale histograms (relative error ``histogram.RELATIVE_ERROR``).
+
+Rollup buckets are whole hours or days, so a metrics window is widened to whole buckets
+(``from`` rounded down, ``to`` up); ``cost`` is exact: whole hours from the rollups plus
+the partial hours at both ends from raw rows.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bus.errors import InvalidRequest
+from bus.postgres import Database
+from schemas.llmops import (
+    CostRequest,
+    CostResponse,
+    CostRow,
+    Filters,
+    LLMOperation,
+    MetricsRequest,
+    MetricsResponse,
+    QueryRequest,
+    QueryResponse,
+)
+from workers.llmops import histogram
+from workers.llmops.store import DAY, HOUR, HOUR_NOUSER, Grain, truncate
+
+#: Most time buckets one metrics question may span (e.g. 24 h of minutes fits).
+MAX_BUCKETS = 1_500
+#: Most rows (bucket x group) one metrics answer may hold.
+MAX_METRIC_ROWS = 50_000
+#: Most groups one cost answer may hold.
+MAX_COST_ROWS = 10_000
+#: Percentiles come from the rollup histograms when their rows hold at least this many
+#: calls on average; below it the raw rows are read (exact, and no slower).
+DENSE_CALLS_PER_ROW = 16
+#: ... unless the window holds more calls than this: then the rollups answer regardless.
+RAW_PERCENTILE_MAX_CALLS = 2_000_000
+#: ``bucket = auto`` picks the finest bucket that keeps a window within this many.
+AUTO_TARGET_BUCKETS = 400
+
+_STEP = {
+    "minute": timedelta(minutes=1),
+    "hour": timedelta(hours=1),
+    "day": timedelta(days=1),
+}
+#: API dimension → column.
+COLUMN = {
+    "model": "model",
+    "provider": "provider",
+    "user": "user_id",
+    "status": "status",
+    "operation": "operation",
+}
+_PERCENTILES = {"latency_p50": 0.5, "latency_p95": 0.95, "latency_p99": 0.99}
+_SUMS = ("requests", "errors", "tokens_in", "tokens_out", "cost")
+_MASK = histogram.COUNT_MASK
+
+
+def _ceil(ts: datetime, unit: str) -> datetime:
+    floor = truncate(ts, unit)
+    return floor if floor == ts else floor + _STEP[unit]
+
+
+def _filters(f: Filters | None, args: list[Any]) -> str:
+    """`` AND col = $n`` for each given filter; appends the values to ``args``."""
+    if f is None:
+        return ""
+    sql = []
+    for name, column in COLUMN.items():
+        value = getattr(f, name)
+        if value is not None:
+            args.append(value)
+            sql.append(f" AND {column} = ${len(args)}")
+    return "".join(sql)
+
+
+def _dims_used(group_by: Sequence[str], f: Filters | None) -> set[str]:
+    used = set(group_by)
+    if f is not None:
+        used |= {name for name in COLUMN if getattr(f, name) is not None}
+    return used
+
+
+def _group(group_by: Sequence[str], record: Any) -> dict[str, str | None]:
+    return {d: (record[d] or None) for d in group_by}
+
+
+def _percentiles(entries: list[int] | None, qs: list[float]) -> dict[float, float | None]:
+    """Merge sparse histogram entries (``k << 40 | count``) and read quantiles off them:
+    the value of the first bucket whose running count reaches ``q`` of the total."""
+    if not entries:
+        return {q: None for q in qs}
+    counts: dict[int, int] = {}
+    for e in entries:
+        k = e >> histogram.COUNT_BITS
+        counts[k] = counts.get(k, 0) + (e & _MASK)
+    total = sum(counts.values())
+    out: dict[float, float | None] = {}
+    pending = sorted(qs)
+    run = 0
+    for k in sorted(counts):
+        run += counts[k]
+        while pending and run >= pending[0] * total:
+            out[pending.pop(0)] = histogram.value_of(k)
+        if not pending:
+            break
+    return out
+
+
+# ---------------------------------------------------------------- cursor
+
+
+def _encode_cursor(ts: datetime, request_id: str) -> str:
+    raw = json.dumps([ts.isoformat(), request_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        ts, rid = json.loads(raw)
+        when = datetime.fromisoformat(ts)
+        if not isinstance(rid, str) or when.tzinfo is None:
+            raise ValueError
+        return when, rid
+    except (ValueError, TypeError, binascii.Error, json.JSONDecodeError):
+        raise InvalidRequest("cursor is not a next_cursor this service returned") from None
+
+
+class Reader:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # ------------------------------------------------------------ query
+
+    async def query(self, tenant: str, req: QueryRequest) -> QueryResponse:
+        args: list[Any] = [tenant, req.from_, req.to]
+        where = "tenant_id = $1 AND ts >= $2 AND ts < $3" + _filters(req.filters, args)
+        if req.cursor:
+            ts, rid = _decode_cursor(req.cursor)
+            args += [ts, rid]
+            where += f" AND (ts, request_id) < (${len(args) - 1}, ${len(args)})"
+        args.append(req.limit + 1)
+        sql = (
+            "SELECT ts, request_id, correlation_id, model, provider, operation, user_id,"
+            " status, error_code, tokens_in, tokens_out, cached_read, cached_write, cost,"
+            f" latency_ms, ttft_ms FROM llmops.operations WHERE {where}"
+            f" ORDER BY ts DESC, request_id DESC LIMIT ${len(args)}"
+        )
+        async with self.db.connection() as conn:
+            rows = await conn.fetch(sql, *args)
+        more = len(rows) > req.limit
+        rows = rows[: req.limit]
+        ops = [
+            LLMOperation.model_construct(
+                request_id=r["request_id"],
+                ts=r["ts"],
+                model=r["model"],
+                provider=r["provider"] or None,
+                operation=r["operation"],
+                user=r["user_id"] or None,
+                status=r["status"],
+                error_code=r["error_code"],
+                tokens_in=r["tokens_in"],
+                tokens_out=r["tokens_out"],
+                cached_tokens_read=r["cached_read"],
+                cached_tokens_write=r["cached_write"],
+                cost=r["cost"],
+                latency_ms=float(r["latency_ms"]),
+                ttft_ms=float(r["ttft_ms"]) if r["ttft_ms"] is not None else None,
+                correlation_id=r["correlation_id"],
+            )
+            for r in rows
+        ]
+        cursor = _encode_cursor(rows[-1]["ts"], rows[-1]["request_id"]) if more else None
+        return QueryResponse(operations=ops, next_cursor=cursor)
+
+    # ------------------------------------------------------------ metrics
+
+    @staticmethod
+    def resolve_bucket(req: MetricsRequest) -> str:
+        span = req.to - req.from_
+        if req.bucket != "auto":
+            return req.bucket
+        for unit in ("minute", "hour", "day"):
+            if span / _STEP[unit] <= AUTO_TARGET_BUCKETS:
+                return unit
+        return "day"
+
+    async def metrics(
+        self, tenant: str, req: MetricsRequest, *, source: str | None = None
+    ) -> MetricsResponse:
+        """``source`` forces ``"raw"`` rows or the ``"rollup"`` tables (the bench's
+        baseline, tests); by default the rollups answer unless :meth:`_sparse` says the raw
+        rows are as cheap."""
+        unit = self.resolve_bucket(req)
+        start, end = truncate(req.from_, unit), _ceil(req.to, unit)
+        n = int((end - start) / _STEP[unit])
+        if n > MAX_BUCKETS:
+            raise InvalidRequest(
+                f"too many {unit} buckets: {n} (at most {MAX_BUCKETS}); "
+                "use a larger bucket or a shorter window",
+                {"buckets": n, "max_buckets": MAX_BUCKETS},
+            )
+        raw = source == "raw" or unit == "minute"
+        percentiles = any(m in _PERCENTILES or m == "ttft_p95" for m in req.metrics)
+        async with self.db.connection() as conn:
+            if not raw:
+                grain = self._grain(unit, _dims_used(req.group_by, req.filters))
+                if percentiles and source is None:
+                    raw = await self._sparse(conn, tenant, req, grain, start, end)
+            if raw:
+                sql, args = self._raw_metrics_sql(tenant, req, unit, start, end)
+            else:
+                sql, args = self._rollup_metrics_sql(tenant, req, grain, start, end)
+            rows = await conn.fetch(sql, *args)
+        if len(rows) > MAX_METRIC_ROWS:
+            raise InvalidRequest(
+                f"the answer has more than {MAX_METRIC_ROWS} rows; use a larger bucket, "
+                "a shorter window, fewer group_by fields or filters"
+            )
+        lat_qs = [_PERCENTILES[m] for m in req.metrics if m in _PERCENTILES]
+        buckets: list[dict[str, Any]] = []
+        for r in rows:
+            values: dict[str, float | None] = {}
+            if raw:
+                for m in req.metrics:
+                    v = r[m]
+                    values[m] = float(v) if v is not None else None
+            else:
+                lat = _percentiles(r["lat_entries"], lat_qs) if lat_qs else {}
+                ttft = _percentiles(r["ttft_entries"], [0.95]) if "ttft_p95" in req.metrics else {}
+                for m in req.metrics:
+                    if m in _SUMS:
+                        values[m] = float(r[m])
+                    elif m == "ttft_p95":
+                        values[m] = ttft.get(0.95)
+                    else:
+                        values[m] = lat.get(_PERCENTILES[m])
+            buckets.append({"start": r["b"], "group": _group(req.group_by, r), "values": values})
+        # One validation of plain dicts (in pydantic-core) is several times cheaper than
+        # building a model per bucket in Python: answers reach tens of thousands of buckets.
+        return MetricsResponse.model_validate(
+            {
+                "bucket": unit,
+                "source": "raw" if raw else "rollup",
+                "percentile_relative_error": 0.0 if raw else round(histogram.RELATIVE_ERROR, 4),
+                "buckets": buckets,
+            }
+        )
+
+    @staticmethod
+    async def _sparse(
+        conn: Any, tenant: str, req: MetricsRequest, grain: Grain, start: datetime, end: datetime
+    ) -> bool:
+        """Whether the raw rows answer a percentile question cheaper than the rollups.
+
+        A rollup row's histogram holds up to one entry per distinct latency bucket, so
+        when rows hold few calls (light traffic: a handful per hour and model) merging
+        the histograms reads about as many entries as there are calls, and the raw rows
+        answer as fast and exactly. One cheap count over the rollup decides."""
+        args: list[Any] = [tenant, start, end]
+        where = "tenant_id = $1 AND bucket >= $2 AND bucket < $3" + _filters(req.filters, args)
+        row = await conn.fetchrow(
+            f"SELECT coalesce(sum(requests), 0) AS calls, count(*) AS rows"
+            f" FROM llmops.{grain.table} WHERE {where}",
+            *args,
+        )
+        calls, n = int(row["calls"]), int(row["rows"])
+        return calls <= RAW_PERCENTILE_MAX_CALLS and calls < DENSE_CALLS_PER_ROW * n
+
+    @staticmethod
+    def _grain(unit: str, dims: set[str]) -> Grain:
+        if unit == "day":
+            return DAY
+        return HOUR if "user" in dims else HOUR_NOUSER
+
+    @staticmethod
+    def _raw_metrics_sql(
+        tenant: str, req: MetricsRequest, unit: str, start: datetime, end: datetime
+    ) -> tuple[str, list[Any]]:
+        args: list[Any] = [tenant, start, end]
+        where = "tenant_id = $1 AND ts >= $2 AND ts < $3" + _filters(req.filters, args)
+        dims = [f'{COLUMN[d]} AS "{d}"' for d in req.group_by]
+        select = [f"date_trunc('{unit}', ts, 'UTC') AS b", *dims]
+        for m in req.metrics:
+            if m == "requests":
+                select.append("count(*) AS requests")
+            elif m == "errors":
+                select.append("count(*) FILTER (WHERE status = 'error') AS errors")
+            elif m in ("tokens_in", "tokens_out", "cost"):
+                select.append(f"coalesce(sum({m}), 0) AS {m}")
+            elif m in _PERCENTILES:
+                q = _PERCENTILES[m]
+                select.append(f"percentile_disc({q}) WITHIN GROUP (ORDER BY latency_ms) AS {m}")
+            elif m == "ttft_p95":
+                select.append("percentile_disc(0.95) WITHIN GROUP (ORDER BY ttft_ms) AS ttft_p95")
+        keys = ", ".join(str(i + 1) for i in range(1 + len(dims)))
+        sql = (
+            f"SELECT {', '.join(select)} FROM llmops.operations WHERE {where}"
+            f" GROUP BY {keys} ORDER BY {keys} LIMIT {MAX_METRIC_ROWS + 1}"
+        )
+        return sql, args
+
+    @staticmethod
+    def _rollup_metrics_sql(
+        tenant: str, req: MetricsRequest, grain: Grain, start: datetime, end: datetime
+    ) -> tuple[str, list[Any]]:
+        """Sums per (bucket, group) and, for percentiles, the group's merged histogram as
+        an array (read in Python by :func:`_percentiles`).
+
+        Hash aggregates only, no sort or window: the histograms are unnested beside their
+        row and summed per (bucket, group, histogram bucket) — at most ~60 entries per
+        group whatever the number of calls — then gathered per group. Every rollup row has
+        a latency entry, so the row's own sums are counted at its first entry (``i = 1``).
+        """
+        args: list[Any] = [tenant, start, end]
+        where = "tenant_id = $1 AND bucket >= $2 AND bucket < $3" + _filters(req.filters, args)
+        dims = [f'"{d}"' for d in req.group_by]
+        inner_keys = ", ".join(["bucket", *(COLUMN[d] for d in req.group_by)])
+        outer_keys = ", ".join(["b", *dims])
+        select_dims = "".join(f', {COLUMN[d]} AS "{d}"' for d in req.group_by)
+        bits, mask = histogram.COUNT_BITS, _MASK
+        if not any(m in _PERCENTILES or m == "ttft_p95" for m in req.metrics):
+            sums = ", ".join(f"sum({m}) AS {m}" for m in _SUMS)
+            return (
+                f"SELECT bucket AS b{select_dims}, {sums} FROM llmops.{grain.table}"
+                f" WHERE {where} GROUP BY {inner_keys} ORDER BY {inner_keys}"
+                f" LIMIT {MAX_METRIC_ROWS + 1}",
+                args,
+            )
+
+        def merged(column: str, with_sums: bool) -> str:
+            sums = "".join(f", sum({m}) FILTER (WHERE u.i = 1) AS {m}" for m in _SUMS if with_sums)
+            return (
+                f"SELECT bucket AS b{select_dims}, u.e >> {bits} AS k,"
+                f" sum(u.e & {mask})::bigint AS c{sums}"
+                f" FROM llmops.{grain.table} r, unnest(r.{column}) WITH ORDINALITY AS u(e, i)"
+                f" WHERE {where} GROUP BY {inner_keys}, k"
+            )
+
+        outer_sums = ", ".join(f"sum(x.{m}) AS {m}" for m in _SUMS)
+        sql = (
+            f"SELECT x.b{''.join(f', x.{d}' for d in dims)}, {outer_sums},"
+            f" array_agg((x.k << {bits}) | x.c) AS lat_entries"
+            f" FROM ({merged('latency_hist', True)}) x GROUP BY {outer_keys}"
+        )
+        if "ttft_p95" in req.metrics:
+            on = " AND ".join(f"t.{k} = s.{k}" for k in ["b", *dims])
+            sql = (
+                f"SELECT s.*, t.ttft_entries FROM ({sql}) s LEFT JOIN ("
+                f"SELECT {outer_keys}, array_agg((k << {bits}) | c) AS ttft_entries"
+                f" FROM ({merged('ttft_hist', False)}) y GROUP BY {outer_keys}) t ON {on}"
+            )
+            order = ", ".join(f"s.{k}" for k in ["b", *dims])
+        else:
+            order = ", ".join(f"x.{k}" for k in ["b", *dims])
+        return f"{sql} ORDER BY {order} LIMIT {MAX_METRIC_ROWS + 1}", args
+
+    # ------------------------------------------------------------ cost
+
+    async def cost(self, tenant: str, req: CostRequest) -> CostResponse:
+        dims = list(req.group_by)
+        grain = HOUR if "user" in _dims_used(dims, req.filters) else HOUR_NOUSER
+        inner_start, inner_end = _ceil(req.from_, "hour"), truncate(req.to, "hour")
+        args: list[Any] = [tenant]
+        roll_filters = _filters(req.filters, args)
+        raw_filters = roll_filters  # same columns, same placeholders
+        cols = ", ".join(f'{COLUMN[d]} AS "{d}"' for d in dims)
+        sel = f"{cols}, " if cols else ""
+        quoted = ", ".join(f'"{d}"' for d in dims)
+        outer = f"{quoted}, " if quoted else ""
+        sums = "requests, tokens_in, tokens_out, cached_read, cached_write, cost"
+        raw_sums = (
+            "1 AS requests, tokens_in, tokens_out, coalesce(cached_read, 0) AS cached_read,"
+            " coalesce(cached_write, 0) AS cached_write, cost"
+        )
+        parts = []
+        ranges: list[tuple[datetime, datetime]] = []
+        if inner_start < inner_end:
+            args += [inner_start, inner_end]
+            parts.append(
+                f"SELECT {sel}{sums} FROM llmops.{grain.table} WHERE tenant_id = $1"
+                f" AND bucket >= ${len(args) - 1} AND bucket < ${len(args)}{roll_filters}"
+            )
+            ranges = [(req.from_, inner_start), (inner_end, req.to)]
+        else:
+            ranges = [(req.from_, req.to)]
+        for lo, hi in ranges:
+            if lo >= hi:
+                continue
+            args += [lo, hi]
+            parts.append(
+                f"SELECT {sel}{raw_sums} FROM llmops.operations WHERE tenant_id = $1"
+                f" AND ts >= ${len(args) - 1} AND ts < ${len(args)}{raw_filters}"
+            )
+        group = quoted
+        sql = (
+            f"SELECT {outer}sum(requests)::bigint AS requests, sum(tokens_in)::bigint AS tokens_in,"
+            " sum(tokens_out)::bigint AS tokens_out, sum(cached_read)::bigint AS cached_read,"
+            " sum(cached_write)::bigint AS cached_write, sum(cost) AS cost FROM ("
+            + " UNION ALL ".join(parts)
+            + ") x"
+            + (f" GROUP BY {group}" if group else "")
+            + f" ORDER BY cost DESC NULLS LAST LIMIT {MAX_COST_ROWS + 1}"
+        )
+        async with self.db.connection() as conn:
+            rows = await conn.fetch(sql, *args)
+        if len(rows) > MAX_COST_ROWS:
+            raise InvalidRequest(
+                f"the answer has more than {MAX_COST_ROWS} groups; filter or group by less"
+            )
+        out = [
+            CostRow(
+                group=_group(dims, r),
+                cost=float(r["cost"] or 0.0),
+                tokens_in=r["tokens_in"] or 0,
+                tokens_out=r["tokens_out"] or 0,
+                cached_tokens_read=r["cached_read"] or 0,
+                cached_tokens_write=r["cached_write"] or 0,
+                requests=r["requests"] or 0,
+            )
+            for r in rows
+            if r["requests"]
+        ]
+        return CostResponse(total_cost=sum(r.cost for r in out), rows=out)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
