@@ -6,7 +6,6 @@ the reason — never left ``running``."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -139,7 +138,7 @@ async def test_a_job_whose_lease_expired_on_its_last_attempt_is_failed_with_the_
                 " VALUES ($1, 'mlj_lost', 'm', 'classification', 'ridge', $2::jsonb, 'x',"
                 " 'csv', 'running', $3, now() - interval '2 minutes')",
                 tenant,
-                json.dumps({}),
+                {},
                 MAX_ATTEMPTS,
             )
         swept = await MLService(db, env.js).sweep_once()
