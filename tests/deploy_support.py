@@ -95,10 +95,11 @@ class ClusterNode(NatsServer):
     passwords: dict[str, str] = field(default_factory=dict)
     config: Path = SERVER_CONF
     name: str = "nats-node"
+    server_name: str = ""  # nats-<index>, set below (the file reads it from the environment)
 
-    @property
-    def server_name(self) -> str:
-        return f"nats-{self.index}"
+    def __post_init__(self) -> None:
+        if not self.server_name:
+            self.server_name = f"nats-{self.index}"
 
     def command(self) -> list[str]:
         return [

@@ -220,6 +220,84 @@ async def test_a_recording_is_transcribed_by_the_gateway_and_cited_by_time(
 
 
 @pytest.mark.usefixtures("clean_log")
+async def test_a_generation_is_stored_by_llmops_and_queried_through_the_bridge(
+    deployed: str, mock: MockOpenAI
+):
+    """The gateway publishes to LLMOPS, the llmops user consumes and stores it."""
+    mock.script(MODEL, Reply(content="hi there"))
+    user = f"u-{uuid.uuid4().hex[:6]}"
+    token = hs_token(tenant=f"dep-{uuid.uuid4().hex[:6]}", user=user)
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+    window = {"from": "2000-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"}
+    async with http(deployed) as c:
+        r = await c.post("/api/v1/gateway/generate", json=body, headers=auth(token))
+        assert r.status_code == 200, r.text
+
+        async def stored() -> list[dict[str, Any]]:
+            r = await c.post("/api/v1/llmops/query", json=window, headers=auth(token))
+            assert r.status_code == 200, r.text
+            return list(r.json()["operations"])
+
+        [op] = await _poll(stored, bool)
+    assert (op["user"], op["operation"], op["status"]) == (user, "generate", "ok")
+
+
+@pytest.mark.usefixtures("clean_log")
+async def test_a_model_is_trained_on_the_ml_queue_and_predicts_through_the_bridge(
+    deployed: str,
+):
+    """ml.train publishes to the ML stream; the ml user's consumer trains and stores it."""
+    token = hs_token(tenant=f"dep-{uuid.uuid4().hex[:6]}")
+    rows = [{"x": float(i), "y": "big" if i >= 20 else "small"} for i in range(40)]
+    job = {
+        "name": "sizes",
+        "task": "classification",
+        "algorithm": "logistic_regression",
+        "target": "y",
+        "dataset": {"rows": rows},
+    }
+    async with http(deployed) as c:
+        r = await c.post("/api/v1/ml/jobs", json=job, headers=auth(token))
+        assert r.status_code == 202, r.text
+        job_id = r.json()["job_id"]
+
+        async def status() -> dict[str, Any]:
+            r = await c.get(f"/api/v1/ml/jobs/{job_id}", headers=auth(token))
+            return dict(r.json())
+
+        done = await _poll(status, lambda j: j["status"] in ("succeeded", "failed"), 180.0)
+        assert done["status"] == "succeeded", done
+        r = await c.post(
+            "/api/v1/ml/models/sizes/predict",
+            json={"rows": [{"x": 1.0}, {"x": 39.0}]},
+            headers=auth(token),
+        )
+    assert r.status_code == 200, r.text
+    assert r.json()["predictions"] == ["small", "big"]
+
+
+@pytest.mark.usefixtures("clean_log")
+async def test_a_prompt_becomes_a_checked_draft_agent_through_the_bridge(
+    deployed: str, mock: MockOpenAI
+):
+    """promptgen calls the gateway and asks the agent, RAG and prompt services (checks)."""
+    from tests.promptgen_support import agent_spec, as_json
+
+    mock.script(MODEL, Reply(content=as_json(agent_spec(name="helper"))))
+    token = hs_token(tenant=f"dep-{uuid.uuid4().hex[:6]}", roles=["promptgen:author"])
+    async with http(deployed) as c:
+        r = await c.post(
+            "/api/v1/promptgen/agents",
+            json={"prompt": "an agent that answers questions"},
+            headers=auth(token),
+        )
+    assert r.status_code == 201, r.text
+    draft = r.json()
+    assert (draft["kind"], draft["status"], draft["spec"]["name"]) == ("agent", "draft", "helper")
+    assert draft["checks"] and all(check["ok"] for check in draft["checks"]), draft["checks"]
+
+
+@pytest.mark.usefixtures("clean_log")
 async def test_cache_round_trip_through_the_bridge(deployed: str):
     token = hs_token(tenant=f"dep-{uuid.uuid4().hex[:6]}")
     async with http(deployed) as c:

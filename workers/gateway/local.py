@@ -41,6 +41,11 @@ CHAT_CONTEXT = 2048
 #: Longest text the embedder reads (the shipped tokenizer.json says 128; the model allows 256).
 EMBED_MAX_TOKENS = 256
 DEFAULT_MAX_TOKENS = 256
+#: Sampling when the request sets none: SmolLM2-135M-Instruct's model card (greedy decoding
+#: falls into loops such as French word salad for "What is the capital of France?"; see
+#: docs/services/gateway.md, "The local chat model's answers").
+DEFAULT_TEMPERATURE = 0.2
+DEFAULT_TOP_P = 0.9
 #: Threads per model: this machine class has 2 cores.
 MODEL_THREADS = 2
 
@@ -185,9 +190,12 @@ class LocalGenerator:
             "max_tokens": p.get("max_completion_tokens")
             or p.get("max_tokens")
             or DEFAULT_MAX_TOKENS,
-            "temperature": p["temperature"] if p.get("temperature") is not None else 0.0,
+            "temperature": p["temperature"]
+            if p.get("temperature") is not None
+            else DEFAULT_TEMPERATURE,
+            "top_p": p["top_p"] if p.get("top_p") is not None else DEFAULT_TOP_P,
         }
-        for k in ("top_p", "seed", "stop", "presence_penalty", "frequency_penalty"):
+        for k in ("seed", "stop", "presence_penalty", "frequency_penalty"):
             if p.get(k) is not None:
                 kw[k] = p[k]
         fmt = p.get("response_format")
