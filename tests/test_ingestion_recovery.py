@@ -4,10 +4,6 @@ mid-ingestion — every job still ends indexed, each document exactly once."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +18,7 @@ from mesh.infra import NatsServer, PostgresServer
 from mesh.runner import bus_env, serving
 from schemas.ingestion import ListJobsResponse, SubmitResponse
 from tests.fake_gateway import FakeGateway
+from tests.processes import StartWorker, worker_processes
 from tests.rag_support import create_collection, ctx, fake_gateway
 
 __all__ = ["fake_gateway"]
@@ -115,37 +112,9 @@ async def assert_exactly_once(database_url: str, tenant: str, cid: str, n: int) 
 
 
 @pytest.fixture
-def worker_process(settings: Settings, tmp_path: Path) -> Iterator[object]:
-    """Starts `python -m mesh worker ingestion rag` (the production shape) on demand."""
-    procs: list[subprocess.Popen[bytes]] = []
-    env = {
-        **os.environ,
-        "NATS_URL": settings.nats_url or "",
-        "DATABASE_URL": settings.database_url or "",
-        "REDIS_URL": settings.redis_url or "",
-        "LOG_LEVEL": "warning",
-    }
-
-    def start() -> subprocess.Popen[bytes]:
-        log = open(tmp_path / f"workers-{len(procs)}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mesh", "worker", "ingestion", "rag"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+def worker_process(settings: Settings, tmp_path: Path) -> Iterator[StartWorker]:
+    with worker_processes(settings, tmp_path, "ingestion", "rag") as start:
+        yield start
 
 
 async def wait_serving(client: Client, timeout: float = 60) -> None:

@@ -4,10 +4,6 @@ then restarted — every event stored exactly once, duplicates included."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -21,6 +17,7 @@ from bus.context import new_id
 from bus.settings import Settings
 from schemas.llmops import OPERATION_SUBJECT
 from tests.llmops_support import ctx
+from tests.processes import StartWorker, worker_processes
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -29,36 +26,9 @@ DUPLICATES = 500
 
 
 @pytest.fixture
-def worker_process(settings: Settings, tmp_path: Path) -> Iterator[object]:
-    """Starts `python -m mesh worker llmops` (the production shape) on demand."""
-    procs: list[subprocess.Popen[bytes]] = []
-    env = {
-        **os.environ,
-        "NATS_URL": settings.nats_url or "",
-        "DATABASE_URL": settings.database_url or "",
-        "LOG_LEVEL": "warning",
-    }
-
-    def start() -> subprocess.Popen[bytes]:
-        log = open(tmp_path / f"llmops-{len(procs)}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mesh", "worker", "llmops"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+def worker_process(settings: Settings, tmp_path: Path) -> Iterator[StartWorker]:
+    with worker_processes(settings, tmp_path, "llmops") as start:
+        yield start
 
 
 def _event(i: int, tenant: str) -> dict[str, object]:

@@ -6,10 +6,7 @@ the reason — never left ``running``."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,41 +20,15 @@ from bus.postgres import create_database
 from bus.settings import Settings
 from schemas import ml
 from tests.ml_support import ctx, iris_rows, train, unique, wait_job
+from tests.processes import StartWorker, worker_processes
 from workers.ml.service import MLService
 from workers.ml.store import MAX_ATTEMPTS
 
 
 @pytest.fixture
-def worker_process(settings: Settings, tmp_path: Path) -> Iterator[object]:
-    procs: list[subprocess.Popen[bytes]] = []
-    env = {
-        **os.environ,
-        "NATS_URL": settings.nats_url or "",
-        "DATABASE_URL": settings.database_url or "",
-        "REDIS_URL": settings.redis_url or "",
-        "LOG_LEVEL": "warning",
-    }
-
-    def start() -> subprocess.Popen[bytes]:
-        log = open(tmp_path / f"ml-{len(procs)}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mesh", "worker", "ml"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+def worker_process(settings: Settings, tmp_path: Path) -> Iterator[StartWorker]:
+    with worker_processes(settings, tmp_path, "ml") as start:
+        yield start
 
 
 async def wait_serving(client: Client, timeout: float = 60) -> None:
