@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import enum
+import functools
 import json
 import uuid
 from dataclasses import dataclass
@@ -78,6 +79,9 @@ class Codec:
             max_map_len=n,
             max_ext_len=0,
         )
+        # Bound once: spreading the options into each call costs more than the unpacking
+        # of a small envelope.
+        self._unpackb = functools.partial(msgpack.unpackb, **self._unpack_opts)
 
     def encode(self, headers: dict[str, Any], data: Any) -> bytes:
         """Encode an envelope; data the codec cannot carry is ``InvalidRequest``.
@@ -106,7 +110,7 @@ class Codec:
             if first == 0x7B:  # "{"
                 envelope = json.loads(body)
             elif first in _MSGPACK_FIRST:
-                envelope = msgpack.unpackb(body, **self._unpack_opts)
+                envelope = self._unpackb(body)
             elif first == _pb.FIRST_BYTE:
                 envelope = self._pb_decode(body)
             else:
@@ -131,7 +135,8 @@ class Codec:
         elif not isinstance(headers, dict):
             raise InvalidRequest("envelope 'h' must be a map")
         data = envelope["d"]
-        _check_shape(data, self.limits.max_depth, self.limits.max_container)
+        if data and (data.__class__ is dict or data.__class__ is list):  # else nothing nests
+            _check_shape(data, self.limits.max_depth, self.limits.max_container)
         return headers, data
 
     def _pb_decode(self, body: bytes) -> dict[str, Any]:
@@ -151,7 +156,7 @@ class Codec:
             headers.setdefault(key, value)
         kind = msg.WhichOneof("d")
         if kind == "msgpack":
-            data = msgpack.unpackb(msg.msgpack, **self._unpack_opts)
+            data = self._unpackb(msg.msgpack)
         elif kind == "value":
             data = json_format.MessageToDict(msg.value)
         elif kind == "null":
