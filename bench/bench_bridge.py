@@ -122,6 +122,20 @@ def serve_http(kind: str, port: int) -> None:
     setup_logging(os.environ.get("LOG_LEVEL", "info"), "json")
     setup_tracing(f"bench-{kind}")
     app = bridge_app() if kind == "bridge" else plain_app()
+    profile = os.environ.get("BENCH_PROFILE") if kind == "bridge" else None
+    if profile:  # a cProfile of the bridge process, written when it stops (development aid)
+        import cProfile
+        import signal
+
+        prof = cProfile.Profile()
+
+        def dump(*_: Any) -> None:  # uvicorn re-raises SIGTERM once it has shut down
+            prof.disable()
+            prof.dump_stats(profile)
+            os._exit(0)
+
+        signal.signal(signal.SIGTERM, dump)
+        prof.enable()
     uvicorn.run(app, host="127.0.0.1", port=port, access_log=False, log_level="warning")
 
 

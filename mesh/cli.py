@@ -5,7 +5,7 @@ mesh worker NAME...           workers against configured NATS/Postgres/Redis
 mesh services                 live services with endpoints and counts
 mesh request SUBJECT JSON --tenant T
 mesh upload FILE --tenant T   put a file in the uploads object store (e.g. an ML dataset)
-mesh bridge                   the HTTP bridge against configured NATS/Redis
+mesh bridge [--processes N]   the HTTP bridge against configured NATS/Redis
 mesh token --tenant T --user U [--roles r1,r2]
 mesh ingest PATH... --collection NAME --tenant T    files/folders into a RAG collection
 mesh jobs | search QUERY | ask QUESTION --collection NAME --tenant T
@@ -160,7 +160,7 @@ def cmd_bridge(args: argparse.Namespace) -> None:
     settings = _settings("bridge", BridgeSettings)
     if not settings.jwt_secret and not settings.jwt_jwks_url:
         settings = settings.model_copy(update={"jwt_secret": _dev_secret()})
-    run(settings)
+    run(settings, processes=args.processes)
 
 
 def cmd_token(args: argparse.Namespace) -> None:
@@ -252,6 +252,17 @@ def _nats_url(settings: Settings) -> str:
     return settings.nats_url
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mesh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -285,6 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
     u.set_defaults(func=cmd_upload)
 
     b = sub.add_parser("bridge", help="run the HTTP bridge against configured infrastructure")
+    b.add_argument(
+        "--processes",
+        type=positive_int,
+        default=1,
+        help="bridge processes behind the one port (about one per core; default 1)",
+    )
     b.set_defaults(func=cmd_bridge)
 
     t = sub.add_parser("token", help="mint a development JWT (HS256, JWT_SECRET or mesh up's)")
