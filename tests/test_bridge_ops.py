@@ -185,3 +185,62 @@ async def test_mesh_bridge_serves_tokens_from_mesh_token_and_stops_gracefully(
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def _bridge_children(pid: int) -> list[int]:
+    """The processes ``--processes N`` started (multiprocessing spawn children)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [
+        int(child)
+        for child in children
+        if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
+    ]
+
+
+async def test_mesh_bridge_processes_share_one_port_and_stop_together(settings, tmp_path: Path):
+    port = free_port()
+    secret = "p" * 40
+    env = _cli_env(settings, JWT_SECRET=secret, BRIDGE_PORT=str(port), BRIDGE_HOST="127.0.0.1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mesh", "bridge", "--processes", "2"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(90):
+            while len(_bridge_children(proc.pid)) < 2:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                await asyncio.sleep(0.1)
+            children = _bridge_children(proc.pid)
+            ready = 0
+            while ready < 10:  # fresh connections, spread by the kernel over both
+                try:
+                    async with http(f"http://127.0.0.1:{port}") as c:
+                        ready = ready + 1 if (await c.get("/readyz")).status_code == 200 else 0
+                except httpx.TransportError:
+                    ready = 0
+                    await asyncio.sleep(0.1)
+        async with http(f"http://127.0.0.1:{port}") as c:
+            r = await c.post(GET, json={"key": "procs"}, headers=auth(hs_token(secret)))
+        assert r.status_code == 200, r.text
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 40)
+        assert code == 0
+        assert not any(Path(f"/proc/{child}").exists() for child in children)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_mesh_bridge_processes_must_be_positive():
+    out = subprocess.run(
+        [sys.executable, "-m", "mesh", "bridge", "--processes", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "--processes" in out.stderr

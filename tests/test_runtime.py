@@ -8,6 +8,8 @@ import time
 
 import msgpack
 import pytest
+import structlog
+from pydantic import BaseModel
 
 from bus.client import Client, RetryPolicy
 from bus.codec import Codec
@@ -21,7 +23,9 @@ from bus.errors import (
     Unavailable,
 )
 from bus.types import ERROR_CODE_HEADER, ERROR_HEADER
+from bus.worker import Endpoint, Worker
 from schemas.context import Context
+from schemas.operations import Operation
 from tests.support import EchoRequest, EchoResponse, Empty, Probe, SleepRequest, probe_worker
 
 
@@ -328,3 +332,99 @@ async def test_srv_stats_report_the_runtimes_own_counts(env, client):
     assert (ep["num_requests"], ep["num_errors"]) == (2, 1)
     assert ep["last_error"] == "not_found: no such text"
     assert ep["average_processing_time"] > 0
+
+
+# -- the consumers that read each endpoint (no task per request) ----------------------
+
+
+class Hold(BaseModel):
+    seconds: float = 0.0
+    bind: bool = False
+
+
+class Seen(BaseModel):
+    log_keys: list[str] = []
+    tenant: str | None = None
+    cancelling: int = 0
+    in_flight_max: int = 0
+
+
+def _pool_worker(max_concurrency: int = 64) -> tuple[Worker, dict[str, int]]:
+    stats = {"in_flight": 0, "max": 0}
+
+    async def hold(req: Hold, ctx: Context) -> Seen:
+        stats["in_flight"] += 1
+        stats["max"] = max(stats["max"], stats["in_flight"])
+        try:
+            seen = structlog.contextvars.get_contextvars()
+            if req.bind:  # what a handler binds must not reach the next request
+                structlog.contextvars.bind_contextvars(leak="x")
+            try:
+                await asyncio.sleep(req.seconds)
+            except asyncio.CancelledError:
+                if req.bind:
+                    raise
+                # A handler that swallows the deadline's cancel (it should not).
+            task = asyncio.current_task()
+            assert task is not None
+            return Seen(
+                log_keys=sorted(seen),
+                tenant=seen.get("tenant"),
+                cancelling=task.cancelling(),
+                in_flight_max=stats["max"],
+            )
+        finally:
+            stats["in_flight"] -= 1
+
+    op = Operation("pool", "hold", Hold, Seen)
+    return Worker("pool", [Endpoint(op, hold)], max_concurrency=max_concurrency), stats
+
+
+async def test_slow_requests_do_not_hold_up_others_on_the_same_endpoint(env, client):
+    worker, _ = _pool_worker()
+    async with worker.serve(env.nc):
+        slow = [
+            asyncio.create_task(client.request("pool.hold.request", Hold(seconds=2), ctx()))
+            for _ in range(5)
+        ]
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        await asyncio.gather(
+            *(client.request("pool.hold.request", Hold(), ctx()) for _ in range(20))
+        )
+        assert time.monotonic() - started < 1.5
+        assert not any(t.done() for t in slow), "the slow requests should still be running"
+        await asyncio.gather(*slow)
+
+
+async def test_max_concurrency_bounds_handlers_in_flight(env, client):
+    worker, stats = _pool_worker(max_concurrency=3)
+    async with worker.serve(env.nc):
+        answers = await asyncio.gather(
+            *(client.request("pool.hold.request", Hold(seconds=0.1), ctx()) for _ in range(12))
+        )
+    assert len(answers) == 12
+    assert stats["max"] == 3
+
+
+async def test_log_context_of_one_request_does_not_reach_the_next(env, client):
+    worker, _ = _pool_worker()
+    async with worker.serve(env.nc):
+        # One after another: the few consumers each answer several of them.
+        for i in range(10):
+            tenant = f"t-{i}"
+            seen = await client.request("pool.hold.request", Hold(bind=True), ctx(tenant=tenant))
+            assert seen["tenant"] == tenant
+            assert "leak" not in seen["log_keys"]
+
+
+async def test_a_handler_that_swallows_its_deadline_leaves_no_cancel_behind(env, client):
+    worker, _ = _pool_worker()
+    async with worker.serve(env.nc):
+        # The handler outlives its deadline (it ignores the cancel): the caller times out.
+        with pytest.raises(Timeout):
+            await client.request("pool.hold.request", Hold(seconds=0.5), ctx(timeout=0.2))
+        await asyncio.sleep(0.6)
+        for _ in range(5):
+            seen = await client.request("pool.hold.request", Hold(), ctx())
+            assert seen["cancelling"] == 0
