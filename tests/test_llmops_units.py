@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import struct
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,10 +19,72 @@ from workers.llmops.queries import _percentiles
 from workers.llmops.store import COMPACT_AT, Store, open_database
 
 
-@pytest.mark.parametrize("ms", [0.1, 0.37, 1, 9.99, 57, 250, 1234.5, 60_000, 3_600_000])
+@pytest.mark.parametrize("ms", [1, 1.37, 9.99, 57, 250, 1234.5, 60_000, 3_400_000])
 def test_a_value_is_reported_within_the_stated_relative_error(ms):
     reported = histogram.value_of(histogram.bucket_of(ms))
     assert abs(reported - ms) / ms <= histogram.RELATIVE_ERROR + 1e-12
+
+
+def test_the_bucket_range_is_the_stated_one():
+    assert histogram.bucket_of(0.99) == 0 and histogram.value_of(0) == 0.0
+    assert histogram.bucket_of(1.0) == 1
+    assert 55 * 60_000 < histogram.TOP_MS < 60 * 60_000  # about 58 minutes
+    assert histogram.bucket_of(histogram.TOP_MS * 1.01) == histogram.MAX_BUCKET
+    assert histogram.bucket_of(86_400_000) == histogram.MAX_BUCKET == histogram.BUCKETS - 1
+
+
+async def test_the_sql_histogram_helpers_match_the_python_ones(settings):
+    """The migration rebuilds rollups from raw rows with these: same buckets, same sums."""
+    assert settings.database_url
+    values = [0.2, 0.999, 1.0, 1.05, 7.3, 57.0, 250.5, 1234.5, 60_000.0, 3_400_000.0, 9e7]
+    db = await open_database(settings.database_url)
+    try:
+        async with db.connection() as conn:
+            got = await conn.fetch(
+                "SELECT llmops.hist_bucket(v) AS k FROM unnest($1::real[]) AS v", values
+            )
+            assert [r["k"] for r in got] == [histogram.bucket_of(v) for v in values]
+            ks = [histogram.bucket_of(v) for v in values + values[:3]]
+            sparse = await conn.fetchval("SELECT llmops.hist_sparse($1::int[])", ks)
+            assert sparse == histogram.encode(values + values[:3])
+            dense = await conn.fetchval("SELECT vector_send(llmops.hist_dense($1::int[]))", ks)
+            counts = histogram.dense_counts([dense])[0]
+            assert list(counts) == [ks.count(k) for k in range(histogram.BUCKETS)]
+    finally:
+        await db.close()
+
+
+def _vector_send(counts: list[int]) -> bytes:
+    """pgvector's binary form, as ``vector_send`` returns it."""
+    return struct.pack(f">hh{len(counts)}f", len(counts), 0, *counts)
+
+
+def test_dense_histograms_summed_give_the_exact_percentiles_within_the_error():
+    rnd = random.Random(5)
+    groups = {
+        "lognormal": [rnd.lognormvariate(6.5, 0.6) for _ in range(4000)],
+        "bimodal": [rnd.gauss(40, 5) for _ in range(900)]
+        + [rnd.gauss(2500, 300) for _ in range(100)],
+        "one": [123.0],
+    }
+    sent = []
+    for values in groups.values():
+        # Histograms of many rollup rows (batches of 37 calls), summed as sum(vector) does.
+        total = [0] * histogram.BUCKETS
+        for i in range(0, len(values), 37):
+            counts = [0] * histogram.BUCKETS
+            for v in values[i : i + 37]:
+                counts[histogram.bucket_of(v)] += 1
+            total = [a + b for a, b in zip(total, counts, strict=True)]
+        sent.append(_vector_send(total))
+    sent.append(None)  # a group without calls (no time to first token, say)
+    qs = [0.5, 0.95, 0.99]
+    got = histogram.dense_percentiles(histogram.dense_counts(sent), qs)
+    for i, values in enumerate(groups.values()):
+        for q in qs:
+            exact = _nearest_rank(values, q)
+            assert abs(got[q][i] - exact) / exact <= histogram.RELATIVE_ERROR + 1e-9, (i, q)
+    assert all(got[q][3] is None for q in qs)
 
 
 def _nearest_rank(values: list[float], q: float) -> float:
@@ -175,8 +238,86 @@ async def test_rollup_answers_match_the_raw_rows(settings, bucket):
             assert math.isclose(a.values["cost"], b.values["cost"], abs_tol=1e-9)
             for m in ("latency_p50", "latency_p99", "ttft_p95"):
                 assert abs(a.values[m] - b.values[m]) <= b.values[m] * err + 1e-6, m
-        # By default: ~33 calls per rollup row are dense enough for the histograms (a
-        # handful per row is answered from raw rows: test_llmops.py).
-        assert (await reader.metrics(tenant, req)).source == "rollup"
+        # By default a window of so few calls is answered exactly from the raw rows.
+        assert (await reader.metrics(tenant, req)).source == "raw"
+    finally:
+        await db.close()
+
+
+@pytest.mark.parametrize("bucket", ["hour", "day"])
+@pytest.mark.parametrize("group", ["model", "user", "status"])
+async def test_percentiles_from_dense_rollups_agree_with_the_exact_raw_ones(
+    settings, monkeypatch, bucket, group
+):
+    """A known distribution over 30 hours, ingested in many batches: percentiles merged
+    from the dense rollup grains (by model or status: rollup_hour_nouser; by user:
+    rollup_hour_user) are the exact raw percentiles within the stated relative error."""
+    from schemas.llmops import MetricsRequest
+    from workers.llmops import queries
+    from workers.llmops.queries import Reader
+
+    assert settings.database_url
+    db = await open_database(settings.database_url)
+    try:
+        store, reader = Store(db), Reader(db)
+        tenant = f"dense-{new_id()[:8]}"
+        rnd = random.Random(17)
+        now = datetime.now(UTC)
+        rows = []
+        for i in range(3000):
+            ts = now - timedelta(minutes=rnd.uniform(0, 30 * 60))
+            slow = i % 5 == 0  # a second mode: one call in five is ten times slower
+            r = _row(tenant, rnd.lognormvariate(7.5 if slow else 5.2, 0.4), ts)
+            rows.append(
+                dataclasses.replace(
+                    r,
+                    model=f"m{i % 3}",
+                    user_id=f"u{i % 4}",
+                    status="error" if i % 11 == 0 else "ok",
+                    cost=0.001 * (i % 7),
+                    ttft_ms=rnd.uniform(10, 900) if i % 2 else None,
+                )
+            )
+        for i in range(0, len(rows), 250):  # twelve batches: rollup rows upserted often
+            await store.ingest(rows[i : i + 250])
+        req = MetricsRequest.model_validate(
+            {
+                "from": (now - timedelta(hours=31)).isoformat(),
+                "to": (now + timedelta(minutes=1)).isoformat(),
+                "bucket": bucket,
+                "group_by": [group],
+                "metrics": [
+                    "requests",
+                    "errors",
+                    "cost",
+                    "latency_p50",
+                    "latency_p95",
+                    "latency_p99",
+                    "ttft_p95",
+                ],
+            }
+        )
+        monkeypatch.setattr(queries, "RAW_EXACT_MAX_CALLS", 100)
+        roll = await reader.metrics(tenant, req)  # what the service picks: the rollups
+        raw = await reader.metrics(tenant, req, source="raw")
+        assert (roll.source, raw.source) == ("rollup", "raw")
+        assert roll.percentile_relative_error == round(histogram.RELATIVE_ERROR, 4)
+        assert [(b.start, b.group) for b in roll.buckets] == [
+            (b.start, b.group) for b in raw.buckets
+        ]
+        assert sum(b.values["requests"] or 0 for b in roll.buckets) == 3000
+        err = histogram.RELATIVE_ERROR
+        checked = 0
+        for a, b in zip(roll.buckets, raw.buckets, strict=True):
+            assert a.values["requests"] == b.values["requests"]
+            assert a.values["errors"] == b.values["errors"]
+            assert math.isclose(a.values["cost"], b.values["cost"], abs_tol=1e-9)
+            for m in ("latency_p50", "latency_p95", "latency_p99", "ttft_p95"):
+                if b.values[m] is None:
+                    assert a.values[m] is None, m
+                    continue
+                assert abs(a.values[m] - b.values[m]) <= b.values[m] * err + 1e-3, (m, a, b)
+                checked += 1
+        assert checked >= 3 * len(raw.buckets)  # the latencies at least; ttft where any
     finally:
         await db.close()

@@ -1,38 +1,55 @@
 """Fixed log-scale histograms for latency and time to first token.
 
-Bucket ``k`` (``k >= 1``) holds values in ``[MIN_MS * G**(k-1), MIN_MS * G**k)``; bucket 0
-holds everything below ``MIN_MS``. Every rollup row uses the same bounds, so histograms of
-any window merge by adding counts, and a percentile is read off the merged counts.
+``BUCKETS`` buckets with the same bounds everywhere: bucket 0 holds values below
+``MIN_MS``, bucket ``k`` (``1 <= k < BUCKETS - 1``) holds ``[MIN_MS * G**(k-1),
+MIN_MS * G**k)``, and the last bucket holds everything from ``MIN_MS * G**(BUCKETS-2)``
+(about 58 min) up. Histograms of any window merge by adding counts, and a percentile is
+read off the merged counts: the first bucket whose running count reaches ``q`` of the
+total (nearest rank, as ``percentile_disc``), reported as the bucket's geometric middle
+``MIN_MS * G**(k-0.5)``. The true value lies in that bucket, so for values from 1 ms to
+58 min the relative error is at most ``sqrt(G) - 1`` (about 4.9 % for ``G = 1.1``).
 
-A percentile is reported as the geometric middle of its bucket, ``MIN_MS * G**(k-0.5)``:
-the true value lies in the bucket, so the relative error is at most ``sqrt(G) - 1``
-(about 4.9 % for ``G = 1.1``).
+Two storages of the same buckets (docs/services/llmops.md, "Rollups and percentiles"):
 
-Storage is sparse (most rollup rows hold a handful of calls): one ``bigint`` per entry,
-``k << 40 | count``. A bucket may appear in several entries of one array (an upsert appends
-the batch's entries; ``llmops.hist_merge`` folds them once the array passes
-``store.COMPACT_AT`` entries); readers add all entries of a bucket.
+* **dense** — a pgvector ``vector(BUCKETS)`` of counts per bucket. Rows of the rollup
+  grains that questions read (``rollup_hour_nouser``, ``rollup_hour_user``) hold many
+  calls each; the upsert adds vectors (``+``) and a window's histogram is one
+  ``sum(vector)`` per group in the GROUP BY, in C, whatever the number of calls. The
+  counts are float4: exact up to 2**24 per bucket and row, then within 1e-7 relative.
+* **sparse** — ``bigint[]`` entries ``k << 40 | count`` for the reference grains keyed
+  by every dimension (``rollup_hour``, ``rollup_day``), whose rows hold a handful of calls
+  each (a dense vector would be 99 % zeros there). A bucket may appear in several entries
+  (an upsert appends the batch's entries; ``llmops.hist_merge`` folds them once the array
+  passes ``store.COMPACT_AT`` entries); readers add all entries of a bucket.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+
+import numpy as np
 
 #: Lower bound of bucket 1, in milliseconds.
-MIN_MS = 0.1
+MIN_MS = 1.0
 #: Growth factor between bucket bounds.
 GROWTH = 1.1
-#: Largest bucket index: values from about 24 days up land here.
-MAX_BUCKET = 200
-#: Bits of one entry that hold the count.
+#: Number of buckets (the dimension of a dense histogram).
+BUCKETS = 160
+#: Largest bucket index: values from about 58 minutes up land here.
+MAX_BUCKET = BUCKETS - 1
+#: Bits of one sparse entry that hold the count.
 COUNT_BITS = 40
 COUNT_MASK = (1 << COUNT_BITS) - 1
-#: Largest relative error of a percentile read from these histograms.
+#: Largest relative error of a percentile read from these histograms (values in
+#: ``[MIN_MS, TOP_MS)``).
 RELATIVE_ERROR = math.sqrt(GROWTH) - 1
+#: Lower bound of the last bucket (about 58 minutes).
+TOP_MS = MIN_MS * GROWTH ** (BUCKETS - 2)
 
 _LOG_G = math.log(GROWTH)
+_VALUES = np.array([0.0] + [MIN_MS * GROWTH ** (k - 0.5) for k in range(1, BUCKETS)])
 
 
 def bucket_of(ms: float) -> int:
@@ -48,6 +65,9 @@ def value_of(k: int) -> float:
     return MIN_MS * GROWTH ** (k - 0.5)
 
 
+# ---------------------------------------------------------------- sparse
+
+
 def encode(values: Iterable[float]) -> list[int]:
     counts = Counter(bucket_of(v) for v in values)
     return [(k << COUNT_BITS) | c for k, c in sorted(counts.items())]
@@ -56,6 +76,50 @@ def encode(values: Iterable[float]) -> list[int]:
 def literal(entries: list[int]) -> str:
     """A Postgres array literal (sent as text and cast: arrays of arrays cannot unnest)."""
     return "{" + ",".join(map(str, entries)) + "}"
+
+
+# ---------------------------------------------------------------- dense
+
+#: The text of an empty dense histogram.
+ZERO_VECTOR = "[" + ",".join("0" * BUCKETS) + "]"
+
+
+def dense_literal(values: Iterable[float]) -> str:
+    """A pgvector literal of the counts per bucket of ``values``."""
+    counts = [0] * BUCKETS
+    for v in values:
+        counts[bucket_of(v)] += 1
+    return "[" + ",".join(map(str, counts)) + "]"
+
+
+def dense_counts(sent: Sequence[bytes | None]) -> np.ndarray:
+    """Rows of counts from ``vector_send`` results (pgvector's binary form: int16
+    dimension, int16 unused, then big-endian float4s); a NULL is a row of zeros."""
+    width = 4 + 4 * BUCKETS
+    blank = b"\0" * width
+    raw = b"".join(blank if s is None else s for s in sent)
+    if len(raw) != width * len(sent):
+        raise ValueError("a histogram of another dimension")
+    return np.frombuffer(raw, dtype=">f4").reshape(len(sent), BUCKETS + 1)[:, 1:]
+
+
+def dense_percentiles(counts: np.ndarray, qs: Sequence[float]) -> dict[float, list[float | None]]:
+    """Each quantile of ``qs`` for every row of ``counts`` (``None`` for an empty row):
+    the value of the first bucket whose running count reaches ``q`` of the row's total."""
+    cum = np.cumsum(counts.astype(np.float64), axis=1)
+    total = cum[:, -1]
+    empty = total <= 0
+    out: dict[float, list[float | None]] = {}
+    for q in qs:
+        # Counts are whole numbers, so ``cum >= q * total`` is ``cum >= ceil(q * total)``:
+        # the rank ``percentile_disc`` takes.
+        k = np.argmax(cum >= (q * total)[:, None], axis=1)
+        vals = _VALUES[k]
+        out[q] = [None if e else float(v) for v, e in zip(vals, empty, strict=True)]
+    return out
+
+
+# ---------------------------------------------------------------- SQL
 
 
 def sql_bucket(column: str) -> str:

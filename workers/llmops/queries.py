@@ -5,9 +5,13 @@ before it runs (number of time buckets, rows of the answer), so a bad question i
 ``invalid_request`` with a reason and never a slow query. Which table answers:
 
 * ``bucket = minute`` → raw rows, percentiles exact (``percentile_disc``);
-* ``hour`` → ``rollup_hour`` when the user is grouped or filtered on, else
-  ``rollup_hour_nouser``; ``day`` → ``rollup_day``. Percentiles come from the merged
-  log-scale histograms (relative error ``histogram.RELATIVE_ERROR``).
+* ``hour`` or ``day`` → the smallest rollup grain that keeps every dimension grouped or
+  filtered on: ``rollup_hour_nouser`` (model, provider, operation, status),
+  ``rollup_hour_user`` (the user alone), else ``rollup_hour`` / ``rollup_day`` (every
+  dimension). Percentiles come from the merged log-scale histograms (relative error
+  ``histogram.RELATIVE_ERROR``): one ``sum(vector)`` per group for the dense grains, the
+  sparse entries added up for the others. A window holding few calls is answered from
+  the raw rows instead (exact, and as cheap).
 
 Rollup buckets are whole hours or days, so a metrics window is widened to whole buckets
 (``from`` rounded down, ``to`` up); ``cost`` is exact: whole hours from the rollups plus
@@ -37,7 +41,7 @@ from schemas.llmops import (
     QueryResponse,
 )
 from workers.llmops import histogram
-from workers.llmops.store import DAY, HOUR, HOUR_NOUSER, Grain, truncate
+from workers.llmops.store import DAY, HOUR, HOUR_NOUSER, HOUR_USER, Grain, truncate
 
 #: Most time buckets one metrics question may span (e.g. 24 h of minutes fits).
 MAX_BUCKETS = 1_500
@@ -45,8 +49,11 @@ MAX_BUCKETS = 1_500
 MAX_METRIC_ROWS = 50_000
 #: Most groups one cost answer may hold.
 MAX_COST_ROWS = 10_000
-#: Percentiles come from the rollup histograms when their rows hold at least this many
-#: calls on average; below it the raw rows are read (exact, and no slower).
+#: Percentiles over a window of at most this many calls come from the raw rows (exact;
+#: reading so few rows by index costs about what merging their histograms does).
+RAW_EXACT_MAX_CALLS = 10_000
+#: Sparse grains: percentiles come from their histograms when their rows hold at least
+#: this many calls on average; below it the raw rows are read (exact, and no slower).
 DENSE_CALLS_PER_ROW = 16
 #: ... unless the window holds more calls than this: then the rollups answer regardless.
 RAW_PERCENTILE_MAX_CALLS = 2_000_000
@@ -68,6 +75,8 @@ COLUMN = {
 }
 _PERCENTILES = {"latency_p50": 0.5, "latency_p95": 0.95, "latency_p99": 0.99}
 _SUMS = ("requests", "errors", "tokens_in", "tokens_out", "cost")
+#: API dimensions ``rollup_hour_nouser`` keeps.
+_NOUSER = frozenset({"model", "provider", "operation", "status"})
 _MASK = histogram.COUNT_MASK
 
 
@@ -219,39 +228,58 @@ class Reader:
             )
         raw = source == "raw" or unit == "minute"
         percentiles = any(m in _PERCENTILES or m == "ttft_p95" for m in req.metrics)
+        grain = self._grain(unit, _dims_used(req.group_by, req.filters))
         async with self.db.connection() as conn:
+            if not raw and percentiles and source is None and not grain.dense:
+                raw = await self._sparse(conn, tenant, req, grain, start, end)
             if not raw:
-                grain = self._grain(unit, _dims_used(req.group_by, req.filters))
-                if percentiles and source is None:
-                    raw = await self._sparse(conn, tenant, req, grain, start, end)
+                sql, args = self._rollup_metrics_sql(tenant, req, unit, grain, start, end)
+                rows = await conn.fetch(sql, *args)
+                if (
+                    percentiles
+                    and source is None
+                    and grain.dense
+                    and sum(r["requests"] for r in rows) <= RAW_EXACT_MAX_CALLS
+                ):
+                    raw = True  # few calls: the exact answer costs no more
             if raw:
                 sql, args = self._raw_metrics_sql(tenant, req, unit, start, end)
-            else:
-                sql, args = self._rollup_metrics_sql(tenant, req, grain, start, end)
-            rows = await conn.fetch(sql, *args)
+                rows = await conn.fetch(sql, *args)
         if len(rows) > MAX_METRIC_ROWS:
             raise InvalidRequest(
                 f"the answer has more than {MAX_METRIC_ROWS} rows; use a larger bucket, "
                 "a shorter window, fewer group_by fields or filters"
             )
         lat_qs = [_PERCENTILES[m] for m in req.metrics if m in _PERCENTILES]
+        want_ttft = "ttft_p95" in req.metrics
+        # Percentiles of every row at once: {quantile: [value per row]}.
+        lat: dict[float, list[float | None]] = {}
+        ttft: list[float | None] = []
+        if not raw and grain.dense:
+            if lat_qs:
+                counts = histogram.dense_counts([r["lat"] for r in rows])
+                lat = histogram.dense_percentiles(counts, lat_qs)
+            if want_ttft:
+                counts = histogram.dense_counts([r["ttft"] for r in rows])
+                ttft = histogram.dense_percentiles(counts, [0.95])[0.95]
+        elif not raw:
+            per_row = [_percentiles(r["lat_entries"], lat_qs) for r in rows] if lat_qs else []
+            lat = {q: [p[q] for p in per_row] for q in lat_qs}
+            if want_ttft:
+                ttft = [_percentiles(r["ttft_entries"], [0.95])[0.95] for r in rows]
         buckets: list[dict[str, Any]] = []
-        for r in rows:
+        for i, r in enumerate(rows):
             values: dict[str, float | None] = {}
-            if raw:
-                for m in req.metrics:
+            for m in req.metrics:
+                if raw:
                     v = r[m]
                     values[m] = float(v) if v is not None else None
-            else:
-                lat = _percentiles(r["lat_entries"], lat_qs) if lat_qs else {}
-                ttft = _percentiles(r["ttft_entries"], [0.95]) if "ttft_p95" in req.metrics else {}
-                for m in req.metrics:
-                    if m in _SUMS:
-                        values[m] = float(r[m])
-                    elif m == "ttft_p95":
-                        values[m] = ttft.get(0.95)
-                    else:
-                        values[m] = lat.get(_PERCENTILES[m])
+                elif m in _SUMS:
+                    values[m] = float(r[m])
+                elif m == "ttft_p95":
+                    values[m] = ttft[i]
+                else:
+                    values[m] = lat[_PERCENTILES[m]][i]
             buckets.append({"start": r["b"], "group": _group(req.group_by, r), "values": values})
         # One validation of plain dicts (in pydantic-core) is several times cheaper than
         # building a model per bucket in Python: answers reach tens of thousands of buckets.
@@ -286,9 +314,12 @@ class Reader:
 
     @staticmethod
     def _grain(unit: str, dims: set[str]) -> Grain:
-        if unit == "day":
-            return DAY
-        return HOUR if "user" in dims else HOUR_NOUSER
+        """The smallest grain keeping ``dims``: hour grains answer day buckets too."""
+        if dims <= _NOUSER:
+            return HOUR_NOUSER
+        if dims == {"user"}:
+            return HOUR_USER
+        return DAY if unit == "day" else HOUR
 
     @staticmethod
     def _raw_metrics_sql(
@@ -319,10 +350,15 @@ class Reader:
 
     @staticmethod
     def _rollup_metrics_sql(
-        tenant: str, req: MetricsRequest, grain: Grain, start: datetime, end: datetime
+        tenant: str, req: MetricsRequest, unit: str, grain: Grain, start: datetime, end: datetime
     ) -> tuple[str, list[Any]]:
-        """Sums per (bucket, group) and, for percentiles, the group's merged histogram as
-        an array (read in Python by :func:`_percentiles`).
+        """Sums per (bucket, group) and, for percentiles, the group's merged histogram.
+
+        Dense grains: one GROUP BY with ``sum(vector)`` per histogram (pgvector, in C),
+        sent in binary (``vector_send``) and read by :func:`histogram.dense_percentiles`.
+        Hour grains answer day buckets with ``date_trunc``.
+
+        Sparse grains: the entries as an array (read in Python by :func:`_percentiles`).
 
         Hash aggregates only, no sort or window: the histograms are unnested beside their
         row and summed per (bucket, group, histogram bucket) — at most ~60 entries per
@@ -336,12 +372,19 @@ class Reader:
         outer_keys = ", ".join(["b", *dims])
         select_dims = "".join(f', {COLUMN[d]} AS "{d}"' for d in req.group_by)
         bits, mask = histogram.COUNT_BITS, _MASK
-        if not any(m in _PERCENTILES or m == "ttft_p95" for m in req.metrics):
-            sums = ", ".join(f"sum({m}) AS {m}" for m in _SUMS)
+        percentiles = any(m in _PERCENTILES or m == "ttft_p95" for m in req.metrics)
+        if grain.dense or not percentiles:
+            b = "bucket" if grain.unit == unit else f"date_trunc('{unit}', bucket, 'UTC')"
+            keys = ", ".join(str(i + 1) for i in range(1 + len(dims)))
+            sums = ", ".join(f"sum({m}::float8) AS {m}" for m in _SUMS)
+            hists = ""
+            if grain.dense and any(m in _PERCENTILES for m in req.metrics):
+                hists += ", vector_send(sum(latency_hist)) AS lat"
+            if grain.dense and "ttft_p95" in req.metrics:
+                hists += ", vector_send(sum(ttft_hist)) AS ttft"
             return (
-                f"SELECT bucket AS b{select_dims}, {sums} FROM llmops.{grain.table}"
-                f" WHERE {where} GROUP BY {inner_keys} ORDER BY {inner_keys}"
-                f" LIMIT {MAX_METRIC_ROWS + 1}",
+                f"SELECT {b} AS b{select_dims}, {sums}{hists} FROM llmops.{grain.table}"
+                f" WHERE {where} GROUP BY {keys} ORDER BY {keys} LIMIT {MAX_METRIC_ROWS + 1}",
                 args,
             )
 

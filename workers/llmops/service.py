@@ -49,6 +49,12 @@ VERSION = "0.1.0"
 MAX_FUTURE = timedelta(minutes=5)
 #: How often retention and the alert outbox run.
 HOUSEKEEPING_S = 600.0
+#: Batches in hand at once per worker process: while one batch's transaction runs in
+#: Postgres, the next is fetched from JetStream, decoded and validated here, so the two
+#: processes work side by side (docs/services/llmops.md, "Ingest"). Rollup rows are
+#: upserted in sorted key order, so concurrent batches wait on each other's row locks but
+#: never deadlock; ``llmops.seen`` keeps a redelivered event stored once either way.
+CONSUMERS = 2
 
 
 class LLMOps:
@@ -246,7 +252,8 @@ async def lifespan(env: WorkerEnv) -> AsyncIterator[Worker]:
         )
         stopping = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(consumer.run(stopping))
+            for _ in range(CONSUMERS):
+                tg.create_task(consumer.run(stopping))
             tg.create_task(ops.housekeeping(stopping))
             try:
                 yield build_worker(ops, codec, min(env.settings.max_concurrency, 64))

@@ -2,8 +2,8 @@
 
 One transaction per batch: claim the (tenant, request id) pairs in ``llmops.seen`` (the
 ones already there are duplicates and are skipped), COPY the new rows into the day
-partitions, and add them to the three rollup tables. Either all of it commits or none, so
-a batch redelivered after a crash is counted once.
+partitions, and add them to the four rollup tables (one upsert each). Either all of it
+commits or none, so a batch redelivered after a crash is counted once.
 """
 
 from __future__ import annotations
@@ -30,24 +30,30 @@ COMPACT_AT = 64
 AHEAD_DAYS = 2
 
 
+_ALL_DIMS = ("model", "provider", "user_id", "operation", "status")
+_NOUSER_DIMS = ("model", "provider", "operation", "status")
+
+
 @dataclass(frozen=True)
 class Grain:
-    """One rollup table: its time unit and whether it keeps the user."""
+    """One rollup table: its time unit, the dimensions it keeps, its histogram storage."""
 
     table: str
     unit: str  # "hour" | "day"
-    by_user: bool
-
-    @property
-    def dims(self) -> tuple[str, ...]:
-        base = ("model", "provider", "operation", "status")
-        return ("model", "provider", "user_id", "operation", "status") if self.by_user else base
+    dims: tuple[str, ...]
+    #: Dense ``vector`` histograms (summed in SQL) or sparse ``bigint[]`` entries.
+    dense: bool
 
 
-HOUR = Grain("rollup_hour", "hour", True)
-HOUR_NOUSER = Grain("rollup_hour_nouser", "hour", False)
-DAY = Grain("rollup_day", "day", True)
-GRAINS = (HOUR, HOUR_NOUSER, DAY)
+#: The reference grain: every dimension, per hour (sparse: a handful of calls per row).
+HOUR = Grain("rollup_hour", "hour", _ALL_DIMS, dense=False)
+#: Per hour without the user: model/provider/operation/status questions read this.
+HOUR_NOUSER = Grain("rollup_hour_nouser", "hour", _NOUSER_DIMS, dense=True)
+#: Per hour and user only: questions by user read this.
+HOUR_USER = Grain("rollup_hour_user", "hour", ("user_id",), dense=True)
+#: Every dimension per day: budgets' spent amounts, day questions by user and more.
+DAY = Grain("rollup_day", "day", _ALL_DIMS, dense=False)
+GRAINS = (HOUR, HOUR_NOUSER, HOUR_USER, DAY)
 
 
 def truncate(ts: datetime, unit: str) -> datetime:
@@ -92,17 +98,20 @@ def _rollup_sql(g: Grain) -> str:
     cols = [*keys, *sums, "cost", "latency_hist", "ttft_hist"]
     types = [*key_types, *sum_types, "float8", "text", "text"]
     args = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(types))
-    select = ", ".join(f"u.{c}::bigint[]" if c.endswith("_hist") else f"u.{c}" for c in cols)
-    updates = ", ".join(
-        [f"{c} = r.{c} + EXCLUDED.{c}" for c in (*sums, "cost")]
-        + [
+    hist_type = "vector" if g.dense else "bigint[]"
+    select = ", ".join(f"u.{c}::{hist_type}" if c.endswith("_hist") else f"u.{c}" for c in cols)
+    hists = ("latency_hist", "ttft_hist")
+    if g.dense:
+        merges = [f"{c} = r.{c} + EXCLUDED.{c}" for c in hists]  # pgvector's element-wise +
+    else:
+        merges = [
             # Appending is a plain array copy; merging (a SQL function) costs far more, so it
             # runs only when the array grows long: readers merge the entries anyway.
             f"{c} = CASE WHEN cardinality(r.{c}) + cardinality(EXCLUDED.{c}) > {COMPACT_AT}"
             f" THEN llmops.hist_merge(r.{c}, EXCLUDED.{c}) ELSE r.{c} || EXCLUDED.{c} END"
-            for c in ("latency_hist", "ttft_hist")
+            for c in hists
         ]
-    )
+    updates = ", ".join([f"{c} = r.{c} + EXCLUDED.{c}" for c in (*sums, "cost")] + merges)
     return (
         f"INSERT INTO llmops.{g.table} AS r ({', '.join(cols)}) "
         f"SELECT {select} FROM unnest({args}) AS u({', '.join(cols)}) "
@@ -178,15 +187,19 @@ class Store:
                 columns=COLUMNS,
                 records=[r.record() for r in new],
             )
+            hours = [truncate(r.ts, "hour") for r in new]
+            starts = {"hour": hours, "day": [h.replace(hour=0) for h in hours]}
             for g in GRAINS:
-                await self._rollup(conn, g, new)
+                await self._rollup(conn, g, new, starts[g.unit])
         return len(new)
 
-    async def _rollup(self, conn: asyncpg.Connection, g: Grain, rows: Sequence[Row]) -> None:
+    async def _rollup(
+        self, conn: asyncpg.Connection, g: Grain, rows: Sequence[Row], starts: list[datetime]
+    ) -> None:
         accs: dict[tuple[object, ...], _Acc] = defaultdict(_Acc)
-        for r in rows:
+        for r, start in zip(rows, starts, strict=True):
             dims = tuple(getattr(r, d) for d in g.dims)
-            accs[(r.tenant_id, truncate(r.ts, g.unit), *dims)].add(r)
+            accs[(r.tenant_id, start, *dims)].add(r)
         keys = sorted(accs, key=lambda k: (k[0], k[1], *k[2:]))  # type: ignore[arg-type]
         n_keys = 2 + len(g.dims)
         columns: list[list[object]] = [[k[i] for k in keys] for i in range(n_keys)]
@@ -199,9 +212,17 @@ class Store:
             [x.cached_read for x in a],
             [x.cached_write for x in a],
             [x.cost for x in a],
-            [histogram.literal(histogram.encode(x.latencies)) for x in a],
-            [histogram.literal(histogram.encode(x.ttfts)) for x in a],
         ]
+        if g.dense:
+            columns += [
+                [histogram.dense_literal(x.latencies) for x in a],
+                [histogram.dense_literal(x.ttfts) if x.ttfts else histogram.ZERO_VECTOR for x in a],
+            ]
+        else:
+            columns += [
+                [histogram.literal(histogram.encode(x.latencies)) for x in a],
+                [histogram.literal(histogram.encode(x.ttfts)) for x in a],
+            ]
         await conn.execute(_ROLLUP_SQL[g.table], *columns)
 
     async def record_failed(
