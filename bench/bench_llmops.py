@@ -114,7 +114,6 @@ async def publish_all(js: Any, n: int, now: datetime) -> float:
             await js.publish_async(
                 OPERATION_SUBJECT,
                 codec.encode(headers, e),
-                wait_stall=60,
                 headers={"Nats-Msg-Id": e["event_id"]},
             )
             for e in chunk

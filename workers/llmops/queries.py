@@ -268,23 +268,28 @@ class Reader:
             lat = {q: [p[q] for p in per_row] for q in lat_qs}
             if want_ttft:
                 ttft = [_percentiles(r["ttft_entries"], [0.95])[0.95] for r in rows]
-        buckets: list[MetricsBucket] = []
+        # Column by column, then one dict per row: answers reach tens of thousands of rows.
+        names = list(req.metrics)
+        cols: list[list[float | None]] = []
+        for m in names:
+            if raw or m in _SUMS:
+                cols.append([None if r[m] is None else float(r[m]) for r in rows])
+            elif m == "ttft_p95":
+                cols.append(ttft)
+            else:
+                cols.append(lat[_PERCENTILES[m]])
         construct = MetricsBucket.model_construct
-        for i, r in enumerate(rows):
-            values: dict[str, float | None] = {}
-            for m in req.metrics:
-                if raw:
-                    v = r[m]
-                    values[m] = float(v) if v is not None else None
-                elif m in _SUMS:
-                    values[m] = float(r[m])
-                elif m == "ttft_p95":
-                    values[m] = ttft[i]
-                else:
-                    values[m] = lat[_PERCENTILES[m]][i]
-            # Built without validation: every value comes from the database with its type
-            # (validating answers of tens of thousands of buckets cost more than the query).
-            buckets.append(construct(start=r["b"], group=_group(req.group_by, r), values=values))
+        dims = list(req.group_by)
+        # Built without validation: every value comes from the database with its type
+        # (validating answers of tens of thousands of buckets cost more than the query).
+        buckets = [
+            construct(
+                start=r["b"],
+                group={d: r[d] or None for d in dims},
+                values=dict(zip(names, vals, strict=True)),
+            )
+            for r, vals in zip(rows, zip(*cols, strict=True), strict=True)
+        ]
         return MetricsResponse.model_construct(
             bucket=unit,
             source="raw" if raw else "rollup",
