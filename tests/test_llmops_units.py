@@ -321,3 +321,94 @@ async def test_percentiles_from_dense_rollups_agree_with_the_exact_raw_ones(
         assert checked >= 3 * len(raw.buckets)  # the latencies at least; ttft where any
     finally:
         await db.close()
+
+
+async def test_the_dense_histogram_migration_rebuilds_rollups_from_the_raw_rows(settings, tmp_path):
+    """A database with 0001's rollups (and rows in them) migrated by 0002: every rollup
+    grain is rebuilt from the raw rows and equals what the store writes for them."""
+    import shutil
+
+    import asyncpg
+
+    from bus.postgres import create_database, migrate, migrations_of
+    from workers.llmops.store import GRAINS
+
+    assert settings.database_url
+    name = f"llmops_mig_{new_id()[:8].lower()}"
+    admin = await asyncpg.connect(settings.database_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    dsn = settings.database_url.rsplit("/", 1)[0] + f"/{name}"
+    source = migrations_of("workers.llmops")
+    try:
+        db = await create_database(dsn)
+        try:
+            shutil.copy(str(source / "0001_llmops.sql"), tmp_path)
+            assert await migrate(db, "llmops", tmp_path) == ["0001_llmops.sql"]
+            now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+            rnd = random.Random(23)
+            rows = [
+                dataclasses.replace(
+                    _row("old", rnd.randrange(4, 40_000) / 4, now - timedelta(minutes=7 * i)),
+                    model=f"m{i % 2}",
+                    user_id=f"u{i % 3}",
+                    status="error" if i % 5 == 0 else "ok",
+                    tokens_in=i,
+                    cost=i / 1000,
+                    ttft_ms=rnd.randrange(4, 4000) / 4 if i % 2 else None,
+                )
+                for i in range(400)  # 400 calls over ~47 hours
+            ]
+            async with db.connection() as conn:
+                for day in {r.ts.date() for r in rows}:
+                    await conn.execute(
+                        f"CREATE TABLE llmops.operations_p{day:%Y%m%d} PARTITION OF"
+                        f" llmops.operations FOR VALUES FROM ('{day} 00:00+00')"
+                        f" TO ('{day + timedelta(days=1)} 00:00+00')"
+                    )
+                await conn.copy_records_to_table(
+                    "operations", schema_name="llmops", records=[r.record() for r in rows]
+                )
+                # A rollup row in the old shape: gone after the rebuild.
+                await conn.execute(
+                    "INSERT INTO llmops.rollup_hour_nouser VALUES ('old', $1, 'x', 'p',"
+                    " 'generate', 'ok', 1, 0, 1, 1, 0, 0, 0, '{1099511627777}', '{}')",
+                    now,
+                )
+            shutil.copy(str(source / "0002_dense_histograms.sql"), tmp_path)
+            assert await migrate(db, "llmops", tmp_path) == ["0002_dense_histograms.sql"]
+            # The same calls through the store, as another tenant.
+            await Store(db).ingest([dataclasses.replace(r, tenant_id="new") for r in rows])
+            async with db.connection() as conn:
+                for g in GRAINS:
+                    keys = ", ".join(("bucket", *g.dims))
+                    hist = "vector_send({})" if g.dense else "{}"
+                    sql = (
+                        f"SELECT {keys}, requests, errors, tokens_in, cost,"
+                        f" {hist.format('latency_hist')} AS lat,"
+                        f" {hist.format('ttft_hist')} AS ttft"
+                        f" FROM llmops.{g.table} WHERE tenant_id = $1 ORDER BY {keys}"
+                    )
+                    rebuilt, stored = await conn.fetch(sql, "old"), await conn.fetch(sql, "new")
+                    assert len(rebuilt) == len(stored) > 1, g.table
+                    for a, b in zip(rebuilt, stored, strict=True):
+                        for col in (*g.dims, "bucket", "requests", "errors", "tokens_in"):
+                            assert a[col] == b[col], (g.table, col)
+                        assert math.isclose(a["cost"], b["cost"], abs_tol=1e-9)
+                        for col in ("lat", "ttft"):
+                            if g.dense:
+                                assert a[col] == b[col], (g.table, col)
+                            else:
+                                assert _merged(a[col]) == _merged(b[col]), (g.table, col)
+        finally:
+            await db.close()
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+def _merged(entries: list[int]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for e in entries:
+        k = e >> histogram.COUNT_BITS
+        out[k] = out.get(k, 0) + (e & histogram.COUNT_MASK)
+    return out
