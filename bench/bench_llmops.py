@@ -248,7 +248,7 @@ async def questions(infra: Any, now: datetime, repeats: int) -> None:
                     )
                     assert bsize in (size, -1), (size, bsize)
                     off = ""
-                    if "latency_p95" in metrics:
+                    if "latency_p95" in metrics and bsize != -1:
                         exact = await reader.metrics(TENANT, req, source="raw")
                         worst = max(
                             abs(a.values["latency_p95"] - b.values["latency_p95"])
