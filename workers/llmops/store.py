@@ -74,10 +74,11 @@ class _Acc:
     cached_read: int = 0
     cached_write: int = 0
     cost: float = 0.0
-    latencies: list[float] = field(default_factory=list)
-    ttfts: list[float] = field(default_factory=list)
+    #: Histogram bucket numbers of the calls' latencies and times to first token.
+    latencies: list[int] = field(default_factory=list)
+    ttfts: list[int] = field(default_factory=list)
 
-    def add(self, r: Row) -> None:
+    def add(self, r: Row, lat_k: int, ttft_k: int | None) -> None:
         self.requests += 1
         self.errors += r.status == "error"
         self.tokens_in += r.tokens_in
@@ -85,9 +86,9 @@ class _Acc:
         self.cached_read += r.cached_read or 0
         self.cached_write += r.cached_write or 0
         self.cost += r.cost
-        self.latencies.append(r.latency_ms)
-        if r.ttft_ms is not None:
-            self.ttfts.append(r.ttft_ms)
+        self.latencies.append(lat_k)
+        if ttft_k is not None:
+            self.ttfts.append(ttft_k)
 
 
 def _rollup_sql(g: Grain) -> str:
@@ -187,19 +188,30 @@ class Store:
                 columns=COLUMNS,
                 records=[r.record() for r in new],
             )
+            # Per row once, not per grain: the bucket starts and histogram buckets.
             hours = [truncate(r.ts, "hour") for r in new]
             starts = {"hour": hours, "day": [h.replace(hour=0) for h in hours]}
+            bucket_of = histogram.bucket_of
+            ks = [
+                (bucket_of(r.latency_ms), None if r.ttft_ms is None else bucket_of(r.ttft_ms))
+                for r in new
+            ]
             for g in GRAINS:
-                await self._rollup(conn, g, new, starts[g.unit])
+                await self._rollup(conn, g, new, starts[g.unit], ks)
         return len(new)
 
     async def _rollup(
-        self, conn: asyncpg.Connection, g: Grain, rows: Sequence[Row], starts: list[datetime]
+        self,
+        conn: asyncpg.Connection,
+        g: Grain,
+        rows: Sequence[Row],
+        starts: list[datetime],
+        ks: list[tuple[int, int | None]],
     ) -> None:
         accs: dict[tuple[object, ...], _Acc] = defaultdict(_Acc)
-        for r, start in zip(rows, starts, strict=True):
+        for r, start, (lat_k, ttft_k) in zip(rows, starts, ks, strict=True):
             dims = tuple(getattr(r, d) for d in g.dims)
-            accs[(r.tenant_id, start, *dims)].add(r)
+            accs[(r.tenant_id, start, *dims)].add(r, lat_k, ttft_k)
         keys = sorted(accs, key=lambda k: (k[0], k[1], *k[2:]))  # type: ignore[arg-type]
         n_keys = 2 + len(g.dims)
         columns: list[list[object]] = [[k[i] for k in keys] for i in range(n_keys)]
@@ -215,13 +227,13 @@ class Store:
         ]
         if g.dense:
             columns += [
-                [histogram.dense_literal(x.latencies) for x in a],
-                [histogram.dense_literal(x.ttfts) if x.ttfts else histogram.ZERO_VECTOR for x in a],
+                [histogram.dense_literal_buckets(x.latencies) for x in a],
+                [histogram.dense_literal_buckets(x.ttfts) for x in a],
             ]
         else:
             columns += [
-                [histogram.literal(histogram.encode(x.latencies)) for x in a],
-                [histogram.literal(histogram.encode(x.ttfts)) for x in a],
+                [histogram.literal(histogram.encode_buckets(x.latencies)) for x in a],
+                [histogram.literal(histogram.encode_buckets(x.ttfts)) for x in a],
             ]
         await conn.execute(_ROLLUP_SQL[g.table], *columns)
 
