@@ -261,29 +261,38 @@ async def test_embeddings_send_the_same_body_and_read_the_same(mock):
 TOO_LONG = "This model's maximum context length is 4096 tokens, you asked for 9000."
 
 
+STATUS_FAILURES = [
+    Reply(status=400),
+    Reply(status=400, message=TOO_LONG),
+    Reply(status=401),
+    Reply(status=403),
+    Reply(status=404),
+    Reply(status=413),
+    Reply(status=422),
+    Reply(status=429, headers={"retry-after": "2"}),
+    Reply(status=500),
+    Reply(status=503),
+]
+#: Bodies that are no answer (a 200 that is not JSON, no choice, no content): answers only.
+MALFORMED = [
+    Reply(raw=b"{not json"),
+    Reply(raw=b'{"id": "x", "choices": []}'),
+    Reply(raw=b'{"id": "x", "choices": [{"index": 0, "message": {"role": "assistant"}}]}'),
+]
+
+
+def _case(reply: Reply) -> str:
+    return f"{reply.status}" + (" raw" if reply.raw else "") + (" context" if reply.message else "")
+
+
 @pytest.mark.parametrize(
-    "reply",
+    ("streaming", "reply"),
     [
-        Reply(status=400),
-        Reply(status=400, message=TOO_LONG),
-        Reply(status=401),
-        Reply(status=403),
-        Reply(status=404),
-        Reply(status=413),
-        Reply(status=422),
-        Reply(status=429, headers={"retry-after": "2"}),
-        Reply(status=500),
-        Reply(status=503),
-        Reply(raw=b"{not json"),
-        Reply(raw=b'{"id": "x", "choices": []}'),
-        Reply(raw=b'{"id": "x", "choices": [{"index": 0, "message": {"role": "assistant"}}]}'),
+        *[pytest.param(False, r, id=f"answer {_case(r)}") for r in STATUS_FAILURES + MALFORMED],
+        *[pytest.param(True, r, id=f"stream {_case(r)}") for r in STATUS_FAILURES],
     ],
-    ids=lambda r: str(r.status) + (" raw" if r.raw else "") + (" context" if r.message else ""),
 )
-@pytest.mark.parametrize("streaming", [False, True], ids=["answer", "stream"])
-async def test_a_failure_becomes_the_same_mesh_error(config, fast, mock, reply, streaming):
-    if streaming and reply.raw is not None:
-        pytest.skip("a raw body is not an event stream")
+async def test_a_failure_becomes_the_same_mesh_error(config, fast, mock, streaming, reply):
     deployment, target = _only(config, fast)
     messages, params = _parts(REQUESTS["plain"])
     mock.script("gpt-4o-mini", reply)
