@@ -283,6 +283,38 @@ async def wait_gateway(one: Callable[[], Awaitable[bool]], timeout: float = 120)
     raise RuntimeError("the gateway worker did not answer")
 
 
+async def wait_idle(procs: list, timeout: float = 180) -> None:  # type: ignore[type-arg]
+    """Until the server processes use under 10% of a core for 2 s (start-up done)."""
+    deadline = time.monotonic() + timeout
+    before = _tree_cpu(procs)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(2.0)
+        now = _tree_cpu(procs)
+        if now - before < 0.2:
+            return
+        before = now
+
+
+async def wait_replicas(nc, n: int, timeout: float = 300) -> None:  # type: ignore[no-untyped-def]
+    """Until ``n`` gateway processes answer ``$SRV.PING.gateway`` (nats.micro discovery)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        await nc.publish("$SRV.PING.gateway", b"", reply=inbox)
+        seen: set[bytes] = set()
+        with contextlib.suppress(Exception):
+            while True:
+                msg = await sub.next_msg(timeout=0.5)
+                seen.add(msg.data)
+        await sub.unsubscribe()
+        if len(seen) >= n:
+            await asyncio.sleep(1.0)  # the last one's first calls (lazy imports, pool)
+            return
+        await asyncio.sleep(1.0)
+    raise RuntimeError(f"fewer than {n} gateway processes came up")
+
+
 def http_caller(session, url: str, token: str, payload: dict):  # type: ignore[no-untyped-def]
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     data = json.dumps(payload).encode()
@@ -350,7 +382,7 @@ async def main(args: argparse.Namespace) -> None:
                     with gateway_workers(n, nats_server.url, models, log, fast) as procs:
                         nc, one = await nats_caller(nats_server.url)
                         await wait_gateway(one)
-                        await asyncio.sleep(2 if n > 1 else 0.5)  # every replica subscribed
+                        await wait_replicas(nc, n)  # no start-up CPU inside the measurement
                         name = _gateway_name(n, path)
                         results.append(
                             await run_load(
@@ -371,6 +403,7 @@ async def main(args: argparse.Namespace) -> None:
                         {"model": "bench", "messages": MESSAGES},
                     )
                     await wait_gateway(one)
+                    await wait_idle(procs)  # every worker process done starting
                     name = f"litellm proxy, --num_workers {n} (HTTP)"
                     results.append(
                         await run_load(

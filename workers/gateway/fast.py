@@ -27,12 +27,15 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import ssl
 import struct
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import certifi
 import httpx
 import litellm
 import openai
@@ -60,6 +63,8 @@ _DEFAULT_BASE = "https://api.openai.com/v1"
 #: Most connections to all providers at once (httpx's default in the OpenAI SDK is 1000).
 MAX_CONNECTIONS = 1000
 _MAX_ERROR_BODY = 64 * 1024
+#: aiohttp's read buffer; a streamed line (one SSE event) may be up to twice this.
+_READ_BUFSIZE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,12 @@ def target_of(deployment: Deployment) -> Target | None:
         return None
     if litellm.api_base or litellm.headers or litellm.organization:
         return None  # process-wide litellm overrides: leave them to litellm
+    if (
+        litellm.ssl_verify is not True
+        or os.environ.get("SSL_VERIFY")
+        or os.environ.get("SSL_CERT_FILE")
+    ):
+        return None  # custom TLS settings: litellm applies them
     model = deployment.model.split("/", 1)[1]
     config = ProviderConfigManager.get_provider_chat_config(
         model=model, provider=LlmProviders.OPENAI
@@ -211,10 +222,12 @@ class FastPath:
 
     def _pool(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
+            # As the OpenAI SDK's httpx client: certifi's CAs, proxies from the environment.
+            tls = ssl.create_default_context(cafile=certifi.where())
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS, limit_per_host=0),
-                auto_decompress=True,
-                trust_env=False,
+                connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS, limit_per_host=0, ssl=tls),
+                trust_env=True,
+                read_bufsize=_READ_BUFSIZE,
             )
         return self._session
 
@@ -225,7 +238,12 @@ class FastPath:
         async with await _send(self._pool(), target.api_base + path, target, body, limit) as r:
             if r.status >= 300:
                 raise await self._status_error(target, r)
-            raw = await r.read()
+            try:
+                raw = await r.read()
+            except TimeoutError:
+                raise
+            except aiohttp.ClientError as exc:  # cut off mid-answer
+                raise ConnectionError("the model provider broke off the answer") from exc
         data = json.loads(raw)  # ValueError: malformed, mapped as litellm's parse failures
         if not isinstance(data, dict):
             raise MalformedAnswer("the model provider answered with something else than JSON")
