@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import ssl
 import struct
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -35,12 +34,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import certifi
 import httpx
 import litellm
 import openai
 from litellm.litellm_core_utils.core_helpers import map_finish_reason
 from litellm.litellm_core_utils.exception_mapping_utils import exception_type
+from litellm.llms.custom_httpx.http_handler import get_ssl_configuration
 from litellm.llms.openai.chat.gpt_transformation import (
     OpenAIGPTConfig,
     OpenAIUnknownModelConfig,
@@ -87,12 +86,6 @@ def target_of(deployment: Deployment) -> Target | None:
         return None
     if litellm.api_base or litellm.headers or litellm.organization:
         return None  # process-wide litellm overrides: leave them to litellm
-    if (
-        litellm.ssl_verify is not True
-        or os.environ.get("SSL_VERIFY")
-        or os.environ.get("SSL_CERT_FILE")
-    ):
-        return None  # custom TLS settings: litellm applies them
     model = deployment.model.split("/", 1)[1]
     config = ProviderConfigManager.get_provider_chat_config(
         model=model, provider=LlmProviders.OPENAI
@@ -222,10 +215,15 @@ class FastPath:
 
     def _pool(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            # As the OpenAI SDK's httpx client: certifi's CAs, proxies from the environment.
-            tls = ssl.create_default_context(cafile=certifi.where())
+            # litellm's own TLS settings (SSL_VERIFY, SSL_CERT_FILE, litellm.ssl_verify,
+            # else certifi's CAs) and, as httpx, proxies from the environment.
+            tls = get_ssl_configuration()
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS, limit_per_host=0, ssl=tls),
+                connector=aiohttp.TCPConnector(
+                    limit=MAX_CONNECTIONS,
+                    limit_per_host=0,
+                    ssl=tls if isinstance(tls, ssl.SSLContext) else tls is not False,
+                ),
                 trust_env=True,
                 read_bufsize=_READ_BUFSIZE,
             )
