@@ -22,6 +22,7 @@ from workers.gateway.errors import (
     retryable,
 )
 from workers.gateway.fast import FastPath, Target, target_of
+from workers.gateway.settings import GatewaySettings
 
 KEY = "sk-fast-test-0123456789"
 
@@ -374,3 +375,15 @@ async def test_a_provider_that_is_down_is_unavailable_on_both_paths(mock):
             assert map_error(caught.value).code == "unavailable"
     finally:
         await fast.aclose()
+
+
+# ---------------------------------------------------------------- the switch
+
+
+@pytest.mark.parametrize(("value", "on"), [(None, True), ("false", False), ("true", True)])
+def test_gateway_fast_path_switches_the_fast_path(monkeypatch, value, on):
+    if value is None:
+        monkeypatch.delenv("GATEWAY_FAST_PATH", raising=False)
+    else:
+        monkeypatch.setenv("GATEWAY_FAST_PATH", value)
+    assert GatewaySettings().fast_path is on
