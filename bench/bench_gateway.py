@@ -427,6 +427,8 @@ async def main(args: argparse.Namespace) -> None:
     finally:
         nats_server.stop()
         _stop([mock])
+        if sys.exc_info()[0] is None:  # kept (with the servers' log) only when a run failed
+            shutil.rmtree(work, ignore_errors=True)
     print(f"\nload average at end: {_load()}")
     by = {r.name: r for r in results}
     for n in shapes:
