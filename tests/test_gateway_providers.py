@@ -1,5 +1,8 @@
-"""Gateway Service through litellm against a scripted OpenAI-compatible server on 127.0.0.1:
-answers, tool calls, streams, errors, retries, fallbacks, usage, cost, events, cache."""
+"""Gateway Service against a scripted OpenAI-compatible server on 127.0.0.1: answers, tool
+calls, streams, errors, retries, fallbacks, usage, cost, events, cache.
+
+Every test runs twice: through the fast path (direct HTTP, workers/gateway/fast.py) and
+through litellm (``fast_path=False``, the reference), against the same provider table."""
 
 from __future__ import annotations
 
@@ -100,8 +103,13 @@ def _config(url: str, dead_url: str) -> dict:
     }
 
 
+@pytest.fixture(scope="module", params=["fast", "litellm"])
+def path(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def mock() -> Iterator[MockOpenAI]:
+def mock(path: str) -> Iterator[MockOpenAI]:  # one per path: call counts start from zero
     server = MockOpenAI()
     server.start()
     yield server
@@ -109,15 +117,15 @@ def mock() -> Iterator[MockOpenAI]:
 
 
 @pytest.fixture(scope="module")
-async def gateway(env, mock, tmp_path_factory) -> AsyncIterator[Gateway]:
-    path = tmp_path_factory.mktemp("gateway") / "models.yaml"
-    path.write_text(yaml.safe_dump(_config(mock.url, f"http://127.0.0.1:{free_port()}/v1")))
+async def gateway(env, mock, path, tmp_path_factory) -> AsyncIterator[Gateway]:
+    models = tmp_path_factory.mktemp("gateway") / "models.yaml"
+    models.write_text(yaml.safe_dump(_config(mock.url, f"http://127.0.0.1:{free_port()}/v1")))
     os.environ["MOCK_OPENAI_KEY"] = SECRET
     try:
-        config = load_config(str(path))
+        config = load_config(str(models))
     finally:
         del os.environ["MOCK_OPENAI_KEY"]
-    async with serve_gateway(config, env) as gw:
+    async with serve_gateway(config, env, fast_path=path == "fast") as gw:
         yield gw
 
 
@@ -156,6 +164,15 @@ async def test_generate_answers_with_usage_and_custom_price(gateway, client, moc
     assert out.cached is False
 
 
+async def test_the_path_under_test_is_the_one_that_called_the_provider(gateway, client, mock, path):
+    mock.script("m-chat", Reply())
+    await generate(client, {"model": "chat", "messages": HI})
+    headers = mock.calls("m-chat")[-1].headers
+    # The OpenAI SDK (inside litellm) announces itself; the fast path's aiohttp does not.
+    assert ("x-stainless-lang" in headers) is (path == "litellm")
+    assert headers["authorization"] == f"Bearer {SECRET}"
+
+
 async def test_model_omitted_uses_the_configured_default(gateway, client, mock):
     mock.script("m-chat", Reply(content="default"))
     out = await generate(client, {"messages": HI})
@@ -168,6 +185,24 @@ async def test_cost_comes_from_litellm_price_map_without_custom_prices(gateway, 
     info = litellm.get_model_info("openai/gpt-4o-mini")
     expected = 1000 * info["input_cost_per_token"] + 500 * info["output_cost_per_token"]
     assert out.cost == pytest.approx(expected) and out.cost > 0
+
+
+async def test_cached_prompt_tokens_are_priced_as_litellm_prices_them(gateway, client, mock):
+    mock.script("gpt-4o-mini", Reply(usage=(1000, 500), cached=400))
+    out = await generate(client, {"model": "priced", "messages": HI})
+    assert (out.usage.prompt_tokens, out.usage.cached_tokens_read) == (1000, 400)
+    usage = litellm.Usage(
+        prompt_tokens=1000,
+        completion_tokens=500,
+        total_tokens=1500,
+        prompt_tokens_details={"cached_tokens": 400},
+    )
+    prompt_cost, completion_cost = litellm.cost_per_token(
+        model="gpt-4o-mini", custom_llm_provider="openai", usage_object=usage
+    )
+    assert out.cost == pytest.approx(prompt_cost + completion_cost)
+    uncached = litellm.get_model_info("openai/gpt-4o-mini")["input_cost_per_token"] * 1000
+    assert prompt_cost < uncached  # the cache rate is really applied
 
 
 async def test_request_parameters_reach_the_provider(gateway, client, mock):
@@ -509,38 +544,38 @@ async def _until_cached(client: Client, payload: dict, tenant: str) -> GenerateR
     raise AssertionError("never cached")
 
 
-async def test_deterministic_call_is_cached_per_tenant(gateway, client, mock):
+async def test_deterministic_call_is_cached_per_tenant(gateway, client, mock, path):
     mock.script("m-chat", Reply(content="cache me", usage=(5, 5)))
     payload = {
         "model": "chat",
         "messages": [{"role": "user", "content": "cache?"}],
         "temperature": 0,
     }
-    first = await generate(client, payload, ctx("tenant-a"))
+    first = await generate(client, payload, ctx(f"tenant-a-{path}"))
     assert not first.cached and first.cost > 0
-    again = await _until_cached(client, payload, "tenant-a")
+    again = await _until_cached(client, payload, f"tenant-a-{path}")
     assert again.message.content == "cache me" and again.cost == 0.0
     assert again.usage == first.usage
     calls = len(mock.calls("m-chat"))
-    other = await generate(client, payload, ctx("tenant-b"))
+    other = await generate(client, payload, ctx(f"tenant-b-{path}"))
     assert not other.cached  # never across tenants
     assert len(mock.calls("m-chat")) == calls + 1
 
 
-async def test_cache_hit_publishes_a_cache_hit_event(gateway, client, env, mock):
+async def test_cache_hit_publishes_a_cache_hit_event(gateway, client, env, mock, path):
     mock.script("m-chat", Reply(content="hit me"))
     payload = {"model": "chat", "messages": [{"role": "user", "content": "hit?"}], "temperature": 0}
-    await generate(client, payload, ctx("tenant-e"))
+    await generate(client, payload, ctx(f"tenant-e-{path}"))
     async with EventTap(env) as tap:
-        out = await _until_cached(client, payload, "tenant-e")
+        out = await _until_cached(client, payload, f"tenant-e-{path}")
         assert out.cached
-        c = ctx("tenant-e")
+        c = ctx(f"tenant-e-{path}")
         await generate(client, payload, c)
         event = await tap.find(c.correlation_id)
     assert event.cache_hit and event.cost == 0.0 and event.status == "ok"
 
 
-async def test_sampling_calls_are_not_cached_unless_asked(gateway, client, mock):
+async def test_sampling_calls_are_not_cached_unless_asked(gateway, client, mock, path):
     mock.script("m-chat", Reply(content="random"))
     payload = {
         "model": "chat",
@@ -549,36 +584,36 @@ async def test_sampling_calls_are_not_cached_unless_asked(gateway, client, mock)
     }
     calls = len(mock.calls("m-chat"))
     for _ in range(3):
-        assert not (await generate(client, payload, ctx("tenant-c"))).cached
+        assert not (await generate(client, payload, ctx(f"tenant-c-{path}"))).cached
     assert len(mock.calls("m-chat")) == calls + 3
     opted = {**payload, "cache": {"ttl": 60}}
-    await generate(client, opted, ctx("tenant-c"))
-    assert (await _until_cached(client, opted, "tenant-c")).cached
+    await generate(client, opted, ctx(f"tenant-c-{path}"))
+    assert (await _until_cached(client, opted, f"tenant-c-{path}")).cached
 
 
-async def test_no_cache_skips_the_read(gateway, client, mock):
+async def test_no_cache_skips_the_read(gateway, client, mock, path):
     mock.script("m-chat", Reply(content="fresh"))
     payload = {
         "model": "chat",
         "messages": [{"role": "user", "content": "fresh?"}],
         "temperature": 0,
     }
-    await generate(client, payload, ctx("tenant-d"))
-    await _until_cached(client, payload, "tenant-d")
-    out = await generate(client, {**payload, "cache": {"no_cache": True}}, ctx("tenant-d"))
+    await generate(client, payload, ctx(f"tenant-d-{path}"))
+    await _until_cached(client, payload, f"tenant-d-{path}")
+    out = await generate(client, {**payload, "cache": {"no_cache": True}}, ctx(f"tenant-d-{path}"))
     assert not out.cached
 
 
-async def test_stream_replays_a_cached_answer(gateway, client, mock):
+async def test_stream_replays_a_cached_answer(gateway, client, mock, path):
     mock.script("m-stream", Reply(content="streamed and cached", usage=(3, 3)))
     payload = {
         "model": "stream",
         "messages": [{"role": "user", "content": "s?"}],
         "temperature": 0,
     }
-    first = await stream(client, payload, ctx("tenant-s"))
+    first = await stream(client, payload, ctx(f"tenant-s-{path}"))
     for _ in range(50):
-        chunks = await stream(client, payload, ctx("tenant-s"))
+        chunks = await stream(client, payload, ctx(f"tenant-s-{path}"))
         if chunks[-1].cached:
             break
         await asyncio.sleep(0.05)

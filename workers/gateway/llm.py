@@ -69,6 +69,26 @@ async def complete(
     )
 
 
+class Record(dict[str, Any]):
+    """A provider's JSON object read the way litellm's response objects are: by attribute,
+    a missing one being None (the fast path's answers and stream chunks)."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _record(self.get(name))
+
+
+def _record(value: Any) -> Any:
+    if type(value) is dict:
+        return Record(value)
+    if type(value) is list:
+        return [_record(v) for v in value]
+    return value
+
+
 @dataclass
 class Answer:
     message: AssistantMessage

@@ -51,6 +51,7 @@ from workers.gateway.config import Alias, Deployment, GatewayConfig, load_config
 from workers.gateway.dispatch import AttemptsFailed, Dispatcher, Outcome
 from workers.gateway.errors import map_error
 from workers.gateway.events import CallRecord, Events
+from workers.gateway.fast import FastPath, Target
 from workers.gateway.images import check_image_urls
 from workers.gateway.settings import GatewaySettings
 
@@ -80,8 +81,11 @@ class Gateway:
         budgets: BudgetGuard | None = None,
         js: JetStreamContext | None = None,
         image_url_hosts: tuple[str, ...] = (),
+        fast: FastPath | None = None,
     ) -> None:
         self.config = config
+        self.fast = fast
+        """Direct HTTP calls to OpenAI-compatible deployments (fast.py); None: litellm only."""
         self.image_url_hosts = image_url_hosts
         self.dispatcher = Dispatcher(config)
         self.events = events
@@ -114,6 +118,10 @@ class Gateway:
 
             async def attempt(deployment: Deployment, timeout: float) -> llm.Answer:
                 # Parsed inside the attempt: a malformed answer is retried like a 5xx.
+                direct = self._direct(deployment, messages, params)
+                if direct is not None:
+                    assert self.fast is not None
+                    return await self.fast.complete(direct[0], direct[1], timeout)
                 return llm.answer_of(await llm.complete(deployment, messages, params, timeout))
 
             outcome = await self._dispatch(call, alias, ctx, attempt)
@@ -158,7 +166,7 @@ class Gateway:
         state = llm.StreamState()
         try:
             outcome = await self._dispatch(
-                call, alias, ctx, lambda d, t: llm.open_stream(d, messages, params, t)
+                call, alias, ctx, lambda d, t: self._open_stream(d, messages, params, t)
             )
             first, rest = outcome.value
             served = outcome.alias
@@ -215,7 +223,7 @@ class Gateway:
             dimensions = None  # the local provider takes no such parameter
         try:
             outcome = await self._dispatch(
-                call, alias, ctx, lambda d, t: llm.embed(d, req.texts, dimensions, t)
+                call, alias, ctx, lambda d, t: self._embed(d, req.texts, dimensions, t)
             )
         except (MeshError, asyncio.CancelledError) as exc:
             self._failed(call, ctx, exc, req.texts)
@@ -302,6 +310,41 @@ class Gateway:
         return CountTokensResponse(model=name, total=total, counts=counts)
 
     # ---------------------------------------------------------------- helpers
+
+    def _direct(
+        self, deployment: Deployment, messages: list[dict[str, Any]], params: dict[str, Any]
+    ) -> tuple[Target, dict[str, Any]] | None:
+        """The fast path's target and request body for this attempt, or None for litellm."""
+        if self.fast is None:
+            return None
+        target = self.fast.target(deployment)
+        if target is None:
+            return None
+        body = self.fast.body(target, messages, params)
+        return None if body is None else (target, body)
+
+    async def _open_stream(
+        self,
+        deployment: Deployment,
+        messages: list[dict[str, Any]],
+        params: dict[str, Any],
+        timeout: float,
+    ) -> tuple[Any, AsyncIterator[Any]]:
+        direct = self._direct(deployment, messages, params)
+        if direct is not None:
+            assert self.fast is not None
+            return await self.fast.open_stream(
+                direct[0], direct[1], deployment.stream_timeout or timeout
+            )
+        return await llm.open_stream(deployment, messages, params, timeout)
+
+    async def _embed(
+        self, deployment: Deployment, texts: list[str], dimensions: int | None, timeout: float
+    ) -> tuple[list[list[float]], Usage]:
+        target = self.fast.target(deployment) if self.fast is not None else None
+        if target is not None and self.fast is not None:
+            return await self.fast.embed(target, texts, dimensions, timeout)
+        return await llm.embed(deployment, texts, dimensions, timeout)
 
     async def _dispatch(
         self,
@@ -436,10 +479,13 @@ async def gateway_running(
     log_content: bool = False,
     cache_ttl: int = DEFAULT_TTL_S,
     image_url_hosts: tuple[str, ...] = (),
+    fast_path: bool = True,
 ) -> AsyncIterator[Gateway]:
-    """A gateway with its background publisher running; pending events drain on exit."""
+    """A gateway with its background publisher running; pending events drain on exit.
+    ``fast_path=False`` sends every call through litellm (``GATEWAY_FAST_PATH``)."""
     codec = Codec(env.settings.codec_type)
     background = Background()
+    fast = FastPath(config) if fast_path else None
     async with running(background), watching(env.js) as budgets:
         gw = Gateway(
             config,
@@ -449,8 +495,13 @@ async def gateway_running(
             budgets=budgets,
             js=env.js,
             image_url_hosts=image_url_hosts,
+            fast=fast,
         )
-        yield gw
+        try:
+            yield gw
+        finally:
+            if fast is not None:
+                await fast.aclose()
 
 
 @asynccontextmanager
@@ -468,6 +519,7 @@ async def lifespan(env: WorkerEnv, settings: GatewaySettings) -> AsyncIterator[W
         aliases=sorted(config.aliases),
         default_chat=config.default_chat,
         default_embedding=config.default_embedding,
+        fast_path=settings.fast_path,
     )
     async with gateway_running(
         config,
@@ -475,5 +527,6 @@ async def lifespan(env: WorkerEnv, settings: GatewaySettings) -> AsyncIterator[W
         log_content=settings.log_content,
         cache_ttl=settings.cache_ttl,
         image_url_hosts=tuple(settings.image_url_hosts),
+        fast_path=settings.fast_path,
     ) as gw:
         yield build_worker(gw, Codec(env.settings.codec_type), env.settings.max_concurrency)

@@ -52,6 +52,14 @@ class GatewaySettings(BaseSettings):
             "(GATEWAY_IMAGE_URL_HOSTS)"
         ),
     )
+    fast_path: bool = Field(
+        default=True,
+        description=(
+            "call OpenAI-compatible deployments directly over HTTP instead of through "
+            "litellm's per-call machinery; false: every call through litellm "
+            "(GATEWAY_FAST_PATH, docs/services/gateway.md)"
+        ),
+    )
     cache_ttl: int = Field(
         default=DEFAULT_CACHE_TTL_S,
         ge=1,
