@@ -49,7 +49,7 @@ from tests.openai_mock import MockOpenAI, Reply  # noqa: E402
 from tests.promptgen_support import catalogue  # noqa: E402
 from workers.gateway import local  # noqa: E402
 from workers.gateway.config import default_config, parse_config  # noqa: E402
-from workers.promptgen import checks, hosts, leaks, prompts  # noqa: E402
+from workers.promptgen import checks, hosts, leaks, prompts, specschema  # noqa: E402
 from workers.promptgen.catalogue import Catalogue  # noqa: E402
 from workers.promptgen.generator import Generator  # noqa: E402
 from workers.promptgen.settings import PromptgenConfig  # noqa: E402
@@ -127,17 +127,23 @@ async def run_case(
     else:
 
         def review(spec: dict[str, Any]) -> Any:
-            spec, notes = checks.normalize(kind, spec, cat)
+            spec, notes = checks.normalize(kind, spec, cat, case["prompt"])
             return spec, notes, checks.run(kind, spec, cat, config)
 
+        compact = config.is_compact("local-chat")
         messages = [
-            prompts.system(kind, cat, config.catalogue_limit),
+            prompts.system(kind, cat, config.catalogue_limit, compact=compact),
             prompts.request(case["prompt"], None),
         ]
+        base = (
+            {"description": specschema.request_description(case["prompt"])}
+            if kind == "agent"
+            else {}
+        )
         try:
             async with asyncio.timeout(timeout):
                 outcome = await Generator(call, config).run(
-                    kind, messages, cat, "local-chat", review
+                    kind, messages, cat, "local-chat", review, base=base
                 )
         except TimeoutError:
             out.update(error="timeout", attempts=None, valid_first=False, valid=False, passed=False)
@@ -196,6 +202,11 @@ async def main() -> None:
     p.add_argument("--ids", default="", help="comma-separated case ids")
     p.add_argument("--case-timeout", type=float, default=600.0)
     p.add_argument("--max-tokens", type=int, default=1024)
+    p.add_argument(
+        "--full-schema",
+        action="store_true",
+        help="ask the local model for the full schema (the compact one is its default)",
+    )
     p.add_argument("--json", default="", help="write the per-case results here")
     p.add_argument(
         "--threads",
@@ -214,7 +225,10 @@ async def main() -> None:
     if args.limit:
         cases = cases[: args.limit]
     cat = _catalogue(doc)
-    config = PromptgenConfig(max_tokens=args.max_tokens)
+    # The local model gets the compact schema (the service's default for local-chat); the
+    # scripted answers are full specs, asked for with the full schema.
+    compact = ["local-chat"] if args.provider == "local" and not args.full_schema else []
+    config = PromptgenConfig(max_tokens=args.max_tokens, compact_models=compact)
     tenant = f"eval-{uuid.uuid4().hex[:8]}"  # a fresh tenant: no cached answers from earlier runs
     results: list[dict[str, Any]] = []
     base = Path(tempfile.mkdtemp(prefix="pg-eval-"))

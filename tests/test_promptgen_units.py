@@ -413,3 +413,148 @@ async def test_a_first_call_refused_for_a_tool_call_model_is_the_callers_error()
     model = Scripted(InvalidRequest("prompt too long"))
     with pytest.raises(InvalidRequest):
         await _run(model, config=PromptgenConfig(tool_call_models=["m"]))
+
+
+# ---------------------------------------------------------------- the compact schema
+
+
+def _bounded(schema: Any, path: str = "") -> list[str]:
+    """Free strings without maxLength and arrays without maxItems, by path."""
+    out: list[str] = []
+    if isinstance(schema, dict):
+        if schema.get("type") == "string" and "enum" not in schema:
+            pattern = schema.get("pattern", "")
+            if "maxLength" not in schema and not (
+                pattern and "*" not in pattern and "+" not in pattern
+            ):
+                out.append(path or "(root)")
+        if schema.get("type") == "array" and "maxItems" not in schema:
+            out.append(path or "(root)")
+        if schema.get("type") == "object" and schema.get("additionalProperties") not in (
+            None,
+            False,
+        ):
+            out.append(f"{path} (open map)")
+        for key, sub in (schema.get("properties") or {}).items():
+            out += _bounded(sub, f"{path}/{key}")
+        for i, sub in enumerate(schema.get("anyOf") or []):
+            out += _bounded(sub, f"{path}|{i}")
+        if isinstance(schema.get("items"), dict):
+            out += _bounded(schema["items"], f"{path}[]")
+    return out
+
+
+@pytest.mark.parametrize("kind", ["agent", "tool"])
+def test_the_compact_schema_bounds_every_string_and_list(kind):
+    # A grammar built from it closes every string and list: a repeating small model
+    # cannot run an answer past max_tokens.
+    schema = specschema.generation_schema(kind, CAT, CONFIG, compact=True)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert _bounded(schema) == []
+    assert _bounded(specschema.generation_schema(kind, CAT, CONFIG))  # the full one is not
+
+
+@pytest.mark.parametrize("kind", ["agent", "tool"])
+def test_every_completed_document_of_the_compact_schema_is_a_valid_spec(kind):
+    schema = specschema.generation_schema(kind, CAT, CONFIG, compact=True)
+    base = {"description": "an HR agent"} if kind == "agent" else {}
+    fill = specschema.completer(kind, CAT, base)  # type: ignore[arg-type]
+    docs = _instances(schema)
+    assert len(docs) >= 5
+    for doc in docs:
+        jsonschema.validate(doc, schema)
+        parsed = specschema.parse(kind, json.dumps(doc), CAT, 9999, fill)  # type: ignore[arg-type]
+        assert parsed.errors == [], (doc, parsed.errors)
+
+
+def test_a_compact_tool_gets_the_builtins_free_arguments_as_parameters():
+    fill = specschema.completer("tool", CAT, {})
+    impl = {"kind": "builtin", "builtin": "rag_search", "arguments": {"collection_ids": ["col-hr"]}}
+    spec = fill({"name": "rag_search", "description": "Search HR.", "implementation": impl})
+    assert spec["name"] == "rag_search_tool"  # a built-in's name is not free
+    params = spec["parameters"]
+    assert set(params["properties"]) == {"query", "top_k", "mode"}  # collection_ids is fixed
+    assert params["required"] == ["query"]
+    llm = fill(
+        {
+            "name": "sum",
+            "description": "d",
+            "implementation": {"kind": "llm", "prompt": {"name": "summarize"}},
+        }
+    )
+    assert llm["parameters"]["additionalProperties"] == {"type": "string"}
+    for s in (spec, llm):
+        assert specschema.parse("tool", json.dumps(s), CAT, 9999).errors == []
+
+
+def test_a_compact_refinement_keeps_what_the_model_did_not_write():
+    base = agent_spec(
+        description="HR answers",
+        approval_required=[],
+        limits={"max_steps": 8, "token_budget": 20_000, "timeout_seconds": 60},
+        memory={"recall": True, "recall_top_k": 2},
+    )
+    fill = specschema.completer("agent", CAT, base)
+    out = fill(
+        {
+            "name": "hr",
+            "system_prompt": "You answer.",
+            "tools": [],
+            "rag_collections": [],
+            "limits": {"max_steps": 3},
+        }
+    )
+    assert out["limits"] == {"max_steps": 3, "token_budget": 20_000, "timeout_seconds": 60}
+    assert out["memory"] == {"recall": True, "recall_top_k": 2}
+    assert out["description"] == "HR answers" and out["name"] == "hr"
+
+
+async def test_a_compact_model_is_asked_for_the_compact_schema_and_completed():
+    answer = {
+        "name": "hr helper",
+        "system_prompt": "You answer HR questions.",
+        "tools": [],
+        "rag_collections": ["col-hr"],
+        "limits": {"max_steps": 5},
+    }
+    model = Scripted(json.dumps(answer))
+    config = PromptgenConfig(compact_models=["m"])
+    messages = [{"role": "user", "content": "an HR agent"}]
+    out = await Generator(model, config).run(
+        "agent", messages, CAT, "m", _review(), base={"description": "an HR agent"}
+    )
+    fmt = model.seen[0].response_format
+    assert fmt is not None and fmt.json_schema is not None
+    assert fmt.json_schema.schema_ == specschema.compact_agent_schema(CAT, config)
+    assert out.spec is not None and out.generation.valid_first_try
+    assert out.spec["description"] == "an HR agent"
+    assert out.spec["tools"] == ["rag_search"] and out.spec["rag_collections"] == ["col-hr"]
+    assert out.spec["limits"]["max_steps"] == 5 and out.spec["limits"]["token_budget"] == 50_000
+    assert any("compact schema" in n for n in out.generation.notes)
+    assert all(c.ok for c in out.checks)
+
+
+def test_collections_and_tools_the_request_names_are_granted_and_reported():
+    cat = catalogue(
+        collections={"col-hr": "HR policy documents", "col-it": "IT handbook", "col-x": "Policies"}
+    )
+    named = checks.named_collections("answers about our HR policy document", cat)
+    assert named == ["col-hr", "col-x"]  # a one-word name is named by that word
+    assert checks.named_collections("questions about the IT handbooks", cat) == ["col-it"]
+    assert checks.named_collections("an HR agent", cat) == []  # "policy" is not said
+    assert checks.named_collections(None, cat) == []
+    spec, notes = checks.normalize(
+        "agent",
+        agent_spec(tools=[], rag_collections=[]),
+        cat,
+        "our HR policy documents, with http_get",
+    )
+    assert spec["rag_collections"] == ["col-hr", "col-x"]
+    assert spec["tools"] == ["rag_search", "http_get"]
+    assert spec["approval_required"] == ["http_get"]
+    assert any("granted: the request names it" in n for n in notes)
+    assert any("http_get attached" in n for n in notes)
+    # A search tool that fixes no collection gets the named ones fixed.
+    tool = tool_spec(implementation={"kind": "builtin", "builtin": "rag_search", "arguments": {}})
+    spec, notes = checks.normalize("tool", tool, cat, "searches the IT handbook")
+    assert spec["implementation"]["arguments"] == {"collection_ids": ["col-it"]}

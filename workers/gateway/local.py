@@ -46,6 +46,12 @@ DEFAULT_MAX_TOKENS = 256
 #: docs/services/gateway.md, "The local chat model's answers").
 DEFAULT_TEMPERATURE = 0.2
 DEFAULT_TOP_P = 0.9
+#: llama.cpp's repeat penalty (over the last 64 tokens) for schema-constrained answers when
+#: the request sets no frequency/presence penalty: greedy decoding inside a grammar's open
+#: string repeats a sentence until max_tokens, and the cut JSON is invalid
+#: (docs/services/promptgen.md, "The local model"). Tokens the grammar forbids are not
+#: affected; the grammar still decides the structure.
+GRAMMAR_REPEAT_PENALTY = 1.15
 #: Threads per model: this machine class has 2 cores.
 MODEL_THREADS = 2
 
@@ -206,6 +212,8 @@ class LocalGenerator:
                 "type": "json_object",
                 **({"schema": schema} if schema else {}),
             }
+            if "frequency_penalty" not in kw and "presence_penalty" not in kw:
+                kw["repeat_penalty"] = GRAMMAR_REPEAT_PENALTY
         return kw
 
     def chat(self, messages: list[dict[str, Any]], **params: Any) -> dict[str, Any]:

@@ -14,15 +14,19 @@ Each check answers ``{name, ok, message}``; a spec passes when all do. The names
 ``limits``            steps, token budget, timeout, reply tokens and tool count within policy
 ``approval``          every side-effecting tool needs a person's approval
 
-:func:`normalize` runs first and only ever makes a spec safer or more coherent: it drops
-duplicate list entries and approvals of tools that are not attached (the Agent Service
-refuses those), attaches ``rag_search`` when collections are granted, and adds every
-side-effecting attached tool to ``approval_required`` (for a tool spec: sets
-``requires_approval``). What it changed is reported, never silent.
+:func:`normalize` runs first. It drops duplicate list entries and approvals of tools that
+are not attached (the Agent Service refuses those); adds what the request names
+explicitly — the tenant's collections whose every identifying name word (plurals folded)
+is in the request ("our HR policy documents" names the collection "HR policy documents"),
+and tools named exactly (``http_get``); attaches ``rag_search`` when collections are
+granted; and adds every side-effecting attached tool to ``approval_required`` (for a tool
+spec: sets ``requires_approval``). Everything added is still checked and reviewed.
+What it changed is reported, never silent.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from schemas.promptgen import Check, SpecKind
@@ -66,11 +70,62 @@ def _can_fetch(kind: SpecKind, spec: dict[str, Any], cat: Catalogue) -> bool:
     )
 
 
+_WORD = re.compile(r"[a-z0-9]+")
+#: Words a collection's name may carry that do not identify it.
+_FILLER = frozenset({"a", "an", "the", "our", "my", "of", "for", "and", "to", "in", "on"})
+
+
+def _stem(word: str) -> str:
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+        return word[:-1]
+    return word
+
+
+def _words(text: str) -> set[str]:
+    return {_stem(w) for w in _WORD.findall(text.lower()[:20_000])}
+
+
+def named_collections(request: str | None, cat: Catalogue) -> list[str]:
+    """The tenant's collections the request names: every identifying word of the
+    collection's name (plurals folded) is a word of the request. Linear in the request."""
+    if not request:
+        return []
+    said = _words(request)
+    out = []
+    for cid, name in cat.collections.items():
+        words = _words(name) - _FILLER
+        if words and words <= said:
+            out.append(cid)
+    return out
+
+
+_NAME = re.compile(r"[a-z0-9_]+")
+
+
+def named_tools(request: str | None, cat: Catalogue) -> list[str]:
+    """The tenant's tools the request names exactly (``rag_search``, ``http_get``, …)."""
+    if not request:
+        return []
+    said = set(_NAME.findall(request.lower()[:20_000]))
+    return [name for name in sorted(cat.tools) if name in said]
+
+
 def normalize(
-    kind: SpecKind, spec: dict[str, Any], cat: Catalogue
+    kind: SpecKind, spec: dict[str, Any], cat: Catalogue, request: str | None = None
 ) -> tuple[dict[str, Any], list[str]]:
+    """``request``: the user's prompt or refine instruction; collections it names are
+    granted (a tool on ``rag_search`` that fixes no collection gets them fixed)."""
     notes: list[str] = []
     out = dict(spec)
+    named = named_collections(request, cat)
+    if kind == "tool" and named:
+        impl = out.get("implementation") or {}
+        args = impl.get("arguments") or {}
+        if impl.get("builtin") == "rag_search" and not args.get("collection_ids"):
+            out["implementation"] = {**impl, "arguments": {**args, "collection_ids": named}}
+            notes.append(f"collection_ids fixed to {', '.join(named)}: the request names them")
     if kind == "tool":
         effects = side_effects(kind, out, cat)
         if effects and not out.get("requires_approval"):
@@ -82,6 +137,16 @@ def normalize(
         if len(_dedupe(values)) != len(values):
             notes.append(f"duplicate entries removed from {key}")
         out[key] = _dedupe(values)
+    for name in named_tools(request, cat):
+        if name not in out["tools"]:
+            out["tools"].append(name)
+            notes.append(f"{name} attached: the request names it")
+    for cid in named:
+        if cid not in out["rag_collections"]:
+            out["rag_collections"].append(cid)
+            notes.append(
+                f"collection {cat.collections[cid]!r} ({cid}) granted: the request names it"
+            )
     if out["rag_collections"] and "rag_search" not in out["tools"]:
         out["tools"] = ["rag_search", *out["tools"]]
         notes.append("rag_search attached to search the granted collections")

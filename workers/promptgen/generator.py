@@ -130,11 +130,22 @@ class Generator:
         cat: Catalogue,
         model: str,
         review: Review,
+        *,
+        base: dict[str, Any] | None = None,
     ) -> Outcome:
-        schema = specschema.generation_schema(kind, cat, self.config)
+        """``base``: what a compact answer is completed with (:func:`specschema.completer`);
+        used only for models in ``PROMPTGEN_COMPACT_MODELS``."""
+        compact = self.config.is_compact(model)
+        schema = specschema.generation_schema(kind, cat, self.config, compact=compact)
+        fill = specschema.completer(kind, cat, base) if compact else None
         mode = "tool_call" if model in self.config.tool_call_models else "response_format"
         msgs = list(messages)
         gen = Generation(model=model, mode=mode)  # type: ignore[arg-type]
+        if compact:
+            gen.notes.append(
+                f"compact schema for {model}: {specschema.COMPACT_FILLED[kind]} filled "
+                "deterministically"
+            )
         best: tuple[int, dict[str, Any], list[Check], list[str]] | None = None
         answers: list[str] = []
         for attempt in range(1 + self.config.max_repairs):
@@ -150,7 +161,7 @@ class Generator:
             text, call = _answer(resp, kind)
             answers.append(text or "")
             gen.attempts = attempt + 1
-            parsed = specschema.parse(kind, text, cat, self.config.max_answer_chars)
+            parsed = specschema.parse(kind, text, cat, self.config.max_answer_chars, fill)
             errors = parsed.errors
             if parsed.spec is not None:
                 if attempt == 0:

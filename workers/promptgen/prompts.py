@@ -32,6 +32,21 @@ _TOOL = (
     "requires_approval (true when it fetches from the network, writes memory or calls a "
     "model)."
 )
+#: The compact schema's fields (``specschema.compact_*``): the rest is filled after.
+_AGENT_COMPACT = (
+    "You configure AI agents for the Motadata agent service. Answer with one JSON object "
+    "that follows the JSON schema: name (a few words), system_prompt (two or three short "
+    "sentences to the agent, starting with 'You'), tools (only from the list below, only "
+    "what the task needs; rag_search when it answers from documents), rag_collections "
+    "(the ids below whose names match the documents asked for), limits.max_steps."
+)
+_TOOL_COMPACT = (
+    "You define declarative tools for the Motadata agent service. A tool is data, never "
+    "code: a built-in tool with some arguments fixed, or a stored prompt template sent to a "
+    "model. Answer with one JSON object that follows the JSON schema: name (lowercase "
+    "letters, digits, _), description (one sentence: what it does), implementation (the "
+    "built-in or template it uses, with the arguments to fix)."
+)
 _RULES = (
     "Never write API keys, tokens, passwords or other secrets, and never internal or "
     "metadata addresses. Every tool that acts on the world needs a person's approval."
@@ -55,8 +70,11 @@ def _catalogue(cat: Catalogue, limit: int) -> str:
     return "\n".join(lines)
 
 
-def system(kind: SpecKind, cat: Catalogue, limit: int) -> dict[str, str]:
-    intro = _AGENT if kind == "agent" else _TOOL
+def system(kind: SpecKind, cat: Catalogue, limit: int, *, compact: bool = False) -> dict[str, str]:
+    if compact:
+        intro = _AGENT_COMPACT if kind == "agent" else _TOOL_COMPACT
+    else:
+        intro = _AGENT if kind == "agent" else _TOOL
     return {"role": "system", "content": f"{intro}\n{_RULES}\n{_catalogue(cat, limit)}"}
 
 

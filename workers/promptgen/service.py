@@ -44,7 +44,7 @@ from schemas.promptgen import (
     Transition,
     VersionSummary,
 )
-from workers.promptgen import checks, leaks, policy, prompts
+from workers.promptgen import checks, leaks, policy, prompts, specschema
 from workers.promptgen.catalogue import Catalogue
 from workers.promptgen.diff import diff
 from workers.promptgen.generator import Generator, Outcome
@@ -117,11 +117,17 @@ class PromptgenService:
         if req.name:
             _refuse_secrets(req.name, "name")
         cat = await self.remote.catalogue(ctx)
+        compact = self.config.is_compact(req.model or self.config.default_model)
         messages = [
-            prompts.system(kind, cat, self.config.catalogue_limit),
+            prompts.system(kind, cat, self.config.catalogue_limit, compact=compact),
             prompts.request(req.prompt, req.name),
         ]
-        outcome = await self._run(kind, messages, cat, req.model, ctx, name=req.name)
+        base = (
+            {"description": specschema.request_description(req.prompt)} if kind == "agent" else {}
+        )
+        outcome = await self._run(
+            kind, messages, cat, req.model, ctx, name=req.name, base=base, request=req.prompt
+        )
         new = self._new_version(kind, outcome, cat, prompt=req.prompt)
         row = await self.store.create(tenant, kind, new.spec["name"], ctx.user, new)
         spec = await self.store.get_spec(tenant, row["spec_id"])
@@ -144,19 +150,23 @@ class PromptgenService:
         *,
         name: str | None = None,
         owned_tool: str | None = None,
+        base: dict[str, Any] | None = None,
+        request: str | None = None,
     ) -> Outcome:
         alias = model or self.config.default_model
 
         def review(spec: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[Check]]:
             if name:
                 spec = {**spec, "name": name}
-            spec, notes = checks.normalize(kind, spec, cat)
+            spec, notes = checks.normalize(kind, spec, cat, request)
             return spec, notes, checks.run(kind, spec, cat, self.config, owned_tool=owned_tool)
 
         async def call(r: Any) -> Any:
             return await self.remote.generate(r, ctx)
 
-        outcome = await Generator(call, self.config).run(kind, messages, cat, alias, review)
+        outcome = await Generator(call, self.config).run(
+            kind, messages, cat, alias, review, base=base
+        )
         if outcome.spec is None:
             raise UpstreamError(
                 f"{alias} did not write a valid {kind} spec in {outcome.generation.attempts} "
@@ -205,11 +215,21 @@ class PromptgenService:
         _refuse_secrets(instruction, "instruction")
         cat = await self.remote.catalogue(ctx)
         kind: SpecKind = spec["kind"]
+        compact = self.config.is_compact(req.model or self.config.default_model)
         messages = [
-            prompts.system(kind, cat, self.config.catalogue_limit),
+            prompts.system(kind, cat, self.config.catalogue_limit, compact=compact),
             prompts.refine(base["spec"], instruction),
         ]
-        outcome = await self._run(kind, messages, cat, req.model, ctx, owned_tool=spec["tool_name"])
+        outcome = await self._run(
+            kind,
+            messages,
+            cat,
+            req.model,
+            ctx,
+            owned_tool=spec["tool_name"],
+            base=base["spec"],
+            request=instruction,
+        )
         new = self._new_version(kind, outcome, cat, prompt=instruction, base=base)
         row = await self.store.add_version(tenant, req.spec_id, new.spec["name"], ctx.user, new)
         return _version_view(await self.store.get_spec(tenant, req.spec_id), row)

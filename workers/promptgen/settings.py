@@ -30,6 +30,11 @@ class PromptgenConfig(BaseSettings):
         default_factory=list,
         description="aliases asked through a forced tool call instead of response_format",
     )
+    compact_models: list[str] = Field(
+        default_factory=lambda: [DEFAULT_CHAT_MODEL],
+        description="aliases asked for the compact schema (bounded strings, fewer fields; "
+        "the rest completed deterministically): small local models",
+    )
     max_repairs: int = Field(default=DEFAULT_MAX_REPAIRS, ge=0, le=2)
     max_answer_chars: int = Field(default=DEFAULT_MAX_ANSWER_CHARS, ge=1000, le=200_000)
     max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, ge=64, le=32_768)
@@ -44,3 +49,7 @@ class PromptgenConfig(BaseSettings):
     max_timeout_seconds: float = Field(default=600.0, gt=0, le=3600)
     max_reply_tokens: int = Field(default=8192, ge=1, le=32_768)
     max_tools: int = Field(default=16, ge=1, le=64)
+
+    def is_compact(self, model: str) -> bool:
+        """Whether ``model`` is asked for the compact schema."""
+        return model in self.compact_models

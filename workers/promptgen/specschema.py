@@ -11,13 +11,26 @@ collection ids, template names and model aliases become enums, numbers become pr
 within the policy, free-form maps (``capabilities``) are left out. Every document valid
 under it is valid under the contract (``tests/test_promptgen_units.py`` checks this), and
 a grammar-constrained local model (llama.cpp) can only write existing references. String
-lengths and regex patterns are left to local validation: llama.cpp builds ``maxLength`` as
-nested optional rules, which made generation ten times slower in a measurement here.
+lengths and regex patterns are left to local validation in the full schema: llama.cpp
+builds ``maxLength`` as nested optional rules, which makes long bounds slow.
+
+**The compact schema** (models in ``PROMPTGEN_COMPACT_MODELS``, by default the local
+``local-chat``) asks only for what needs judgement — an agent's name, instructions, tools,
+collections and step limit; a tool's name, description and implementation — with every
+free string bounded (``maxLength``) and every array short (``maxItems``), so a grammar
+closes each string and the whole answer fits ``max_tokens`` even when a small model starts
+repeating itself. :func:`completer` fills the rest deterministically *before* validation:
+the base spec's values when refining, otherwise an agent's description is the request and
+everything else is the Agent Service's own default; a tool's ``parameters`` are derived
+from its implementation (the built-in's arguments that are not fixed, or the template's
+variables as strings); a tool named like a built-in becomes ``<name>_tool``. The completed
+document is validated against the same contract.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,8 +183,153 @@ def tool_schema(cat: Catalogue, config: PromptgenConfig) -> dict[str, Any]:
     )
 
 
-def generation_schema(kind: SpecKind, cat: Catalogue, config: PromptgenConfig) -> dict[str, Any]:
+#: Bounds of the compact schema's free strings (characters) and lists.
+COMPACT_NAME = 48
+COMPACT_PROMPT = 400
+COMPACT_DESCRIPTION = 160
+COMPACT_ARGUMENT = 120
+COMPACT_TOOLS = 4
+COMPACT_COLLECTIONS = 3
+COMPACT_STEPS = (1, 2, 3, 5, 8, 12, 20)
+
+
+def _text(max_length: int) -> dict[str, Any]:
+    return {"type": "string", "minLength": 1, "maxLength": max_length}
+
+
+def compact_agent_schema(cat: Catalogue, config: PromptgenConfig) -> dict[str, Any]:
+    tools = sorted(cat.tools)
+    return _obj(
+        {
+            "name": _text(COMPACT_NAME),
+            "system_prompt": _text(COMPACT_PROMPT),
+            "tools": _strings(tools, min(config.max_tools, COMPACT_TOOLS)),
+            "rag_collections": _strings(sorted(cat.collections), COMPACT_COLLECTIONS),
+            "limits": _obj(
+                {"max_steps": _enum([v for v in COMPACT_STEPS if v <= config.max_steps])}
+            ),
+        }
+    )
+
+
+def _compact_builtin_branch(
+    kind: str, parameters: dict[str, Any], cat: Catalogue
+) -> dict[str, Any]:
+    """Arguments the tool may fix, all optional: collections and templates from the
+    tenant's (enums), any other string argument bounded (a URL, a time zone)."""
+    props: dict[str, Any] = {}
+    for name, sub in (parameters.get("properties") or {}).items():
+        if name == "collection_ids":
+            props[name] = _strings(sorted(cat.collections), COMPACT_COLLECTIONS)
+        elif name == "name" and kind == "prompt_render":
+            props[name] = _enum(sorted(cat.templates)) if cat.templates else _text(COMPACT_NAME)
+        elif isinstance(sub, dict) and sub.get("type") == "string":
+            props[name] = _text(COMPACT_ARGUMENT)
+    return _obj(
+        {
+            "kind": _enum(["builtin"]),
+            "builtin": _enum([kind]),
+            "arguments": _obj(props, required=[]),
+        }
+    )
+
+
+def compact_tool_schema(cat: Catalogue, config: PromptgenConfig) -> dict[str, Any]:
+    branches = [
+        _compact_builtin_branch(name, info.parameters, cat)
+        for name, info in sorted(cat.builtins.items())
+    ]
+    if cat.templates:
+        branches.append(
+            _obj({"kind": _enum(["llm"]), "prompt": _obj({"name": _enum(sorted(cat.templates))})})
+        )
+    implementation: dict[str, Any] = {"anyOf": branches} if branches else {"type": "object"}
+    return _obj(
+        {
+            # A tool name: the contract's pattern, bounded.
+            "name": {"type": "string", "pattern": f"^[a-z][a-z0-9_]{{0,{COMPACT_NAME - 1}}}$"},
+            "description": _text(COMPACT_DESCRIPTION),
+            "implementation": implementation,
+        }
+    )
+
+
+def generation_schema(
+    kind: SpecKind, cat: Catalogue, config: PromptgenConfig, *, compact: bool = False
+) -> dict[str, Any]:
+    if compact:
+        return (
+            compact_agent_schema(cat, config)
+            if kind == "agent"
+            else compact_tool_schema(cat, config)
+        )
     return agent_schema(cat, config) if kind == "agent" else tool_schema(cat, config)
+
+
+#: The fields the compact schema leaves to :func:`completer`.
+COMPACT_FILLED = {
+    "agent": "description, approval_required, llm_model, parameters, the other limits, memory",
+    "tool": "parameters, requires_approval (a built-in's name gets the suffix _tool)",
+}
+
+
+def _derived_parameters(impl: Any, cat: Catalogue) -> dict[str, Any]:
+    """The arguments a caller passes to a declarative tool: for a built-in, its own
+    argument schema without the fixed arguments; for a template, string variables."""
+    if not isinstance(impl, dict):
+        return {"type": "object", "properties": {}}
+    if impl.get("kind") == "llm":
+        return {
+            "type": "object",
+            "description": "the prompt template's variables",
+            "additionalProperties": {"type": "string"},
+        }
+    info = cat.builtins.get(str(impl.get("builtin")))
+    fixed = (
+        set((impl.get("arguments") or {}).keys())
+        if isinstance(impl.get("arguments"), dict)
+        else set()
+    )
+    if info is None:
+        return {"type": "object", "properties": {}}
+    base = info.parameters
+    props = {k: v for k, v in (base.get("properties") or {}).items() if k not in fixed}
+    out: dict[str, Any] = {"type": "object", "properties": props}
+    required = [r for r in base.get("required") or [] if r in props]
+    if required:
+        out["required"] = required
+    out["additionalProperties"] = False
+    return out
+
+
+def request_description(prompt: str) -> str:
+    """An agent's description in the compact path: the request it was written from."""
+    text = " ".join(prompt.split())
+    return text if len(text) <= 300 else text[:297].rstrip() + "..."
+
+
+def completer(
+    kind: SpecKind, cat: Catalogue, base: dict[str, Any] | None
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Fills what the compact schema leaves out: ``base``'s values (the spec being refined,
+    or ``{"description": …}`` for a new agent), then derived tool parameters. Whatever the
+    model wrote wins; nested ``limits`` are merged key by key."""
+    given = dict(base or {})
+
+    def fill(data: dict[str, Any]) -> dict[str, Any]:
+        out = {**given, **data}
+        if isinstance(given.get("limits"), dict) and isinstance(data.get("limits"), dict):
+            out["limits"] = {**given["limits"], **data["limits"]}
+        if kind == "tool" and isinstance(out.get("name"), str) and out["name"] in cat.builtins:
+            # A small model copies the built-in's name, which a tool may not take.
+            out["name"] = f"{out['name']}_tool"
+        if kind == "tool" and "parameters" not in data:
+            same_impl = given.get("implementation") == data.get("implementation")
+            if not (same_impl and "parameters" in given):
+                out["parameters"] = _derived_parameters(data.get("implementation"), cat)
+        return out
+
+    return fill
 
 
 def is_strict(schema: Any) -> bool:
@@ -216,8 +374,15 @@ def _pydantic_errors(exc: ValidationError) -> list[str]:
     return out
 
 
-def parse(kind: SpecKind, text: str | None, cat: Catalogue, max_chars: int) -> Parsed:
-    """The model's answer as a valid spec body, or the errors to send back."""
+def parse(
+    kind: SpecKind,
+    text: str | None,
+    cat: Catalogue,
+    max_chars: int,
+    fill: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> Parsed:
+    """The model's answer as a valid spec body, or the errors to send back. ``fill``
+    completes a compact answer before it is validated (:func:`completer`)."""
     if not text or not text.strip():
         return Parsed(None, ["the answer is empty; answer with one JSON object"])
     if len(text) > max_chars:
@@ -228,6 +393,8 @@ def parse(kind: SpecKind, text: str | None, cat: Catalogue, max_chars: int) -> P
         return Parsed(None, [f"the answer is not valid JSON: {str(exc)[:200]}"])
     if not isinstance(data, dict):
         return Parsed(None, ["the answer must be one JSON object"])
+    if fill is not None:
+        data = fill(data)
     model = MODELS[kind]
     try:
         body = model.model_validate(data)
