@@ -8,7 +8,9 @@
    schema-valid, attached to that collection with ``rag_search``, and pass its checks;
 3. alice submits it, bob (``promptgen:reviewer``, another user) approves it, carol
    (``promptgen:publisher``) publishes it: the Agent Service creates the agent as carol;
-4. carol runs the agent with a question; the answer should cite a policy document;
+4. carol runs the agent with a question; the answer should cite a policy document (if
+   the run does not answer, the RAG Service's own ``rag.query`` on the same collection is
+   shown for comparison);
 5. the audit trail of the spec is printed.
 
 Tokens come from ``mesh token`` (so run it with the same ``MESH_DATA_DIR`` as the
@@ -225,6 +227,21 @@ def main() -> int:
             say(f"  cites a policy document: {names or 'no'}")
         else:
             say(f"  run refused: {json.dumps(run)[:1000]}")
+
+        if not answered:
+            # For comparison: the RAG Service answers the same question from the same
+            # collection with the same model, retrieving first (no tool call needed).
+            status, q = carol.call(
+                "POST",
+                "/rag/query",
+                {"collection_ids": [cid], "question": QUESTION, "top_k": 3},
+                timeout=min(args.timeout, 120.0),
+            )
+            if status >= 300:
+                say(f"  rag.query: {status} {json.dumps(q)[:300]}")
+            elif isinstance(q, dict) and "answer" in q:
+                say(f"  rag.query answer: {q['answer']!r}")
+                say(f"  rag.query citations: {[c['source_id'] for c in q['citations']]}")
 
         # 5. audit
         trail = carol.ok("GET", f"/promptgen/audit?spec_id={sid}")
