@@ -558,3 +558,18 @@ def test_collections_and_tools_the_request_names_are_granted_and_reported():
     tool = tool_spec(implementation={"kind": "builtin", "builtin": "rag_search", "arguments": {}})
     spec, notes = checks.normalize("tool", tool, cat, "searches the IT handbook")
     assert spec["implementation"]["arguments"] == {"collection_ids": ["col-it"]}
+
+
+def test_the_local_provider_constrains_schema_answers_with_a_grammar_and_a_repeat_penalty():
+    from workers.gateway.local import GRAMMAR_REPEAT_PENALTY, LocalGenerator
+
+    schema = specschema.generation_schema("agent", CAT, CONFIG, compact=True)
+    fmt = {"type": "json_schema", "json_schema": {"name": "agent_spec", "schema": schema}}
+    msgs = [{"role": "user", "content": "an HR agent"}]
+    kw = LocalGenerator._args(msgs, {"response_format": fmt, "temperature": 0})
+    assert kw["response_format"] == {"type": "json_object", "schema": schema}
+    assert kw["repeat_penalty"] == GRAMMAR_REPEAT_PENALTY
+    # A caller's own penalty wins; free text keeps llama.cpp's default (no penalty).
+    mine = LocalGenerator._args(msgs, {"response_format": fmt, "frequency_penalty": 0.3})
+    assert "repeat_penalty" not in mine and mine["frequency_penalty"] == 0.3
+    assert "repeat_penalty" not in LocalGenerator._args(msgs, {})
