@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import shutil
 import signal
 import sys
 import tempfile
@@ -232,7 +233,9 @@ async def main() -> None:
     tenant = f"eval-{uuid.uuid4().hex[:8]}"  # a fresh tenant: no cached answers from earlier runs
     results: list[dict[str, Any]] = []
     base = Path(tempfile.mkdtemp(prefix="pg-eval-"))
-    with embedded(base, postgres=False, durable=False) as infra:
+    stop = contextlib.ExitStack()
+    stop.callback(shutil.rmtree, base, ignore_errors=True)  # the servers' data, once stopped
+    with stop, embedded(base, postgres=False, durable=False) as infra:
         assert infra.nats and infra.redis
         settings = Settings(nats_url=infra.nats.url, redis_url=infra.redis.url)  # type: ignore[call-arg]
         async with AsyncExitStack() as stack:
