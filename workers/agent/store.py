@@ -405,6 +405,19 @@ class Store:
             row = await conn.fetchrow(sql, *values)
         return dict(row) if row else None
 
+    async def take_over(self, tenant: str, run_id: str, lease: datetime) -> Row | None:
+        """Renew the lease of a ``running`` run whose lease ran out; ``None`` if it had not."""
+        async with self.db.connection() as conn:
+            row = await conn.fetchrow(
+                "UPDATE agent.runs SET lease_until = $3, updated_at = now()"
+                " WHERE tenant_id = $1 AND run_id = $2 AND status = 'running'"
+                " AND lease_until < now() RETURNING *",
+                tenant,
+                run_id,
+                lease,
+            )
+        return dict(row) if row else None
+
     async def request_cancel(self, tenant: str, run_id: str) -> Row:
         async with self.db.connection() as conn:
             row = await conn.fetchrow(

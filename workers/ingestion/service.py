@@ -28,8 +28,9 @@ from bus.codec import Codec
 from bus.context import child, new_context
 from bus.errors import MeshError, NotFound, RetryableError
 from bus.jetstream import ConsumerSpec, JobConsumer, publish
+from bus.lifespan import background, database
 from bus.patience import until_available
-from bus.postgres import Database, create_database, migrate, migrations_of
+from bus.postgres import Database
 from bus.sql import tenant_of
 from bus.uploads import (
     CONTENT_TYPE_HEADER,
@@ -496,11 +497,7 @@ async def lifespan(
 ) -> AsyncIterator[Worker]:
     """The worker; ``settings`` default to the environment's (``UPLOAD_MAX_BYTES``)."""
     settings = settings or IngestionSettings()
-    if not env.settings.database_url:
-        raise RuntimeError("DATABASE_URL is not set")
-    db = await create_database(env.settings.database_url)
-    try:
-        await migrate(db, "ingestion", migrations_of("workers.ingestion"))
+    async with database(env.settings, "ingestion", "workers.ingestion") as db:
         codec = Codec(env.settings.codec_type)
         stopping = asyncio.Event()
         ing = Ingestion(db, env.js, env.client, settings, codec=codec, stopping=stopping)
@@ -515,14 +512,9 @@ async def lifespan(
             on_failed=ing.progress_failed,
             codec=codec,
         )
-        # The pools stop after the consumers' in-flight jobs (the TaskGroup) finish.
-        async with offload.using(env.settings), asyncio.TaskGroup() as tg:
-            tg.create_task(parse_consumer.run(stopping))
-            tg.create_task(progress_consumer.run(stopping))
-            tg.create_task(ing.sweep(stopping))
-            try:
-                yield build_worker(ing, codec, min(env.settings.max_concurrency, 64))
-            finally:
-                stopping.set()
-    finally:
-        await db.close()
+        # The pools stop after the consumers' in-flight jobs (the task group) finish.
+        async with (
+            offload.using(env.settings),
+            background(stopping, parse_consumer.run, progress_consumer.run, ing.sweep),
+        ):
+            yield build_worker(ing, codec, min(env.settings.max_concurrency, 64))
