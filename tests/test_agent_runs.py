@@ -94,6 +94,7 @@ async def test_token_budget_ends_the_run_as_failed(api: Api, fake):
 
 
 async def test_stored_steps_replay_every_model_call_exactly(api: Api, fake):
+    from schemas.agent import Step
     from schemas.gateway import Message as ChatMessage
     from tests.fake_llm import calls
     from workers.agent.runs import conversation
@@ -128,7 +129,7 @@ async def test_stored_steps_replay_every_model_call_exactly(api: Api, fake):
     assert len(model_steps) == len(fake.requests) == 3
     for step, request in zip(model_steps, fake.requests, strict=True):
         before = [s for s in steps if s["index"] < step["index"]]
-        rebuilt = conversation(stored["input_messages"], before)
+        rebuilt = conversation(stored["input_messages"], [Step.model_validate(s) for s in before])
         assert norm(rebuilt) == norm([m.model_dump() for m in request.messages])
         assert step["arguments"]["tools"] == _offered(request)
         # ... and the stored answer is exactly what the model returned.

@@ -63,7 +63,7 @@ class Executor:
             settings = await self.store.get_settings(call.tenant)
             try:
                 page = await self.fetcher.fetch(
-                    args["url"], settings["http_allowlist"], timeout=call.remaining
+                    args["url"], settings.http_allowlist, timeout=call.remaining
                 )
             except (netguard.Refused, netguard.FetchError) as exc:
                 raise tools.fetch_refusal(exc) from None
@@ -81,7 +81,7 @@ class Executor:
             )
             return {
                 "items": [
-                    {"memory_id": r["memory_id"], "text": r["text"], "score": round(r["score"], 4)}
+                    {"memory_id": r.memory_id, "text": r.text, "score": round(r.score or 0.0, 4)}
                     for r in rows
                 ]
             }, None
@@ -90,7 +90,7 @@ class Executor:
             row = await self.store.insert_memory(
                 call.tenant, call.agent.agent_id, args["text"], vector, {}, "run", call.run_id
             )
-            return {"memory_id": row["memory_id"], "stored": True}, None
+            return {"memory_id": row.memory_id, "stored": True}, None
         if kind == "prompt_render":
             out = await self.remote.render_prompt(args, ctx)
             return out.model_dump(exclude_none=True), None
@@ -127,7 +127,7 @@ class Executor:
                     "document_id": r.document_id,
                     "source_id": r.source_id,
                     "chunk_id": r.chunk_id,
-                    "score": round(r.score, 4),
+                    "score": round(r.score or 0.0, 4),
                     "text": r.text[:MAX_RAG_TEXT],
                     "metadata": r.metadata,
                 }

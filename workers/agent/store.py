@@ -1,8 +1,8 @@
 """Postgres storage of the Agent Service (schema ``agent``).
 
 Every statement filters on ``tenant_id``: a row of another tenant is indistinguishable
-from a row that does not exist. Rows come back as plain dicts (jsonb decoded); the
-service turns them into the contract models.
+from a row that does not exist. Rows come back as the frozen dataclasses of ``rows.py``
+(jsonb decoded by the pool's codecs); ``views`` turns them into the contract models.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -18,9 +18,21 @@ from bus.context import new_id
 from bus.errors import Conflict, NotFound
 from bus.postgres import Database, migrate, migrations_of
 from bus.sql import cursor_time, decode_cursor, encode_cursor, vector_literal
+from workers.agent.rows import (
+    AgentRow,
+    Fields,
+    MemoryRow,
+    MessageRow,
+    RunRow,
+    SettingsRow,
+    StepRow,
+    ThreadRow,
+    ToolRow,
+    row_of,
+)
 
 SCHEMA = "agent"
-Row = dict[str, Any]
+T = TypeVar("T")
 
 
 async def prepare(db: Database) -> None:
@@ -44,11 +56,13 @@ def _after(cursor: str | None) -> tuple[datetime, str] | None:
     return cursor_time(created), str(key)
 
 
-def _page(rows: Sequence[asyncpg.Record], limit: int, key: str) -> tuple[list[Row], str | None]:
-    items = [dict(r) for r in rows[:limit]]
+def _page(
+    cls: type[T], rows: Sequence[asyncpg.Record], limit: int, key: str
+) -> tuple[list[T], str | None]:
+    page = rows[:limit]
     more = len(rows) > limit
-    cursor = encode_cursor(items[-1]["created_at"], items[-1][key]) if more else None
-    return items, cursor
+    cursor = encode_cursor(page[-1]["created_at"], page[-1][key]) if more else None
+    return [row_of(cls, r) for r in page], cursor
 
 
 def _like(text: str) -> str:
@@ -61,7 +75,7 @@ class Store:
 
     # --- agents ----------------------------------------------------------------------
 
-    async def insert_agent(self, tenant: str, fields: Row) -> Row:
+    async def insert_agent(self, tenant: str, fields: Fields) -> AgentRow:
         agent_id = new_id("agt")
         cols = ["agent_id", "tenant_id", *fields]
         values = [agent_id, tenant, *fields.values()]
@@ -71,11 +85,11 @@ class Store:
         )
         try:
             async with self.db.connection() as conn:
-                return dict(await conn.fetchrow(sql, *values))
+                return row_of(AgentRow, await conn.fetchrow(sql, *values))
         except asyncpg.UniqueViolationError:
             raise Conflict(f"an agent named {fields.get('name')!r} exists") from None
 
-    async def get_agent(self, tenant: str, agent_id: str) -> Row:
+    async def get_agent(self, tenant: str, agent_id: str) -> AgentRow:
         async with self.db.connection() as conn:
             row = await conn.fetchrow(
                 "SELECT * FROM agent.agents WHERE tenant_id = $1 AND agent_id = $2",
@@ -84,7 +98,7 @@ class Store:
             )
         if row is None:
             raise NotFound(f"agent {agent_id} not found")
-        return dict(row)
+        return row_of(AgentRow, row)
 
     async def list_agents(
         self,
@@ -95,7 +109,7 @@ class Store:
         include_archived: bool,
         cursor: str | None,
         limit: int,
-    ) -> tuple[list[Row], str | None]:
+    ) -> tuple[list[AgentRow], str | None]:
         after = _after(cursor)
         async with self.db.connection() as conn:
             rows = await conn.fetch(
@@ -117,9 +131,11 @@ class Store:
                 after[1] if after else None,
                 limit + 1,
             )
-        return _page(rows, limit, "agent_id")
+        return _page(AgentRow, rows, limit, "agent_id")
 
-    async def update_agent(self, tenant: str, agent_id: str, version: int, fields: Row) -> Row:
+    async def update_agent(
+        self, tenant: str, agent_id: str, version: int, fields: Fields
+    ) -> AgentRow:
         """Apply ``fields`` if the stored version is ``version``; bump it. Else conflict."""
         sets = [f"{name} = ${i + 4}" for i, name in enumerate(fields)]
         sets += ["version = version + 1", "updated_at = now()"]
@@ -135,10 +151,10 @@ class Store:
         if row is None:
             current = await self.get_agent(tenant, agent_id)  # NotFound if it is not ours
             raise Conflict(
-                f"agent {agent_id} is at version {current['version']}, not {version}",
-                {"version": current["version"]},
+                f"agent {agent_id} is at version {current.version}, not {version}",
+                {"version": current.version},
             )
-        return dict(row)
+        return row_of(AgentRow, row)
 
     async def delete_agent(self, tenant: str, agent_id: str) -> bool:
         async with self.db.connection() as conn:
@@ -161,7 +177,7 @@ class Store:
 
     # --- tools and settings ----------------------------------------------------------
 
-    async def list_tools(self, tenant: str, names: Sequence[str] | None = None) -> list[Row]:
+    async def list_tools(self, tenant: str, names: Sequence[str] | None = None) -> list[ToolRow]:
         async with self.db.connection() as conn:
             rows = await conn.fetch(
                 "SELECT * FROM agent.tools WHERE tenant_id = $1"
@@ -169,15 +185,15 @@ class Store:
                 tenant,
                 list(names) if names is not None else None,
             )
-        return [dict(r) for r in rows]
+        return [row_of(ToolRow, r) for r in rows]
 
-    async def get_tool(self, tenant: str, name: str) -> Row:
+    async def get_tool(self, tenant: str, name: str) -> ToolRow:
         rows = await self.list_tools(tenant, [name])
         if not rows:
             raise NotFound(f"tool {name} not found")
         return rows[0]
 
-    async def insert_tool(self, tenant: str, fields: Row) -> Row:
+    async def insert_tool(self, tenant: str, fields: Fields) -> ToolRow:
         cols = ["tool_id", "tenant_id", *fields]
         values = [new_id("tool"), tenant, *fields.values()]
         sql = (
@@ -186,11 +202,11 @@ class Store:
         )
         try:
             async with self.db.connection() as conn:
-                return dict(await conn.fetchrow(sql, *values))
+                return row_of(ToolRow, await conn.fetchrow(sql, *values))
         except asyncpg.UniqueViolationError:
             raise Conflict(f"a tool named {fields['name']!r} exists") from None
 
-    async def update_tool(self, tenant: str, name: str, version: int, fields: Row) -> Row:
+    async def update_tool(self, tenant: str, name: str, version: int, fields: Fields) -> ToolRow:
         sets = [f"{col} = ${i + 4}" for i, col in enumerate(fields)]
         sets += ["version = version + 1", "updated_at = now()"]
         sql = (
@@ -202,10 +218,10 @@ class Store:
         if row is None:
             current = await self.get_tool(tenant, name)
             raise Conflict(
-                f"tool {name} is at version {current['version']}, not {version}",
-                {"version": current["version"]},
+                f"tool {name} is at version {current.version}, not {version}",
+                {"version": current.version},
             )
-        return dict(row)
+        return row_of(ToolRow, row)
 
     async def delete_tool(self, tenant: str, name: str) -> bool:
         async with self.db.connection() as conn:
@@ -214,12 +230,14 @@ class Store:
             )
         return done != "DELETE 0"
 
-    async def get_settings(self, tenant: str) -> Row:
+    async def get_settings(self, tenant: str) -> SettingsRow:
         async with self.db.connection() as conn:
             row = await conn.fetchrow("SELECT * FROM agent.settings WHERE tenant_id = $1", tenant)
-        return dict(row) if row else {"http_allowlist": [], "version": 0, "updated_at": None}
+        return row_of(SettingsRow, row) if row else SettingsRow([], 0, None)
 
-    async def put_settings(self, tenant: str, allowlist: list[str], version: int | None) -> Row:
+    async def put_settings(
+        self, tenant: str, allowlist: list[str], version: int | None
+    ) -> SettingsRow:
         async with self.db.connection() as conn:
             row = await conn.fetchrow(
                 """
@@ -235,11 +253,11 @@ class Store:
             )
         if row is None or (version is not None and row["version"] != version + 1):
             raise Conflict("settings changed since they were read")
-        return dict(row)
+        return row_of(SettingsRow, row)
 
     # --- threads and messages --------------------------------------------------------
 
-    async def create_thread(self, tenant: str, agent_id: str, user: str, title: str) -> Row:
+    async def create_thread(self, tenant: str, agent_id: str, user: str, title: str) -> ThreadRow:
         async with self.db.connection() as conn:
             row = await conn.fetchrow(
                 "INSERT INTO agent.threads (thread_id, tenant_id, agent_id, user_id, title)"
@@ -250,9 +268,9 @@ class Store:
                 user,
                 title,
             )
-        return dict(row)
+        return row_of(ThreadRow, row)
 
-    async def get_thread(self, tenant: str, thread_id: str) -> Row:
+    async def get_thread(self, tenant: str, thread_id: str) -> ThreadRow:
         async with self.db.connection() as conn:
             row = await conn.fetchrow(
                 "SELECT * FROM agent.threads WHERE tenant_id = $1 AND thread_id = $2",
@@ -261,11 +279,11 @@ class Store:
             )
         if row is None:
             raise NotFound(f"thread {thread_id} not found")
-        return dict(row)
+        return row_of(ThreadRow, row)
 
     async def list_threads(
         self, tenant: str, agent_id: str, user: str | None, cursor: str | None, limit: int
-    ) -> tuple[list[Row], str | None]:
+    ) -> tuple[list[ThreadRow], str | None]:
         after = _after(cursor)
         async with self.db.connection() as conn:
             rows = await conn.fetch(
@@ -282,7 +300,7 @@ class Store:
                 after[1] if after else None,
                 limit + 1,
             )
-        return _page(rows, limit, "thread_id")
+        return _page(ThreadRow, rows, limit, "thread_id")
 
     async def delete_thread(self, tenant: str, thread_id: str) -> bool:
         async with self.db.connection() as conn:
@@ -295,7 +313,7 @@ class Store:
 
     async def add_message(
         self, tenant: str, thread_id: str, role: str, content: str, run_id: str | None
-    ) -> Row:
+    ) -> MessageRow:
         async with self.db.transaction() as conn:
             row = await conn.fetchrow(
                 "INSERT INTO agent.messages (message_id, tenant_id, thread_id, role, content,"
@@ -313,9 +331,11 @@ class Store:
                 tenant,
                 thread_id,
             )
-        return dict(row)
+        return row_of(MessageRow, row)
 
-    async def messages(self, tenant: str, thread_id: str, last: int | None = None) -> list[Row]:
+    async def messages(
+        self, tenant: str, thread_id: str, last: int | None = None
+    ) -> list[MessageRow]:
         """A thread's messages in order; with ``last``, only the newest ``last``."""
         async with self.db.connection() as conn:
             rows = await conn.fetch(
@@ -325,11 +345,11 @@ class Store:
                 thread_id,
                 last,
             )
-        return [dict(r) for r in rows]
+        return [row_of(MessageRow, r) for r in rows]
 
     # --- runs and steps --------------------------------------------------------------
 
-    async def insert_run(self, tenant: str, fields: Row) -> Row:
+    async def insert_run(self, tenant: str, fields: Fields) -> RunRow:
         cols = ["tenant_id", *fields]
         values = [tenant, *fields.values()]
         sql = (
@@ -337,16 +357,16 @@ class Store:
             f"({', '.join(f'${i + 1}' for i in range(len(cols)))}) RETURNING *"
         )
         async with self.db.connection() as conn:
-            return dict(await conn.fetchrow(sql, *values))
+            return row_of(RunRow, await conn.fetchrow(sql, *values))
 
-    async def get_run(self, tenant: str, run_id: str) -> Row:
+    async def get_run(self, tenant: str, run_id: str) -> RunRow:
         async with self.db.connection() as conn:
             row = await conn.fetchrow(
                 "SELECT * FROM agent.runs WHERE tenant_id = $1 AND run_id = $2", tenant, run_id
             )
         if row is None:
             raise NotFound(f"run {run_id} not found")
-        return dict(row)
+        return row_of(RunRow, row)
 
     async def list_runs(
         self,
@@ -358,7 +378,7 @@ class Store:
         thread_id: str | None,
         cursor: str | None,
         limit: int,
-    ) -> tuple[list[Row], str | None]:
+    ) -> tuple[list[RunRow], str | None]:
         after = _after(cursor)
         async with self.db.connection() as conn:
             rows = await conn.fetch(
@@ -380,11 +400,11 @@ class Store:
                 after[1] if after else None,
                 limit + 1,
             )
-        return _page(rows, limit, "run_id")
+        return _page(RunRow, rows, limit, "run_id")
 
     async def transition(
         self, tenant: str, run_id: str, from_statuses: Sequence[str], to: str, **fields: Any
-    ) -> Row | None:
+    ) -> RunRow | None:
         """Move a run to ``to`` if it is in one of ``from_statuses``; ``None`` if it is not.
 
         The one place runs change status: the conditional update is what makes a
@@ -403,9 +423,9 @@ class Store:
         )
         async with self.db.connection() as conn:
             row = await conn.fetchrow(sql, *values)
-        return dict(row) if row else None
+        return row_of(RunRow, row) if row else None
 
-    async def take_over(self, tenant: str, run_id: str, lease: datetime) -> Row | None:
+    async def take_over(self, tenant: str, run_id: str, lease: datetime) -> RunRow | None:
         """Renew the lease of a ``running`` run whose lease ran out; ``None`` if it had not."""
         async with self.db.connection() as conn:
             row = await conn.fetchrow(
@@ -416,9 +436,9 @@ class Store:
                 run_id,
                 lease,
             )
-        return dict(row) if row else None
+        return row_of(RunRow, row) if row else None
 
-    async def request_cancel(self, tenant: str, run_id: str) -> Row:
+    async def request_cancel(self, tenant: str, run_id: str) -> RunRow:
         async with self.db.connection() as conn:
             row = await conn.fetchrow(
                 """
@@ -437,7 +457,7 @@ class Store:
             )
         if row is None:
             raise NotFound(f"run {run_id} not found")
-        return dict(row)
+        return row_of(RunRow, row)
 
     async def cancel_requested(self, tenant: str, run_id: str) -> bool:
         async with self.db.connection() as conn:
@@ -448,7 +468,7 @@ class Store:
             )
         return bool(value)
 
-    async def steps(self, tenant: str, run_id: str, after: int = -1) -> list[Row]:
+    async def steps(self, tenant: str, run_id: str, after: int = -1) -> list[StepRow]:
         async with self.db.connection() as conn:
             rows = await conn.fetch(
                 "SELECT * FROM agent.steps WHERE tenant_id = $1 AND run_id = $2 AND idx > $3"
@@ -457,9 +477,9 @@ class Store:
                 run_id,
                 after,
             )
-        return [dict(r) for r in rows]
+        return [row_of(StepRow, r) for r in rows]
 
-    async def insert_step(self, tenant: str, run_id: str, step: Row) -> Row:
+    async def insert_step(self, tenant: str, run_id: str, step: Fields) -> StepRow:
         cols = ["tenant_id", "run_id", *step]
         values = [tenant, run_id, *step.values()]
         sql = (
@@ -467,11 +487,11 @@ class Store:
             f"({', '.join(f'${i + 1}' for i in range(len(cols)))}) RETURNING *"
         )
         async with self.db.connection() as conn:
-            return dict(await conn.fetchrow(sql, *values))
+            return row_of(StepRow, await conn.fetchrow(sql, *values))
 
     async def update_step(
         self, tenant: str, run_id: str, idx: int, *, only_status: str | None = None, **fields: Any
-    ) -> Row | None:
+    ) -> StepRow | None:
         sets = [f"{name} = ${i + 4}" for i, name in enumerate(fields)]
         guard = f" AND status = ${len(fields) + 4}" if only_status else ""
         values = [tenant, run_id, idx, *fields.values()] + ([only_status] if only_status else [])
@@ -481,7 +501,7 @@ class Store:
         )
         async with self.db.connection() as conn:
             row = await conn.fetchrow(sql, *values)
-        return dict(row) if row else None
+        return row_of(StepRow, row) if row else None
 
     # --- memories --------------------------------------------------------------------
 
@@ -491,10 +511,10 @@ class Store:
         agent_id: str,
         text: str,
         embedding: Sequence[float],
-        metadata: Row,
+        metadata: Fields,
         source: str,
         run_id: str | None,
-    ) -> Row:
+    ) -> MemoryRow:
         async with self.db.connection() as conn:
             row = await conn.fetchrow(
                 "INSERT INTO agent.memories (memory_id, tenant_id, agent_id, text, embedding,"
@@ -509,11 +529,11 @@ class Store:
                 source,
                 run_id,
             )
-        return dict(row)
+        return row_of(MemoryRow, row)
 
     async def list_memories(
         self, tenant: str, agent_id: str, cursor: str | None, limit: int
-    ) -> tuple[list[Row], str | None]:
+    ) -> tuple[list[MemoryRow], str | None]:
         after = _after(cursor)
         async with self.db.connection() as conn:
             rows = await conn.fetch(
@@ -530,11 +550,11 @@ class Store:
                 after[1] if after else None,
                 limit + 1,
             )
-        return _page(rows, limit, "memory_id")
+        return _page(MemoryRow, rows, limit, "memory_id")
 
     async def search_memories(
         self, tenant: str, agent_id: str, embedding: Sequence[float], top_k: int
-    ) -> list[Row]:
+    ) -> list[MemoryRow]:
         # An exact scan of one agent's items (see the migration for why no HNSW index).
         async with self.db.connection() as conn:
             rows = await conn.fetch(
@@ -549,7 +569,7 @@ class Store:
                 vector_literal(embedding),
                 top_k,
             )
-        return [dict(r) for r in rows]
+        return [row_of(MemoryRow, r) for r in rows]
 
     async def delete_memory(self, tenant: str, agent_id: str, memory_id: str) -> bool:
         async with self.db.connection() as conn:

@@ -15,7 +15,7 @@ import zoneinfo
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
 import referencing
@@ -25,6 +25,9 @@ from bus import offload
 from bus.errors import InvalidRequest, MeshError
 from schemas.agent import BuiltinImplementation, LlmImplementation
 from workers.agent import calculator, netguard, policy
+
+if TYPE_CHECKING:
+    from workers.agent.rows import ToolRow
 
 #: What the model is told about a tool result that came from outside (documents, pages).
 UNTRUSTED_NOTE = (
@@ -228,33 +231,33 @@ def builtin_spec(kind: str) -> ToolSpec:
     )
 
 
-def declared_spec(row: Mapping[str, Any]) -> ToolSpec:
+def declared_spec(row: ToolRow) -> ToolSpec:
     """A tenant's declarative tool (a row of ``agent.tools``) as a :class:`ToolSpec`."""
-    impl = row["implementation"]
-    roles = tuple(row["required_roles"])
+    impl = row.implementation
+    roles = tuple(row.required_roles)
     if impl.get("kind") == "llm":
         llm = LlmImplementation.model_validate(impl)
         return ToolSpec(
-            name=row["name"],
-            description=row["description"],
-            parameters=row["parameters"],
+            name=row.name,
+            description=row.description,
+            parameters=row.parameters,
             kind="llm",
             llm=llm,
             required_roles=roles,
-            requires_approval=row["requires_approval"],
+            requires_approval=row.requires_approval,
             cacheable=(llm.temperature or 0) == 0,
         )
     builtin = BuiltinImplementation.model_validate(impl)
     b = BUILTINS[builtin.builtin]
     return ToolSpec(
-        name=row["name"],
-        description=row["description"],
-        parameters=row["parameters"],
+        name=row.name,
+        description=row.description,
+        parameters=row.parameters,
         kind=b.kind,
         fixed=builtin.arguments,
         # A declarative tool never needs fewer roles than the built-in it wraps.
         required_roles=tuple(dict.fromkeys(roles + b.required_roles)),
-        requires_approval=row["requires_approval"],
+        requires_approval=row.requires_approval,
         cacheable=b.cacheable,
         untrusted=b.untrusted,
     )

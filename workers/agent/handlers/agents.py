@@ -51,7 +51,7 @@ class Agents:
         """Every newly attached tool exists, and the caller holds its roles."""
         new = [n for n in dict.fromkeys(names) if n not in already]
         declared = {
-            r["name"]: tools.declared_spec(r)
+            r.name: tools.declared_spec(r)
             for r in await self.store.list_tools(
                 tenant, [n for n in new if n not in tools.BUILTINS]
             )
@@ -88,7 +88,7 @@ class Agents:
                 "created_by": policy.user_of(ctx),
             },
         )
-        await self._event("agent.created", row["agent_id"], ctx)
+        await self._event("agent.created", row.agent_id, ctx)
         return views.agent(row)
 
     async def _event(self, name: str, agent_id: str, ctx: Context) -> None:
@@ -127,13 +127,13 @@ class Agents:
         if nulls:
             raise InvalidRequest(f"{', '.join(nulls)} cannot be null")
         current = await self.store.get_agent(tenant, req.agent_id)
-        policy.require_agent_owner(ctx, current["created_by"])
+        policy.require_agent_owner(ctx, current.created_by)
         if "tools" in fields:
-            await self._check_attach(tenant, fields["tools"], ctx, current["tools"])
+            await self._check_attach(tenant, fields["tools"], ctx, current.tools)
             fields["tools"] = list(dict.fromkeys(fields["tools"]))
         _check_approval_list(
-            fields.get("approval_required", current["approval_required"]),
-            fields.get("tools", current["tools"]),
+            fields.get("approval_required", current.approval_required),
+            fields.get("tools", current.tools),
         )
         row = await self.store.update_agent(tenant, req.agent_id, req.version, fields)
         return views.agent(row)
@@ -141,15 +141,15 @@ class Agents:
     async def delete(self, req: AgentDeleteRequest, ctx: Context) -> AgentDeleteResponse:
         tenant = tenant_of(ctx)
         row = await self.store.get_agent(tenant, req.agent_id)
-        policy.require_agent_owner(ctx, row["created_by"])
+        policy.require_agent_owner(ctx, row.created_by)
         status: Literal["deleted", "archived"]
         if req.hard:
             await self.store.delete_agent(tenant, req.agent_id)
             status = "deleted"
         else:
-            if row["status"] != "archived":
+            if row.status != "archived":
                 await self.store.update_agent(
-                    tenant, req.agent_id, row["version"], {"status": "archived"}
+                    tenant, req.agent_id, row.version, {"status": "archived"}
                 )
             status = "archived"
         await self.remote.cache_invalidate(cache_tag(req.agent_id), ctx)

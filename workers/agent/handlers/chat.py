@@ -21,8 +21,9 @@ from schemas.agent import (
 from schemas.context import Context
 from workers.agent import policy, views
 from workers.agent.handlers.runs import events
+from workers.agent.rows import ThreadRow
 from workers.agent.runs import Emit, Runs
-from workers.agent.store import Row, Store
+from workers.agent.store import Store
 
 #: Newest thread messages considered for a chat turn's history (then trimmed to fit).
 MAX_HISTORY_MESSAGES = 400
@@ -40,17 +41,17 @@ class Chat:
         tenant = tenant_of(ctx)
         user = policy.user_of(ctx)
         agent_row = await self.store.get_agent(tenant, req.agent_id)
-        if agent_row["status"] != "active":
-            raise Conflict(f"agent {req.agent_id} is {agent_row['status']}; only active agents run")
+        if agent_row.status != "active":
+            raise Conflict(f"agent {req.agent_id} is {agent_row.status}; only active agents run")
         if req.thread_id:
             thread = await self.store.get_thread(tenant, req.thread_id)
-            if thread["agent_id"] != req.agent_id or thread["user_id"] != user:
+            if thread.agent_id != req.agent_id or thread.user_id != user:
                 raise NotFound(f"thread {req.thread_id} not found")
             # Only the newest messages can fit any window; older ones are not even counted.
             earlier = [
-                {"role": m["role"], "content": m["content"]}
+                {"role": m.role, "content": m.content}
                 for m in await self.store.messages(
-                    tenant, thread["thread_id"], last=MAX_HISTORY_MESSAGES
+                    tenant, thread.thread_id, last=MAX_HISTORY_MESSAGES
                 )
             ]
         else:
@@ -62,30 +63,28 @@ class Chat:
             req.message,
             ctx,
             user=user,
-            thread_id=thread["thread_id"],
+            thread_id=thread.thread_id,
             history_messages=earlier,
             stream=emit is not None,
             **kwargs,
         )
         run = await self.store.get_run(tenant, result.run_id)
         return ChatResponse(
-            thread_id=thread["thread_id"],
+            thread_id=thread.thread_id,
             run_id=result.run_id,
             reply=result.output if result.status == "succeeded" else None,
             status=result.status,
             pending_approvals=result.pending_approvals,
-            trimmed_messages=run["trimmed_messages"],
+            trimmed_messages=run.trimmed_messages,
         )
 
     async def chat_stream(self, req: ChatRequest, ctx: Context) -> AsyncIterator[RunEvent]:
         async for event in events(lambda emit: self._chat(req, ctx, emit)):
             yield event
 
-    async def _thread(self, thread_id: str, agent_id: str | None, ctx: Context) -> Row:
+    async def _thread(self, thread_id: str, agent_id: str | None, ctx: Context) -> ThreadRow:
         thread = await self.store.get_thread(tenant_of(ctx), thread_id)
-        if (agent_id and thread["agent_id"] != agent_id) or not policy.may_see(
-            ctx, thread["user_id"]
-        ):
+        if (agent_id and thread.agent_id != agent_id) or not policy.may_see(ctx, thread.user_id):
             raise NotFound(f"thread {thread_id} not found")
         return thread
 

@@ -25,8 +25,9 @@ from schemas.agent import (
 )
 from schemas.context import Context
 from workers.agent import policy, views
+from workers.agent.rows import RunRow
 from workers.agent.runs import EVENTS_PREFIX, Emit, Runs
-from workers.agent.store import Row, Store
+from workers.agent.store import Store
 
 #: How long ``cancel`` waits for a running run to stop before answering.
 CANCEL_WAIT_S = 3.0
@@ -62,10 +63,10 @@ class RunHandlers:
         async for event in events(lambda emit: self._execute(req, ctx, emit)):
             yield event
 
-    async def _visible_run(self, run_id: str, agent_id: str | None, ctx: Context) -> Row:
+    async def _visible_run(self, run_id: str, agent_id: str | None, ctx: Context) -> RunRow:
         run = await self.store.get_run(tenant_of(ctx), run_id)
-        if (agent_id and run["agent_id"] != agent_id) or not (
-            policy.may_see(ctx, run["user_id"]) or policy.may_approve(ctx, run["user_id"])
+        if (agent_id and run.agent_id != agent_id) or not (
+            policy.may_see(ctx, run.user_id) or policy.may_approve(ctx, run.user_id)
         ):
             raise NotFound(f"run {run_id} not found")
         return await self.runs.expire_if_abandoned(run)
@@ -74,7 +75,7 @@ class RunHandlers:
         run = await self._visible_run(req.run_id, req.agent_id, ctx)
         result = views.run(run, await self.store.steps(tenant_of(ctx), req.run_id))
         if req.include_messages:
-            result.input_messages = run["input_messages"]
+            result.input_messages = run.input_messages
         return result
 
     async def list_runs(self, req: RunListRequest, ctx: Context) -> RunList:
@@ -99,7 +100,7 @@ class RunHandlers:
 
     async def _decide(self, req: ApproveRequest, ctx: Context, *, approved: bool) -> RunResult:
         run = await self._visible_run(req.run_id, req.agent_id, ctx)
-        if not policy.may_approve(ctx, run["user_id"]):
+        if not policy.may_approve(ctx, run.user_id):
             raise Forbidden(f"needs role {policy.APPROVER} to decide on another user's run")
         return await self.runs.decide(
             run, req.tool_call_id, approved, req.reason, ctx, policy.user_of(ctx)
@@ -111,7 +112,7 @@ class RunHandlers:
         row = await self.runs.cancel(tenant, req.run_id)
         loop = asyncio.get_running_loop()
         until = loop.time() + CANCEL_WAIT_S
-        while row["status"] == "running" and loop.time() < until:
+        while row.status == "running" and loop.time() < until:
             await asyncio.sleep(0.05)
             row = await self.runs.expire_if_abandoned(await self.store.get_run(tenant, req.run_id))
         return views.run(row, await self.store.steps(tenant, req.run_id))
@@ -122,11 +123,11 @@ class RunHandlers:
         # Subscribe before reading what is stored, so nothing falls between the two.
         sub = await self.runs.nc.subscribe(EVENTS_PREFIX + req.run_id)
         try:
-            yield RunEvent(event="run", run_id=req.run_id, thread_id=run["thread_id"])
+            yield RunEvent(event="run", run_id=req.run_id, thread_id=run.thread_id)
             seen: dict[int, str] = {}
             for event in await self._new_steps(tenant, req.run_id, seen):
                 yield event
-            while run["status"] not in TERMINAL_STATUSES and run["status"] != "requires_approval":
+            while run.status not in TERMINAL_STATUSES and run.status != "requires_approval":
                 try:
                     msg = await sub.next_msg(timeout=WATCH_POLL_S)
                 except nats.errors.TimeoutError:
@@ -151,7 +152,7 @@ class RunHandlers:
             yield RunEvent(
                 event="done",
                 run_id=req.run_id,
-                thread_id=final["thread_id"],
+                thread_id=final.thread_id,
                 result=views.run(final, await self.store.steps(tenant, req.run_id)),
             )
         finally:
@@ -161,8 +162,8 @@ class RunHandlers:
     async def _new_steps(self, tenant: str, run_id: str, seen: dict[int, str]) -> list[RunEvent]:
         found = []
         for row in await self.store.steps(tenant, run_id):
-            if seen.get(row["idx"]) != row["status"]:
-                seen[row["idx"]] = row["status"]
+            if seen.get(row.idx) != row.status:
+                seen[row.idx] = row.status
                 found.append(RunEvent(event="step", run_id=run_id, step=views.step(row)))
         return found
 

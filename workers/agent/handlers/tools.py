@@ -24,7 +24,7 @@ from schemas.agent import (
 )
 from schemas.context import Context
 from workers.agent import netguard, policy, tools, views
-from workers.agent.store import Row, Store
+from workers.agent.store import Store
 
 
 class Tools:
@@ -71,11 +71,13 @@ class Tools:
             raise InvalidRequest("fields cannot be set to null")
         if "implementation" in fields and req.implementation is not None:
             fields["implementation"] = req.implementation.model_dump()
-        merged = {**current, **fields}
-        if merged["parameters"].get("type") != "object":
+        parameters = fields.get("parameters", current.parameters)
+        if parameters.get("type") != "object":
             raise InvalidRequest('parameters must be a JSON Schema with "type": "object"')
         await tools.check_declaration_off_loop(
-            merged["parameters"], _implementation(merged), tenant
+            parameters,
+            _implementation(fields.get("implementation", current.implementation)),
+            tenant,
         )
         row = await self.store.update_tool(tenant, req.name, req.version, fields)
         return views.tool(row)
@@ -91,7 +93,7 @@ class Tools:
         return Deleted(deleted=await self.store.delete_tool(tenant, req.name))
 
     async def get_settings(self, req: SettingsGetRequest, ctx: Context) -> AgentSettings:
-        return AgentSettings.model_validate(await self.store.get_settings(tenant_of(ctx)))
+        return views.settings(await self.store.get_settings(tenant_of(ctx)))
 
     async def update_settings(self, req: SettingsUpdateRequest, ctx: Context) -> AgentSettings:
         policy.require_tools_write(ctx)
@@ -101,11 +103,11 @@ class Tools:
         row = await self.store.put_settings(
             tenant_of(ctx), list(dict.fromkeys(e.lower() for e in req.http_allowlist)), req.version
         )
-        return AgentSettings.model_validate(row)
+        return views.settings(row)
 
 
-def _implementation(row: Row) -> Any:
-    return TypeAdapter(Implementation).validate_python(row["implementation"])
+def _implementation(value: dict[str, Any]) -> Any:
+    return TypeAdapter(Implementation).validate_python(value)
 
 
 def _builtin_view(kind: str) -> Tool:

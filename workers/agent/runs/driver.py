@@ -17,9 +17,9 @@ from bus.codec import Codec
 from bus.errors import MeshError
 from schemas.agent import RunEvent, RunResult
 from schemas.context import Context
+from workers.agent.rows import AgentRow, RunRow
 from workers.agent.runs.loop import ANSWER_MARGIN_S, Loop
 from workers.agent.runs.state import Emit, Outcome, Stop, error
-from workers.agent.store import Row
 
 #: Live events of a run, for watchers on any replica (core NATS, not stored).
 EVENTS_PREFIX = "agent.events."
@@ -36,7 +36,7 @@ class Driver:
     async def signal_cancel(self, run_id: str) -> None:
         await self.nc.publish(CONTROL_PREFIX + run_id, b"cancel")
 
-    async def drive(self, run: Row, agent_row: Row, ctx: Context, emit: Emit) -> RunResult:
+    async def drive(self, run: RunRow, agent_row: AgentRow, ctx: Context, emit: Emit) -> RunResult:
         """Carry a ``running`` run on until it ends or pauses; store and return the result."""
         state = await self.loop.begin(run, agent_row, ctx, self._emitter(run, emit))
         task = asyncio.current_task()
@@ -47,7 +47,7 @@ class Driver:
                 state.cancelled = True
                 task.cancel()
 
-        sub = await self.nc.subscribe(CONTROL_PREFIX + run["run_id"], cb=on_cancel)
+        sub = await self.nc.subscribe(CONTROL_PREFIX + run.run_id, cb=on_cancel)
         try:
             try:
                 outcome = await self.loop.run(state)
@@ -80,8 +80,8 @@ class Driver:
                 await sub.unsubscribe()
         return await self.loop.finish(state, outcome)
 
-    def _emitter(self, run: Row, emit: Emit) -> Emit:
-        subject = EVENTS_PREFIX + run["run_id"]
+    def _emitter(self, run: RunRow, emit: Emit) -> Emit:
+        subject = EVENTS_PREFIX + run.run_id
 
         async def both(event: RunEvent) -> None:
             await emit(event)

@@ -31,6 +31,7 @@ from schemas.context import Context
 from schemas.gateway import GenerateRequest, GenerateResponse
 from workers.agent import history, views
 from workers.agent.remote import Remote
+from workers.agent.rows import AgentRow, RunRow
 from workers.agent.runs.cache import cache_tag
 from workers.agent.runs.state import (
     Emit,
@@ -45,7 +46,7 @@ from workers.agent.runs.state import (
 )
 from workers.agent.runs.toolcalls import ToolCalls, ms_since
 from workers.agent.settings import AgentConfig
-from workers.agent.store import Row, Store
+from workers.agent.store import Store
 
 _log = structlog.get_logger(__name__)
 
@@ -65,9 +66,9 @@ class Loop:
     def model(self, agent: Agent) -> str:
         return agent.llm_model or self.config.default_model
 
-    async def begin(self, run: Row, agent_row: Row, ctx: Context, emit: Emit) -> State:
+    async def begin(self, run: RunRow, agent_row: AgentRow, ctx: Context, emit: Emit) -> State:
         """The state of a drive of a ``running`` run: its stored steps and its deadline."""
-        tenant = str(run["tenant_id"])
+        tenant = str(run.tenant_id)
         agent = views.agent(agent_row)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + agent.limits.timeout_seconds
@@ -79,8 +80,8 @@ class Loop:
         return State(
             run=run,
             agent=agent,
-            toolbox=await toolbox(self.store, tenant, agent, tuple(run["roles"])),
-            steps=await self.store.steps(tenant, run["run_id"]),
+            toolbox=await toolbox(self.store, tenant, agent, tuple(run.roles)),
+            steps=await self.store.steps(tenant, run.run_id),
             deadline=deadline,
             ctx=ctx,
             emit=emit,
@@ -91,10 +92,10 @@ class Loop:
         limits = state.agent.limits
         while True:
             last = state.last_model()
-            if last is not None and last["status"] == "ok":
-                calls = last["result"].get("tool_calls") or []
+            if last is not None and last.status == "ok":
+                calls = last.result.get("tool_calls") or []
                 if not calls:
-                    return Outcome("succeeded", output=last["result"].get("content") or "")
+                    return Outcome("succeeded", output=last.result.get("content") or "")
                 if await self.tool_calls.answer(state, calls):
                     return Outcome("requires_approval")
             if state.cancelled or await self.store.cancel_requested(state.tenant, state.run_id):
@@ -117,13 +118,11 @@ class Loop:
     def _check_window(self, state: State) -> None:
         """Tool results grow a run's conversation: stop before the model's window is full."""
         last = state.last_model()
-        if last is None or not last["usage"]:
+        if last is None or not last.usage:
             return
-        used = int(last["usage"].get("prompt_tokens", 0)) + int(
-            last["usage"].get("completion_tokens", 0)
-        )
-        later = [s for s in state.steps if s["idx"] > last["idx"] and s["content"]]
-        used += sum(history.estimate(s["content"]) + history.PER_MESSAGE_TOKENS for s in later)
+        used = int(last.usage.get("prompt_tokens", 0)) + int(last.usage.get("completion_tokens", 0))
+        later = [s.content for s in state.steps if s.idx > last.idx and s.content]
+        used += sum(history.estimate(text) + history.PER_MESSAGE_TOKENS for text in later)
         reserve = state.agent.parameters.max_tokens or self.config.reply_reserve_tokens
         if used + reserve > state.agent.limits.context_window:
             raise Stop(
@@ -143,7 +142,7 @@ class Loop:
         request = GenerateRequest.model_validate(
             {
                 "model": self.model(agent),
-                "messages": conversation(state.run["input_messages"], state.steps),
+                "messages": conversation(state.run.input_messages, state.steps),
                 "temperature": agent.parameters.temperature,
                 "max_tokens": agent.parameters.max_tokens,
                 "seed": agent.parameters.seed,
@@ -159,7 +158,7 @@ class Loop:
             "tools": [s.name for s in offered],
         }
         try:
-            if state.run["stream"]:
+            if state.run.stream:
 
                 async def on_token(text: str) -> None:
                     await state.emit(RunEvent(event="token", run_id=state.run_id, delta=text))
@@ -228,20 +227,20 @@ class Loop:
                 await self._after_success(state, row, outcome.output or "")
         row = await self.store.get_run(tenant, run_id)
         result = views.run(row, state.steps)
-        _log.info("run_finished", run_id=run_id, status=row["status"], steps=len(state.steps))
+        _log.info("run_finished", run_id=run_id, status=row.status, steps=len(state.steps))
         await state.emit(
-            RunEvent(event="done", run_id=run_id, thread_id=row["thread_id"], result=result)
+            RunEvent(event="done", run_id=run_id, thread_id=row.thread_id, result=result)
         )
         return result
 
-    async def _after_success(self, state: State, row: Row, output: str) -> None:
-        if row["thread_id"]:
+    async def _after_success(self, state: State, row: RunRow, output: str) -> None:
+        if row.thread_id:
             await self.store.add_message(
-                state.tenant, row["thread_id"], "assistant", output, state.run_id
+                state.tenant, row.thread_id, "assistant", output, state.run_id
             )
-        if row["cache_key"]:
+        if row.cache_key:
             await self.remote.cache_set(
-                row["cache_key"],
+                row.cache_key,
                 {"output": output, "run_id": state.run_id},
                 [cache_tag(state.agent.agent_id)],
                 state.hop() if state.remaining() > 0 else child(state.ctx, timeout=2.0),

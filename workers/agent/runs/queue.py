@@ -22,9 +22,10 @@ from bus.jetstream import publish
 from schemas.agent import Agent
 from schemas.context import Context
 from workers.agent import views
+from workers.agent.rows import RunRow
 from workers.agent.runs.driver import Driver
 from workers.agent.runs.state import error, no_emit
-from workers.agent.store import Row, Store
+from workers.agent.store import Store
 
 _log = structlog.get_logger(__name__)
 
@@ -50,17 +51,17 @@ class Queue:
         self.codec = codec
         self.driver = driver
 
-    async def enqueue(self, run: Row, ctx: Context) -> None:
+    async def enqueue(self, run: RunRow, ctx: Context) -> None:
         # The job carries who asked (tenant, user, roles) but no deadline: the run's own
         # timeout starts when a worker picks it up.
         job_ctx = ctx.model_copy(update={"deadline": None})
-        steps = await self.store.steps(str(run["tenant_id"]), run["run_id"])
+        steps = await self.store.steps(str(run.tenant_id), run.run_id)
         await publish(
             self.js,
             JOB_SUBJECT,
-            RunJob(run_id=run["run_id"]),
+            RunJob(run_id=run.run_id),
             job_ctx,
-            msg_id=f"{run['run_id']}:{len(steps)}",
+            msg_id=f"{run.run_id}:{len(steps)}",
             codec=self.codec,
         )
 
@@ -72,7 +73,7 @@ class Queue:
         except NotFound:
             _log.warning("job_for_missing_run", run_id=job.run_id)
             return
-        if run["cancel_requested"] and run["status"] == "queued":
+        if run.cancel_requested and run.status == "queued":
             await self.store.transition(
                 ctx.tenant,
                 job.run_id,
@@ -81,7 +82,7 @@ class Queue:
                 error=error("cancelled", "cancelled before it started"),
             )
             return
-        agent_row = await self.store.get_agent(ctx.tenant, run["agent_id"])
+        agent_row = await self.store.get_agent(ctx.tenant, run.agent_id)
         lease = lease_for(views.agent(agent_row))
         claimed = await self.store.transition(
             ctx.tenant, job.run_id, ["queued"], "running", lease_until=lease
@@ -92,12 +93,12 @@ class Queue:
             return  # someone else drives it, or it has ended: nothing to do
         await self.driver.drive(claimed, agent_row, ctx, no_emit)
 
-    async def _take_over(self, tenant: str, run: Row, lease: datetime) -> Row | None:
+    async def _take_over(self, tenant: str, run: RunRow, lease: datetime) -> RunRow | None:
         """A redelivered job whose driver died (its lease ran out) continues here."""
-        lease_until = run.get("lease_until")
-        if run["status"] != "running" or lease_until is None or lease_until > datetime.now(UTC):
+        lease_until = run.lease_until
+        if run.status != "running" or lease_until is None or lease_until > datetime.now(UTC):
             return None
-        return await self.store.take_over(tenant, run["run_id"], lease)
+        return await self.store.take_over(tenant, run.run_id, lease)
 
     async def job_failed(self, job: Any, ctx: Context | None, reason: str) -> None:
         if job is None or ctx is None or not ctx.tenant:
@@ -110,16 +111,16 @@ class Queue:
             error=error("job_failed", reason[:500]),
         )
 
-    async def expire_if_abandoned(self, run: Row) -> Row:
+    async def expire_if_abandoned(self, run: RunRow) -> RunRow:
         """A ``running`` run whose lease ran out has no driver any more: it failed."""
-        lease_until = run.get("lease_until")
-        if run["status"] == "running" and lease_until and lease_until < datetime.now(UTC):
+        lease_until = run.lease_until
+        if run.status == "running" and lease_until and lease_until < datetime.now(UTC):
             row = await self.store.transition(
-                run["tenant_id"],
-                run["run_id"],
+                run.tenant_id,
+                run.run_id,
                 ["running"],
                 "failed",
                 error=error("abandoned", "the worker driving this run stopped"),
             )
-            return row or await self.store.get_run(run["tenant_id"], run["run_id"])
+            return row or await self.store.get_run(run.tenant_id, run.run_id)
         return run

@@ -17,9 +17,10 @@ import structlog
 from bus.errors import MeshError
 from workers.agent import tools
 from workers.agent.executor import Call, Executor
+from workers.agent.rows import StepRow
 from workers.agent.runs.state import Outcome, State, Stop, error, record
 from workers.agent.settings import AgentConfig
-from workers.agent.store import Row, Store
+from workers.agent.store import Store
 
 _log = structlog.get_logger(__name__)
 
@@ -41,11 +42,11 @@ class ToolCalls:
             name = call["function"]["name"]
             raw = call["function"].get("arguments") or "{}"
             existing = state.by_call.get(call_id)
-            if existing is not None and existing["status"] != "pending_approval":
+            if existing is not None and existing.status != "pending_approval":
                 continue  # answered already (before a pause)
             decision = await state.toolbox.check(name, raw, key=state.tenant)
             if existing is not None:
-                approval = existing["approval"]
+                approval = existing.approval
                 if approval is None:
                     return True
                 if approval["decision"] == "rejected":
@@ -100,7 +101,7 @@ class ToolCalls:
         name: str,
         raw: str,
         decision: tools.Decision,
-        existing: Row | None,
+        existing: StepRow | None,
         limit: int,
     ) -> None:
         started = datetime.now(UTC)
