@@ -11,6 +11,7 @@ service (new services — LLMOps, ML, Prompt Generator — use these too):
   digits (float4 precision), for ``$n::vector``.
 * :func:`tenant_of` — the tenant of a verified context. The worker runtime already
   refuses requests without one; a JetStream job or a direct call may still lack it.
+* :func:`row_of` — a store's frozen row dataclass from a record, by column name.
 
 Rows: queries return ``asyncpg.Record``; a store converts each to the service's pydantic
 response model or a frozen dataclass at its boundary. jsonb columns arrive decoded
@@ -24,10 +25,13 @@ import base64
 import json
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from bus.errors import InvalidRequest, Unauthenticated
 from schemas.context import Context
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 
 def encode_cursor(*values: Any) -> str:
@@ -63,6 +67,19 @@ def tenant_of(ctx: Context | None) -> str:
     if ctx is None or not ctx.tenant:
         raise Unauthenticated("no tenant in context")
     return ctx.tenant
+
+
+T = TypeVar("T", bound="DataclassInstance")
+_COLUMNS: dict[type, tuple[str, ...]] = {}
+
+
+def row_of(cls: type[T], record: Any) -> T:
+    """The dataclass ``cls`` from the record's columns of its fields' names (an
+    ``asyncpg.Record``); a column the query did not select keeps the field's default."""
+    names = _COLUMNS.get(cls)
+    if names is None:
+        names = _COLUMNS[cls] = tuple(cls.__dataclass_fields__)
+    return cls(**{name: record[name] for name in names if name in record})
 
 
 def _plain(value: Any) -> Any:

@@ -6,34 +6,14 @@ the contract models.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, Literal
 
 from schemas.agent import AgentStatus, RunStatus, StepStatus, StepType
 
-if TYPE_CHECKING:
-    import asyncpg
-
-T = TypeVar("T")
 #: Column values for an insert or an update (column name → value).
 Fields = dict[str, Any]
-
-
-_COLUMNS: dict[type, tuple[str, ...]] = {}
-
-
-def _columns(cls: type) -> tuple[str, ...]:
-    names = _COLUMNS.get(cls)
-    if names is None:
-        names = _COLUMNS[cls] = tuple(f.name for f in fields(cls))
-    return names
-
-
-def row_of(cls: type[T], record: asyncpg.Record) -> T:
-    """``cls`` from the record's columns of the same names; a column the query did not
-    select keeps the field's default."""
-    return cls(**{name: record[name] for name in _columns(cls) if name in record})
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
 from bus.context import new_id
 from bus.errors import Conflict, NotFound
 from bus.postgres import Database, migrate, migrations_of
-from bus.sql import cursor_time, decode_cursor, encode_cursor, vector_literal
+from bus.sql import cursor_time, decode_cursor, encode_cursor, row_of, vector_literal
 from workers.agent.rows import (
     AgentRow,
     Fields,
@@ -28,11 +28,13 @@ from workers.agent.rows import (
     StepRow,
     ThreadRow,
     ToolRow,
-    row_of,
 )
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 SCHEMA = "agent"
-T = TypeVar("T")
+T = TypeVar("T", bound="DataclassInstance")
 
 
 async def prepare(db: Database) -> None:

@@ -50,15 +50,15 @@ class Inference:
 
     async def _loaded(self, tenant: str, req: PredictRequest | DriftRequest) -> tuple[int, Loaded]:
         row = await self.models.resolve(tenant, req.model, req.version, req.alias)
-        version = row["version"]
+        version = row.version
         key = (tenant, req.model, version)
         loaded = self.sessions.get(key)
         if loaded is None:
             loaded = await self.sessions.load(
                 key,
-                row["signature"],
+                row.signature,
                 lambda: self.models.artifact(tenant, req.model, version),
-                row["artifact_sha256"],
+                row.artifact_sha256,
             )
         return version, loaded
 
@@ -122,7 +122,7 @@ class Inference:
     async def drift(self, req: DriftRequest, ctx: Context) -> DriftResponse:
         tenant = tenant_of(ctx)
         row = await self.models.resolve(tenant, req.model, req.version, req.alias)
-        version = row["version"]
+        version = row.version
         ref_text = await self.models.reference(tenant, req.model, version)
         if not ref_text:
             raise InvalidRequest(
@@ -139,7 +139,7 @@ class Inference:
                 f"a drift report needs at least {MIN_DRIFT_ROWS} rows; {len(rows)} available",
                 {"rows": len(rows)},
             )
-        signature = row["signature"]
+        signature = row.signature
         features = features_of(signature)
 
         def report() -> tuple[int, list[dict[str, Any]]]:

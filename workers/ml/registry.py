@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import structlog
 from nats.js import JetStreamContext
 
@@ -30,6 +28,7 @@ from schemas.ml import (
 )
 from workers.ml import sandbox
 from workers.ml.data import Feature, width_of
+from workers.ml.rows import VersionRow
 from workers.ml.serving import SessionCache
 from workers.ml.settings import MLConfig
 from workers.ml.store import ModelStore
@@ -37,22 +36,22 @@ from workers.ml.store import ModelStore
 _log = structlog.get_logger(__name__)
 
 
-def to_version(row: Any, aliases: list[str]) -> Version:
+def to_version(row: VersionRow, aliases: list[str]) -> Version:
     return Version(
-        version=row["version"],
-        algorithm=row["algorithm"],
-        params=row["params"],
-        metrics=row["metrics"],
-        signature=row["signature"],
-        dataset_hash=row["dataset_hash"],
-        job_id=row["job_id"],
-        source=row["source"],
-        artifact_sha256=row["artifact_sha256"],
-        artifact_bytes=row["artifact_bytes"],
+        version=row.version,
+        algorithm=row.algorithm,
+        params=row.params,
+        metrics=row.metrics,
+        signature=row.signature,
+        dataset_hash=row.dataset_hash,
+        job_id=row.job_id,
+        source=row.source,
+        artifact_sha256=row.artifact_sha256,
+        artifact_bytes=row.artifact_bytes,
         aliases=aliases,
-        predictions=row["predictions"],
-        mean_latency_ms=row["mean_latency_ms"],
-        created_at=row["created_at"],
+        predictions=row.predictions,
+        mean_latency_ms=row.mean_latency_ms,
+        created_at=row.created_at,
     )
 
 
@@ -69,38 +68,37 @@ class Registry:
         items, cursor = await self.models.list_models(tenant_of(ctx), req.limit, req.cursor)
         models = []
         for m, latest, aliases in items:
-            alias_map = {a["alias"]: a["version"] for a in aliases}
+            alias_map = {a.alias: a.version for a in aliases}
             versions = []
             if latest is not None:
-                names = [a for a, v in alias_map.items() if v == latest["version"]]
+                names = [a for a, v in alias_map.items() if v == latest.version]
                 versions.append(to_version(latest, names))
             models.append(
                 ModelInfo(
-                    name=m["name"],
-                    task=m["task"],
-                    latest_version=latest["version"] if latest is not None else None,
+                    name=m.name,
+                    task=m.task,
+                    latest_version=latest.version if latest is not None else None,
                     aliases=alias_map,
                     versions=versions,
-                    created_at=m["created_at"],
-                    updated_at=m["updated_at"],
+                    created_at=m.created_at,
+                    updated_at=m.updated_at,
                 )
             )
         return ListModelsResponse(models=models, next_cursor=cursor)
 
     async def get_model(self, req: GetModelRequest, ctx: Context) -> ModelInfo:
         m, versions, aliases = await self.models.model(tenant_of(ctx), req.model)
-        alias_map = {a["alias"]: a["version"] for a in aliases}
+        alias_map = {a.alias: a.version for a in aliases}
         return ModelInfo(
-            name=m["name"],
-            task=m["task"],
-            latest_version=versions[0]["version"] if versions else None,
+            name=m.name,
+            task=m.task,
+            latest_version=versions[0].version if versions else None,
             aliases=alias_map,
             versions=[
-                to_version(v, [a for a, n in alias_map.items() if n == v["version"]])
-                for v in versions
+                to_version(v, [a for a, n in alias_map.items() if n == v.version]) for v in versions
             ],
-            created_at=m["created_at"],
-            updated_at=m["updated_at"],
+            created_at=m.created_at,
+            updated_at=m.updated_at,
         )
 
     async def set_alias(self, req: SetAliasRequest, ctx: Context) -> SetAliasResponse:

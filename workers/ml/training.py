@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from typing import Any
 
 import msgpack
 import structlog
@@ -38,6 +37,7 @@ from schemas.ml import (
 from workers.ml import sandbox
 from workers.ml.algorithms import check_params
 from workers.ml.data import DataError
+from workers.ml.rows import JobRow
 from workers.ml.settings import MLConfig
 from workers.ml.store import MAX_ATTEMPTS, JobStore, ModelStore, Superseded, new_job_id
 
@@ -62,23 +62,23 @@ LEASE_ABANDONED_S = 900.0
 SWEEP_INTERVAL_S = 10.0
 
 
-def to_job(row: Any) -> Job:
+def to_job(row: JobRow) -> Job:
     return Job(
-        job_id=row["job_id"],
-        status=row["status"],
-        name=row["name"],
-        task=row["task"],
-        algorithm=row["algorithm"],
-        model=row["name"] if row["status"] == "succeeded" else None,
-        version=row["version"],
-        metrics=row["metrics"],
-        error=row["error"],
-        error_code=row["error_code"],
-        error_details=row["error_details"],
-        attempts=row["attempts"],
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
+        job_id=row.job_id,
+        status=row.status,
+        name=row.name,
+        task=row.task,
+        algorithm=row.algorithm,
+        model=row.name if row.status == "succeeded" else None,
+        version=row.version,
+        metrics=row.metrics,
+        error=row.error,
+        error_code=row.error_code,
+        error_details=row.error_details,
+        attempts=row.attempts,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
     )
 
 
@@ -180,31 +180,31 @@ class Training:
         row = await self.jobs.get_job(tenant, job.job_id)
         if row is None:
             raise NotFound(f"no job {job.job_id}")
-        if row["status"] not in ("queued", "running"):
+        if row.status not in ("queued", "running"):
             return  # cancelled before it started, or a redelivery of a finished job
-        if row["attempts"] >= MAX_ATTEMPTS:
+        if row.attempts >= MAX_ATTEMPTS:
             await self.jobs.finish_failed(
                 tenant,
                 job.job_id,
                 "unavailable",
-                f"training was interrupted {row['attempts']} times (the worker stopped)",
+                f"training was interrupted {row.attempts} times (the worker stopped)",
             )
             return
         row = await self.jobs.start_attempt(tenant, job.job_id)
         if row is None:
             return
-        attempt = row["attempts"]
+        attempt = row.attempts
         log = _log.bind(job_id=job.job_id, attempt=attempt)
         log.info("training_started")
         try:
-            if row["has_dataset"]:
+            if row.has_dataset:
                 data = await self.jobs.dataset(tenant, job.job_id)
                 if data is None:
                     raise NotFound("the job's inline rows are gone")
             else:
                 _, data = await read_object(
                     self.js,
-                    row["dataset_object"],
+                    row.dataset_object or "",  # set whenever there are no inline rows
                     tenant,
                     max_bytes=self.config.max_dataset_bytes,
                 )
@@ -213,12 +213,12 @@ class Training:
                 tenant, job.job_id, exc.code, f"dataset: {exc.message}", attempt=attempt
             )
             return
-        spec = row["spec"]
+        spec = row.spec
         cancelled = asyncio.Event()
         beat = asyncio.create_task(self._lease(tenant, job.job_id, attempt, cancelled))
         try:
             answer = await sandbox.run(
-                {"kind": "train", "spec": spec, "data": data, "format": row["dataset_format"]},
+                {"kind": "train", "spec": spec, "data": data, "format": row.dataset_format},
                 sandbox.Limits(
                     time_s=float(spec["time_limit_s"]),
                     memory_bytes=self.config.train_memory_bytes,
@@ -256,9 +256,9 @@ class Training:
         try:
             version = await self.models.register(
                 tenant,
-                model=row["name"],
-                task=row["task"],
-                algorithm=row["algorithm"],
+                model=row.name,
+                task=row.task,
+                algorithm=row.algorithm,
                 params=spec["params"],
                 metrics=answer["metrics"],
                 signature=answer["signature"],
@@ -322,5 +322,5 @@ class Training:
     async def sweep_once(self, stale_s: float = LEASE_STALE_S) -> int:
         rows = await self.jobs.lost_jobs(stale_s, MAX_ATTEMPTS, LEASE_ABANDONED_S)
         for r in rows:
-            _log.warning("training_lost", tenant=r["tenant_id"], job_id=r["job_id"])
+            _log.warning("training_lost", tenant=r.tenant_id, job_id=r.job_id)
         return len(rows)

@@ -9,11 +9,11 @@ import base64
 from datetime import datetime
 from typing import Any
 
-import asyncpg
-
 from bus.context import new_id
 from bus.errors import InvalidRequest
 from bus.postgres import Database
+from bus.sql import row_of
+from workers.ml.rows import JobKey, JobRow
 
 #: Tries of one job before it is failed (JetStream ``max_deliver`` matches it).
 MAX_ATTEMPTS = 3
@@ -59,9 +59,9 @@ class JobStore:
         dataset_object: str | None,
         dataset: bytes | None,
         dataset_format: str,
-    ) -> asyncpg.Record:
+    ) -> JobRow:
         async with self.db.connection() as conn:
-            return await conn.fetchrow(
+            row = await conn.fetchrow(
                 "INSERT INTO ml.jobs (tenant_id, job_id, name, task, algorithm, spec,"
                 " dataset_object, dataset, dataset_format)"
                 " VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9) RETURNING " + _JOB,
@@ -75,18 +75,20 @@ class JobStore:
                 dataset,
                 dataset_format,
             )
+        return row_of(JobRow, row)
 
-    async def get_job(self, tenant: str, job_id: str) -> asyncpg.Record | None:
+    async def get_job(self, tenant: str, job_id: str) -> JobRow | None:
         async with self.db.connection() as conn:
-            return await conn.fetchrow(
+            row = await conn.fetchrow(
                 "SELECT " + _JOB + " FROM ml.jobs WHERE tenant_id = $1 AND job_id = $2",
                 tenant,
                 job_id,
             )
+        return row_of(JobRow, row) if row else None
 
     async def list_jobs(
         self, tenant: str, *, status: str | None, name: str | None, limit: int, cursor: str | None
-    ) -> tuple[list[asyncpg.Record], str | None]:
+    ) -> tuple[list[JobRow], str | None]:
         before_ts, before_id = _uncursor(cursor) if cursor else (None, "")
         async with self.db.connection() as conn:
             rows = await conn.fetch(
@@ -103,7 +105,7 @@ class JobStore:
             )
         items = rows[:limit]
         nxt = _cursor(items[-1]["created_at"], items[-1]["job_id"]) if len(rows) > limit else None
-        return items, nxt
+        return [row_of(JobRow, r) for r in items], nxt
 
     async def dataset(self, tenant: str, job_id: str) -> bytes | None:
         """A job's inline rows (msgpack), if it has them."""
@@ -115,10 +117,10 @@ class JobStore:
             )
         return bytes(value) if value is not None else None
 
-    async def start_attempt(self, tenant: str, job_id: str) -> asyncpg.Record | None:
+    async def start_attempt(self, tenant: str, job_id: str) -> JobRow | None:
         """Enter ``running`` for one more attempt; ``None`` if the job is finished."""
         async with self.db.connection() as conn:
-            return await conn.fetchrow(
+            row = await conn.fetchrow(
                 "UPDATE ml.jobs SET status = 'running', attempts = attempts + 1,"
                 " started_at = coalesce(started_at, now()), heartbeat_at = now()"
                 " WHERE tenant_id = $1 AND job_id = $2 AND status IN ('queued', 'running')"
@@ -126,6 +128,7 @@ class JobStore:
                 tenant,
                 job_id,
             )
+        return row_of(JobRow, row) if row else None
 
     async def heartbeat(self, tenant: str, job_id: str, attempt: int) -> str | None:
         """Renew the attempt's lease; the job's status (``None`` if it is gone)."""
@@ -165,7 +168,7 @@ class JobStore:
             )
         return row is not None
 
-    async def cancel_job(self, tenant: str, job_id: str) -> asyncpg.Record | None:
+    async def cancel_job(self, tenant: str, job_id: str) -> JobRow | None:
         async with self.db.connection() as conn:
             row = await conn.fetchrow(
                 "UPDATE ml.jobs SET status = 'cancelled', finished_at = now(), dataset = NULL"
@@ -180,15 +183,15 @@ class JobStore:
                     tenant,
                     job_id,
                 )
-        return row
+        return row_of(JobRow, row) if row else None
 
     async def lost_jobs(
         self, stale_s: float, max_attempts: int, abandoned_s: float
-    ) -> list[asyncpg.Record]:
+    ) -> list[JobKey]:
         """Fail running jobs whose lease expired on their last attempt, or long ago on
         any attempt (JetStream would have redelivered them by then). All tenants."""
         async with self.db.connection() as conn:
-            return await conn.fetch(
+            rows = await conn.fetch(
                 "UPDATE ml.jobs SET status = 'failed', error_code = 'unavailable', dataset = NULL,"
                 " error = 'unavailable: the training worker stopped during attempt '"
                 "   || attempts || ' of ' || $2 || ' and the job was not retried',"
@@ -200,5 +203,6 @@ class JobStore:
                 max_attempts,
                 abandoned_s,
             )
+        return [row_of(JobKey, r) for r in rows]
 
     # ------------------------------------------------------------ registry

@@ -8,10 +8,10 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-import asyncpg
-
 from bus.errors import Conflict, InvalidRequest, NotFound
 from bus.postgres import Database
+from bus.sql import row_of
+from workers.ml.rows import AliasRow, ModelRow, ResolvedVersion, VersionRow
 
 
 class ModelStore:
@@ -93,7 +93,7 @@ class ModelStore:
 
     async def resolve(
         self, tenant: str, model: str, version: int | None, alias: str | None
-    ) -> asyncpg.Record:
+    ) -> ResolvedVersion:
         """The version row (no artifact) chosen by version, alias or latest."""
         async with self.db.connection() as conn:
             if alias is not None:
@@ -126,7 +126,7 @@ class ModelStore:
                 what = "version"
         if row is None:
             raise NotFound(f"model {model!r} has no {what}")
-        return row
+        return row_of(ResolvedVersion, row)
 
     async def artifact(self, tenant: str, model: str, version: int) -> tuple[bytes, str]:
         async with self.db.connection() as conn:
@@ -155,7 +155,7 @@ class ModelStore:
 
     async def model(
         self, tenant: str, name: str
-    ) -> tuple[asyncpg.Record, list[asyncpg.Record], list[asyncpg.Record]]:
+    ) -> tuple[ModelRow, list[VersionRow], list[AliasRow]]:
         async with self.db.connection() as conn:
             m = await conn.fetchrow(
                 "SELECT * FROM ml.models WHERE tenant_id = $1 AND name = $2", tenant, name
@@ -169,13 +169,15 @@ class ModelStore:
                 tenant,
                 name,
             )
-        return m, versions, aliases
+        return (
+            row_of(ModelRow, m),
+            [row_of(VersionRow, v) for v in versions],
+            [row_of(AliasRow, a) for a in aliases],
+        )
 
     async def list_models(
         self, tenant: str, limit: int, cursor: str | None
-    ) -> tuple[
-        list[tuple[asyncpg.Record, asyncpg.Record | None, list[asyncpg.Record]]], str | None
-    ]:
+    ) -> tuple[list[tuple[ModelRow, VersionRow | None, list[AliasRow]]], str | None]:
         after = ""
         if cursor:
             try:
@@ -206,9 +208,13 @@ class ModelStore:
                 tenant,
                 names,
             )
-        by_model = {r["_m"]: r for r in latest}
+        by_model = {r["_m"]: row_of(VersionRow, r) for r in latest}
         out = [
-            (m, by_model.get(m["name"]), [a for a in aliases if a["model"] == m["name"]])
+            (
+                row_of(ModelRow, m),
+                by_model.get(m["name"]),
+                [row_of(AliasRow, a) for a in aliases if a["model"] == m["name"]],
+            )
             for m in items
         ]
         nxt = (
