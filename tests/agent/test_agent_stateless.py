@@ -3,7 +3,6 @@
 Each message is served by a different ``mesh worker agent`` process (the one before has
 stopped), so nothing but Postgres can carry the thread from one message to the next.
 """
-# ruff: noqa: F811 — fixtures are imported from tests.agent_env by name
 
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ import sys
 from pathlib import Path
 
 from bus.settings import Settings
-from tests.agent_env import AGENT_ENV, Api, api, fake, fake_services, tenant, web  # noqa: F401  # noqa: F401
+from tests.agent_env import AGENT_ENV, Api
 from tests.fake_llm import answer, call
 
 START_TIMEOUT_S = 60.0

@@ -24,9 +24,7 @@ from tests.media import (
     xlsx_bytes,
     xlsx_zip_bomb,
 )
-from tests.rag_support import create_collection, ctx, fake_gateway, wait_jobs
-
-__all__ = ["fake_gateway"]
+from tests.rag_support import create_collection, ctx, wait_jobs
 
 
 @pytest.fixture(scope="module", autouse=True)

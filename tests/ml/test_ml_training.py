@@ -14,14 +14,11 @@ from tests.ml_support import (
     IRIS_FEATURES,
     ctx,
     iris_rows,
-    ml_mesh,
     train,
     train_iris,
     unique,
     wait_job,
 )
-
-__all__ = ["ml_mesh"]
 
 pytestmark = pytest.mark.usefixtures("ml_mesh")
 

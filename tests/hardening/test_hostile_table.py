@@ -5,7 +5,6 @@ and the other tenant's requests keep being answered all along.
 Latency is recorded, not asserted beyond a generous bound (the machine is shared): the
 figures printed at the end (run with ``-s``) are the ones in docs/security.md.
 """
-# ruff: noqa: F811 — fixtures are imported by name
 
 from __future__ import annotations
 
@@ -28,8 +27,7 @@ from bus.uploads import put_stream
 from bus.worker import WorkerEnv
 from mesh.runner import serving
 from schemas.ingestion import Job, SubmitResponse
-from tests.agent_env import agent_worker, fake_services, web  # noqa: F401
-from tests.rag_support import create_collection, fake_gateway  # noqa: F401
+from tests.rag_support import create_collection
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -14,9 +14,7 @@ from schemas.rag import (
     QueryResponse,
     SearchResponse,
 )
-from tests.rag_support import create_collection, ctx, fake_gateway, rag_mesh, unique
-
-__all__ = ["fake_gateway", "rag_mesh"]  # module-scoped fixtures used here
+from tests.rag_support import create_collection, ctx, unique
 
 pytestmark = pytest.mark.usefixtures("rag_mesh")
 

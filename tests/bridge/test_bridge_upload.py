@@ -15,9 +15,7 @@ from bus.uploads import TENANT_HEADER, header
 from gateway_bridge.app import create_app
 from schemas.ingestion import UPLOAD_PATH
 from tests.bridge_support import auth, bridge_settings, hs_token, http, serving
-from tests.rag_support import create_collection, fake_gateway, rag_mesh, unique
-
-__all__ = ["fake_gateway", "rag_mesh"]  # module-scoped fixtures used here
+from tests.rag_support import create_collection, unique
 
 pytestmark = pytest.mark.usefixtures("rag_mesh")
 

@@ -17,9 +17,6 @@ import pytest
 from bus.client import Client
 from bus.settings import Settings
 from mesh.client import Mesh
-from tests.rag_support import fake_gateway, rag_mesh
-
-__all__ = ["fake_gateway", "rag_mesh"]  # module-scoped fixtures used here
 
 pytestmark = pytest.mark.usefixtures("rag_mesh")
 

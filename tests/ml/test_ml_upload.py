@@ -16,9 +16,7 @@ from bus.client import Client
 from bus.errors import InvalidRequest, NotFound, PayloadTooLarge
 from bus.uploads import put_stream
 from schemas import ml
-from tests.ml_support import IRIS_FEATURES, ctx, iris_rows, ml_mesh, unique
-
-__all__ = ["ml_mesh"]
+from tests.ml_support import IRIS_FEATURES, ctx, iris_rows, unique
 
 pytestmark = pytest.mark.usefixtures("ml_mesh")
 

@@ -23,13 +23,11 @@ from mesh.runner import serving
 from schemas.ingestion import Job, ListJobsResponse, SubmitResponse
 from schemas.rag import QueryResponse
 from tests.fake_gateway import FakeGateway
-from tests.rag_support import create_collection, ctx, fake_gateway, unique, wait_jobs
+from tests.rag_support import create_collection, ctx, unique, wait_jobs
 from workers.ingestion.parsing import MIME
 from workers.ingestion.service import Ingestion
 from workers.ingestion.service import lifespan as ingestion_lifespan
 from workers.ingestion.settings import IngestionSettings
-
-__all__ = ["fake_gateway"]
 
 #: This module's workers refuse files over 1 MiB, so "oversized" stays cheap to build.
 LIMIT = 1024 * 1024

@@ -17,9 +17,7 @@ import pytest
 from bus.client import Client
 from bus.errors import Conflict, NotFound
 from schemas import ml
-from tests.ml_support import IRIS_FEATURES, ctx, iris_rows, ml_mesh, train_iris, unique, wait_job
-
-__all__ = ["ml_mesh"]
+from tests.ml_support import IRIS_FEATURES, ctx, iris_rows, train_iris, unique, wait_job
 
 pytestmark = pytest.mark.usefixtures("ml_mesh")
 

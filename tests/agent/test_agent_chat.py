@@ -1,12 +1,11 @@
 """Chat threads with history, context-window trimming, streaming replies, and memory."""
-# ruff: noqa: F811 — fixtures are imported from tests.agent_env by name
 
 from __future__ import annotations
 
 import pytest
 
 from bus.errors import NotFound, PayloadTooLarge
-from tests.agent_env import Api, agent_worker, api, fake, fake_services, tenant, web  # noqa: F401  # noqa: F401
+from tests.agent_env import Api
 from tests.fake_llm import answer, call, words
 from workers.agent.history import PER_MESSAGE_TOKENS, REPLY_PRIMING_TOKENS, estimate
 

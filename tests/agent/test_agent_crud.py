@@ -1,12 +1,11 @@
 """Agents, declarative tools and tenant settings: CRUD, pagination, concurrency, roles."""
-# ruff: noqa: F811 — fixtures are imported from tests.agent_env by name
 
 from __future__ import annotations
 
 import pytest
 
 from bus.errors import Conflict, Forbidden, InvalidRequest, NotFound
-from tests.agent_env import Api, agent_worker, api, fake, fake_services, tenant, web  # noqa: F401  # noqa: F401
+from tests.agent_env import Api
 
 pytestmark = pytest.mark.usefixtures("agent_worker")
 

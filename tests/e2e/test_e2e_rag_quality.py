@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from tests.test_rag_quality import EVAL, K, ndcg, recall
 
 from bus.client import Client
 from bus.worker import WorkerEnv
@@ -30,7 +31,6 @@ from mesh.runner import serving
 from schemas.rag import SearchResponse
 from tests.gateway_support import serve_gateway
 from tests.rag_support import create_collection, ctx
-from tests.test_rag_quality import EVAL, K, ndcg, recall
 from workers.gateway.config import load_config
 
 TENANT = "e2e-eval"

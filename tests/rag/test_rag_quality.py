@@ -15,9 +15,7 @@ from pathlib import Path
 import pytest
 
 from schemas.rag import SearchResponse
-from tests.rag_support import create_collection, ctx, fake_gateway, rag_mesh
-
-__all__ = ["fake_gateway", "rag_mesh"]
+from tests.rag_support import create_collection, ctx
 
 pytestmark = pytest.mark.usefixtures("rag_mesh")
 

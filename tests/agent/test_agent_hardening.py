@@ -1,6 +1,5 @@
 """Issue 10, items 4 and 7: tool schemas cannot reach outside themselves or stall the
 worker, and only an agent's owner (or an admin) may change or delete it."""
-# ruff: noqa: F811 — fixtures are imported from tests.agent_env by name
 
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bus.errors import Forbidden, InvalidRequest
-from tests.agent_env import Api, agent_worker, api, fake, fake_services, tenant, web  # noqa: F401
+from tests.agent_env import Api
 from workers.agent import tools
 
 pytestmark = pytest.mark.usefixtures("agent_worker")

@@ -17,12 +17,10 @@ from bus.postgres import create_database
 from bus.uploads import object_info, put_stream
 from bus.worker import WorkerEnv
 from schemas.ingestion import SubmitRequest, SubmitResponse
-from tests.rag_support import create_collection, ctx, fake_gateway, rag_mesh, wait_jobs
+from tests.rag_support import create_collection, ctx, wait_jobs
 from workers.ingestion.service import Ingestion
 from workers.ingestion.settings import IngestionSettings
 from workers.ingestion.store import JobStore, NewJob, Quota, new_job_id
-
-__all__ = ["fake_gateway", "rag_mesh"]
 
 
 async def test_the_uploads_bucket_has_a_size_limit(env: WorkerEnv):

@@ -12,9 +12,7 @@ import pytest
 
 from gateway_bridge.app import create_app
 from tests.bridge_support import auth, bridge_settings, hs_token, http, serving
-from tests.ml_support import ml_mesh, unique
-
-__all__ = ["ml_mesh"]
+from tests.ml_support import unique
 
 pytestmark = pytest.mark.usefixtures("ml_mesh")
 

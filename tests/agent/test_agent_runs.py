@@ -1,5 +1,4 @@
 """Agent runs against the scripted model: tools, limits, replay, injection, roles, approval."""
-# ruff: noqa: F811 — fixtures are imported from tests.agent_env by name
 
 from __future__ import annotations
 
@@ -7,7 +6,7 @@ import json
 
 import pytest
 
-from tests.agent_env import Api, agent_worker, api, fake, fake_services, tenant, web  # noqa: F401  # noqa: F401
+from tests.agent_env import Api
 from tests.fake_llm import Document, answer, call
 
 pytestmark = pytest.mark.usefixtures("agent_worker")

@@ -1,5 +1,4 @@
 """Tenant B can neither read nor run nor change tenant A's agents, threads, runs, memories."""
-# ruff: noqa: F811 — fixtures are imported from tests.agent_env by name
 
 from __future__ import annotations
 
@@ -8,7 +7,7 @@ import uuid
 import pytest
 
 from bus.errors import NotFound
-from tests.agent_env import Api, agent_worker, api, fake, fake_services, tenant, web  # noqa: F401  # noqa: F401
+from tests.agent_env import Api
 from tests.fake_llm import answer, call
 
 pytestmark = pytest.mark.usefixtures("agent_worker")

@@ -3,7 +3,6 @@
 Names resolve through an injected resolver and requests go to an injected transport
 (``tests.agent_env.Web``), so the tests show what WOULD be contacted.
 """
-# ruff: noqa: F811 — fixtures are imported from tests.agent_env by name
 
 from __future__ import annotations
 

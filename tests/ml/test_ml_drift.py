@@ -9,9 +9,7 @@ import pytest
 from bus.client import Client
 from bus.errors import InvalidRequest
 from schemas import ml
-from tests.ml_support import ctx, mixed_rows, ml_mesh, train, unique, wait_job
-
-__all__ = ["ml_mesh"]
+from tests.ml_support import ctx, mixed_rows, train, unique, wait_job
 
 pytestmark = pytest.mark.usefixtures("ml_mesh")
 

@@ -19,9 +19,7 @@ from mesh.runner import bus_env, serving
 from schemas.ingestion import ListJobsResponse, SubmitResponse
 from tests.fake_gateway import FakeGateway
 from tests.processes import StartWorker, worker_processes
-from tests.rag_support import create_collection, ctx, fake_gateway
-
-__all__ = ["fake_gateway"]
+from tests.rag_support import create_collection, ctx
 
 DOCS = 200
 
