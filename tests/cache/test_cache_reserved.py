@@ -73,7 +73,7 @@ def test_the_bridge_has_no_route_to_the_internal_operations():
 def test_the_bridge_nats_user_may_not_call_them():
     from pathlib import Path
 
-    conf = (Path(__file__).parent.parent / "deploy" / "nats" / "nats-auth.conf").read_text()
+    conf = (Path(__file__).parents[2] / "deploy" / "nats" / "nats-auth.conf").read_text()
     bridge = conf[conf.index("{ user: bridge") :]
     deny = bridge[bridge.index("deny:") : bridge.index("allow:")]
     for op in (cache.INTERNAL_GET, cache.INTERNAL_SET, cache.INTERNAL_INVALIDATE):

@@ -547,7 +547,7 @@ def _probe_env(nats_auth: AuthNats, passwords: dict[str, str], user: str, health
         "NATS_USER": user,
         "NATS_PASSWORD": passwords[user],
         "HEALTH_DIR": str(health),
-        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
     }
 
 
@@ -591,9 +591,7 @@ async def test_no_worker_or_the_bridge_hit_a_permission_violation(
 
 
 def test_the_auth_file_has_a_user_per_registry_worker():
-    text = (
-        Path(__file__).resolve().parent.parent / "deploy" / "nats" / "nats-auth.conf"
-    ).read_text()
+    text = (Path(__file__).resolve().parents[2] / "deploy" / "nats" / "nats-auth.conf").read_text()
     from mesh.registry import WORKERS
 
     for name in WORKERS:

@@ -23,13 +23,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from tests.test_rag_quality import EVAL, K, ndcg, recall
 
 from bus.client import Client
 from bus.worker import WorkerEnv
 from mesh.runner import serving
 from schemas.rag import SearchResponse
 from tests.gateway_support import serve_gateway
+from tests.rag.test_rag_quality import EVAL, K, ndcg, recall
 from tests.rag_support import create_collection, ctx
 from workers.gateway.config import load_config
 

@@ -244,7 +244,7 @@ def test_a_realistic_litellm_proxy_config_loads_unchanged(monkeypatch):
     ).split()
     for name in names:
         monkeypatch.setenv(name, f"test-{name.lower()}-value")
-    config = load_config(str(Path(__file__).parent / "data" / "litellm_proxy_config.yaml"))
+    config = load_config(str(Path(__file__).parents[1] / "data" / "litellm_proxy_config.yaml"))
     assert set(config.aliases) == {
         "gpt-4o",
         "claude-sonnet",

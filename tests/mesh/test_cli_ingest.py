@@ -46,7 +46,7 @@ def cli_env(settings: Settings) -> dict[str, str]:
         "REDIS_URL": settings.redis_url or "",
         "UPLOAD_MAX_BYTES": str(UPLOAD_LIMIT),
         "COLUMNS": "200",  # rich's table width outside a terminal
-        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
     }
 
 

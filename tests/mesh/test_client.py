@@ -34,7 +34,7 @@ from tests.gateway_support import serve_gateway
 from tests.openai_mock import MockOpenAI, Reply
 from workers.gateway.config import load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "client.md"
 PROVIDER_MODEL = "m-client"
 

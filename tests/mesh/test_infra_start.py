@@ -51,11 +51,19 @@ def test_a_server_that_exits_names_itself_and_shows_its_log(tmp_path: Path):
 def test_infrastructure_that_cannot_start_stops_the_session_with_one_message(tmp_path: Path):
     env = {**os.environ, "MESH_READY_TIMEOUT_S": "0.001"}
     out = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/test_cache.py", "-q", "-p", "no:cacheprovider"],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "tests/cache/test_cache.py",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+        ],
         capture_output=True,
         text=True,
         env=env,
-        cwd=Path(__file__).parent.parent,
+        cwd=Path(__file__).parents[2],
         timeout=120,
     )
     text = out.stdout + out.stderr

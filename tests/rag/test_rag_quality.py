@@ -19,7 +19,7 @@ from tests.rag_support import create_collection, ctx
 
 pytestmark = pytest.mark.usefixtures("rag_mesh")
 
-EVAL = json.loads((Path(__file__).parent / "data" / "rag_eval.json").read_text())
+EVAL = json.loads((Path(__file__).parents[1] / "data" / "rag_eval.json").read_text())
 K = 10
 
 
