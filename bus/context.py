@@ -60,7 +60,7 @@ def trusted(**values: Any) -> Context:
 
     Context is frozen, ignores extras and has no private attributes, so an instance is its
     field dict plus the set of fields given; ``model_construct`` works that out field by
-    field in Python. ``tests/test_context.py`` checks both agree.
+    field in Python. ``tests/bus/test_context.py`` checks both agree.
     """
     ctx = Context.__new__(Context)
     _set(ctx, "__dict__", {**_DEFAULTS, **values})

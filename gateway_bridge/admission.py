@@ -14,7 +14,7 @@ is the one place an error becomes an HTTP answer (problem+json, with ``WWW-Authe
 and ``Retry-After`` where they apply); :func:`read_body` reads a body within its limit.
 
 Imports run one way: this module imports the edge, problems, auth, metrics, the rate
-limiter and settings, and nothing that imports it (``tests/test_imports.py``).
+limiter and settings, and nothing that imports it (``tests/mesh/test_imports.py``).
 """
 
 from __future__ import annotations

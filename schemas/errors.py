@@ -1,7 +1,7 @@
 """The error body a failed request answers with (docs/architecture.md, "Errors").
 
 ``ErrorCode`` names the wire codes for the pydantic contract; their classes, HTTP
-statuses and titles are listed once, in :mod:`bus.errors` (``tests/test_errors.py``
+statuses and titles are listed once, in :mod:`bus.errors` (``tests/bus/test_errors.py``
 checks both lists name the same codes).
 """
 

@@ -1,4 +1,4 @@
-"""Module-level functions for tests/test_offload.py (the pool imports them by name)."""
+"""Module-level functions for tests/bus/test_offload.py (the pool imports them by name)."""
 
 from __future__ import annotations
 

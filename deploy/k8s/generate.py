@@ -1,7 +1,7 @@
 """Write deploy/k8s/base/services/*.yaml: one Deployment (+ PDB, HPA) per service.
 
 Nine workers and the bridge differ only in a few facts (the table below), so the YAML is
-generated from it rather than copied ten times; tests/test_deploy_manifests.py fails when
+generated from it rather than copied ten times; tests/deploy/test_deploy_manifests.py fails when
 the committed files differ from this output. Run it after changing the table:
 
     .venv/bin/python deploy/k8s/generate.py

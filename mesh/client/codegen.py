@@ -9,7 +9,7 @@ a service of the mesh (``schemas.operations.SERVICES``) or a registered worker
 (``mesh.registry.WORKERS``). Each method has two overloads: a request model, or the
 request's fields as keyword arguments (typed from the model's fields, required ones
 required); it returns the operation's response model, or for a streaming operation an
-async generator of its chunk model. ``tests/test_client.py`` fails when the committed
+async generator of its chunk model. ``tests/mesh/test_client.py`` fails when the committed
 module differs from what this generates, so a new or changed operation is one command
 away from the typed client.
 """

@@ -1,6 +1,6 @@
 """End to end: retrieval quality with the real local embedder (MiniLM) through the real
 gateway, on the labelled set of tests/data/rag_eval.json (scored as in
-tests/test_rag_quality.py, which runs the same set on the test-only hashed embedder).
+tests/rag/test_rag_quality.py, which runs the same set on the test-only hashed embedder).
 
 Keyword, vector and hybrid modes of ``rag.search``, hybrid both with the service's default
 fusion (weighted RRF, k=60, weights 1/1) and leaning on the vector leg (vector_weight=1.5,

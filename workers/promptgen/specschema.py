@@ -9,7 +9,7 @@ takes, not a built-in's name). The answer is size-capped before parsing
 **The generation schema** is that contract narrowed to what this tenant has: tool names,
 collection ids, template names and model aliases become enums, numbers become presets
 within the policy, free-form maps (``capabilities``) are left out. Every document valid
-under it is valid under the contract (``tests/test_promptgen_units.py`` checks this), and
+under it is valid under the contract (``tests/promptgen/test_promptgen_units.py`` checks this), and
 a grammar-constrained local model (llama.cpp) can only write existing references. String
 lengths and regex patterns are left to local validation in the full schema: llama.cpp
 builds ``maxLength`` as nested optional rules, which makes long bounds slow.
