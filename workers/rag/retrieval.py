@@ -47,7 +47,13 @@ class Retriever:
                 " in vector or hybrid mode"
             )
         leg = req.candidates or max(50, 4 * req.top_k)
-        scope = Scope(tenant, ids, collections[0].dimensions, req.filters)
+        scope = Scope(
+            tenant,
+            ids,
+            collections[0].dimensions,
+            req.filters,
+            tuple(c.version for c in collections),
+        )
         vec: list[tuple[str, float]] = []
         kw: list[tuple[str, float]] = []
 

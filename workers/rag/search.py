@@ -7,21 +7,30 @@
   scan ordered by distance (no index can be chosen: the ORDER BY expression is not the
   index's); above it, HNSW with ``SET LOCAL hnsw.ef_search`` raised over the leg size, and
   an exact scan if HNSW still comes back short (a selective filter).
-* **Keyword leg** (BM25 on ``tsvector``). ``plainto_tsquery`` ANDs every term, so a
-  question matches almost nothing. The question's lexemes (same ``english`` config as the
-  index) are OR-ed for candidates, and each candidate is scored with Okapi BM25: IDF from
-  each lexeme's document frequency in the searched collections (GIN counts), term
-  frequency from ``ts_rank_cd`` of a one-lexeme query (0.1 per occurrence), length from
-  the chunk's lexeme count against the collections' average.
+* **Keyword leg** (Okapi BM25 on ``tsvector``, cost bounded whatever the collection size).
+  The question's lexemes (same ``english`` config as the index) are looked up in the GIN
+  index: each lexeme's document frequency is counted exactly up to :data:`DF_CAP` chunks
+  (a bounded count) and, above it, estimated from Postgres's own ``ANALYZE`` statistics of
+  the column (its most common lexemes and their shares), scaled to the collections' size.
+  Rarest first, lexemes *select* candidate rows while the selected rows fit
+  :data:`CANDIDATE_BUDGET`; rows holding two of the remaining (common) lexemes are added
+  up to the budget. Only those rows are scored, with exact BM25 over every lexeme: IDF
+  from the frequencies above, term frequency from ``ts_rank_cd`` of a one-lexeme query
+  (0.1 per occurrence), length from the chunk's lexeme count against the collections'
+  average (``rag.documents.lex_total``). The collections' size, average length and the
+  frequencies are cached per process under the collections' versions (bumped by every
+  write), so they are recomputed after a write, never served stale.
 * **Fusion**: weighted reciprocal rank fusion, ``sum(w_leg / (rrf_k + rank))``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import time
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 
@@ -39,6 +48,12 @@ BM25_K1 = 0.9
 BM25_B = 0.4
 #: Lexemes in more than this share of chunks still score, but do not select candidates.
 COMMON_TERM_SHARE = 0.25
+#: Document frequencies are counted exactly up to this many chunks per lexeme.
+DF_CAP = 2000
+#: At most this many rows per candidate set are scored with BM25 per query.
+CANDIDATE_BUDGET = 4000
+#: How long the table's most-common-lexeme statistics (pg_stats) are reused.
+COMMON_STATS_TTL_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +62,14 @@ class Scope:
     collection_ids: list[str]
     dimensions: int
     filters: dict[str, Any] | None
+    versions: tuple[int, ...] = ()
+    """The collections' versions (bumped by every write): the key of cached statistics."""
+
+    @property
+    def cache_key(self) -> tuple[Any, ...] | None:
+        if not self.versions:
+            return None
+        return (self.tenant, tuple(self.collection_ids), self.versions)
 
     @property
     def jsonb_filter(self) -> dict[str, Any] | None:
@@ -134,63 +157,209 @@ async def query_lexemes(conn: asyncpg.Connection, query: str) -> list[str]:
     return list(lexemes or [])
 
 
-async def keyword_leg(
-    db: Database, scope: Scope, query: str, limit: int
-) -> list[tuple[str, float]]:
-    """Chunk ids by BM25 over the question's lexemes (OR), best first (one connection)."""
-    async with db.connection() as conn:
-        lexemes = await query_lexemes(conn, query)
-        if not lexemes:
-            return []
-        terms = [_quote_lexeme(lx) for lx in lexemes]
-        stats = await conn.fetchrow(
-            "SELECT coalesce(sum(chunk_count), 0)::float8 AS n,"
-            " coalesce(sum(lex_total), 0)::float8 AS lex FROM rag.documents"
-            " WHERE tenant_id = $1 AND collection_id = ANY($2::text[])",
-            scope.tenant,
-            scope.collection_ids,
-        )
-        n = float(stats["n"])
-        if n <= 0:
-            return []
-        avgdl = max(1.0, float(stats["lex"]) / n)
-        dfs = await conn.fetch(
-            "SELECT t.i, (SELECT count(*) FROM rag.chunks c WHERE c.tenant_id = $1"
-            "   AND c.collection_id = ANY($2::text[]) AND c.tsv @@ t.q::tsquery) AS df"
+class _Lru:
+    """A small process-local LRU of values derived from Postgres, keyed by the searched
+    collections' versions (bumped by every write), so an entry is never served for data
+    that changed after it was computed — it is only ever recomputed."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.items: OrderedDict[Hashable, Any] = OrderedDict()
+
+    def get(self, key: Hashable) -> Any:
+        if key in self.items:
+            self.items.move_to_end(key)
+            return self.items[key]
+        return None
+
+    def put(self, key: Hashable, value: Any) -> None:
+        self.items[key] = value
+        self.items.move_to_end(key)
+        while len(self.items) > self.size:
+            self.items.popitem(last=False)
+
+
+_STATS = _Lru(1024)
+_DF = _Lru(50_000)
+_COMMON: dict[str, Any] = {"at": -1e9, "freq": {}}
+
+
+async def collection_stats(conn: asyncpg.Connection, scope: Scope) -> tuple[float, float]:
+    """(chunks, average chunk length in lexemes) of the searched collections."""
+    key = scope.cache_key
+    cached = _STATS.get(key) if key else None
+    if cached is not None:
+        return cast(tuple[float, float], cached)
+    stats = await conn.fetchrow(
+        "SELECT coalesce(sum(chunk_count), 0)::float8 AS n,"
+        " coalesce(sum(lex_total), 0)::float8 AS lex FROM rag.documents"
+        " WHERE tenant_id = $1 AND collection_id = ANY($2::text[])",
+        scope.tenant,
+        scope.collection_ids,
+    )
+    n = float(stats["n"])
+    out = (n, max(1.0, float(stats["lex"]) / n) if n > 0 else 1.0)
+    if key:
+        _STATS.put(key, out)
+    return out
+
+
+async def _common_lexemes(conn: asyncpg.Connection) -> dict[str, float]:
+    """The table's most common lexemes and the share of chunks holding each (Postgres's
+    own ``ANALYZE`` statistics of ``rag.chunks.tsv``), re-read every few minutes."""
+    now = time.monotonic()
+    if now - _COMMON["at"] < COMMON_STATS_TTL_S:
+        return cast(dict[str, float], _COMMON["freq"])
+    row = await conn.fetchrow(
+        "SELECT most_common_elems::text::text[] AS elems, most_common_elem_freqs AS freqs"
+        " FROM pg_stats WHERE schemaname = 'rag' AND tablename = 'chunks'"
+        " AND attname = 'tsv'"
+    )
+    freq: dict[str, float] = {}
+    if row is not None and row["elems"] and row["freqs"]:
+        freq = dict(zip(row["elems"], row["freqs"], strict=False))
+    _COMMON.update(at=now, freq=freq)
+    return freq
+
+
+async def document_frequencies(
+    conn: asyncpg.Connection, scope: Scope, lexemes: list[str], n: float
+) -> list[float]:
+    """Chunks of the searched collections holding each lexeme: exact up to ``DF_CAP``
+    (a bounded count on the GIN index), above it estimated from the table's statistics
+    (never below the cap). The common words of a big collection cost ``DF_CAP`` row
+    visits each, never a count of every row that holds them."""
+    key = scope.cache_key
+    out: dict[str, float] = {}
+    missing = []
+    for lx in lexemes:
+        cached = _DF.get((key, lx)) if key else None
+        if cached is None:
+            missing.append(lx)
+        else:
+            out[lx] = float(cached)
+    if missing:
+        rows = await conn.fetch(
+            "SELECT t.i, (SELECT count(*) FROM (SELECT 1 FROM rag.chunks c"
+            "   WHERE c.tenant_id = $1 AND c.collection_id = ANY($2::text[])"
+            "   AND c.tsv @@ t.q::tsquery LIMIT $4) s) AS df"
             " FROM unnest($3::text[]) WITH ORDINALITY AS t(q, i)",
             scope.tenant,
             scope.collection_ids,
-            terms,
+            [_quote_lexeme(lx) for lx in missing],
+            DF_CAP,
         )
-        df = {int(r["i"]) - 1: int(r["df"]) for r in dfs}
-        present = [i for i in range(len(terms)) if df.get(i, 0) > 0]
-        if not present:
+        counted = {missing[int(r["i"]) - 1]: float(r["df"]) for r in rows}
+        if any(v >= DF_CAP for v in counted.values()):
+            common = await _common_lexemes(conn)
+            for lx, v in counted.items():
+                if v >= DF_CAP:
+                    counted[lx] = max(float(DF_CAP), min(n, n * float(common.get(lx, 0.0))))
+        for lx, v in counted.items():
+            out[lx] = v
+            if key:
+                _DF.put((key, lx), v)
+    return [out[lx] for lx in lexemes]
+
+
+def plan_candidates(lexemes: list[str], df: list[float], n: float) -> tuple[list[int], list[int]]:
+    """Which lexemes select candidate rows, and which are too common to.
+
+    Rarest first, a lexeme selects every row holding it while the selected rows stay
+    within ``CANDIDATE_BUDGET`` and it is in at most ``COMMON_TERM_SHARE`` of the chunks;
+    the remaining (common) lexemes still score, and rows holding two of them are added
+    up to the budget. With nothing selective, the rarest lexeme selects (up to the budget).
+    """
+    present = sorted((i for i in range(len(lexemes)) if df[i] > 0), key=lambda i: df[i])
+    selective: list[int] = []
+    total = 0.0
+    for i in present:
+        if df[i] <= COMMON_TERM_SHARE * n and df[i] < DF_CAP and total + df[i] <= CANDIDATE_BUDGET:
+            selective.append(i)
+            total += df[i]
+    if not selective and present:
+        selective = [present[0]]
+    common = [i for i in present if i not in selective]
+    return selective, common
+
+
+#: The keyword leg: bounded candidates (rows of the selective lexemes, rows holding two
+#: common ones), then exact BM25 on those rows only.
+KEYWORD_SQL = (
+    "WITH cand AS ((SELECT c.chunk_id FROM rag.chunks c WHERE c.tenant_id = $1"
+    " AND c.collection_id = ANY($2::text[]) AND c.tsv @@ $5::tsquery"
+    " AND ($7::jsonb IS NULL OR c.metadata @> $7::jsonb) LIMIT $13)"
+    " UNION (SELECT c.chunk_id FROM rag.chunks c WHERE $6::tsquery IS NOT NULL"
+    " AND c.tenant_id = $1 AND c.collection_id = ANY($2::text[]) AND c.tsv @@ $6::tsquery"
+    " AND ($7::jsonb IS NULL OR c.metadata @> $7::jsonb) LIMIT $13))"
+    " SELECT c.chunk_id, (SELECT sum(w.idf * f.tf * $8::float8 /"
+    "     (f.tf + $9::float8 * (1 - $10::float8 + $10::float8 * c.lex_count / $11::float8)))"
+    "   FROM unnest($3::text[], $4::float8[]) AS w(q, idf)"
+    "   CROSS JOIN LATERAL (SELECT round(ts_rank_cd(c.tsv, w.q::tsquery, 0) * 10) AS tf) f"
+    " ) AS score"
+    " FROM cand JOIN rag.chunks c ON c.tenant_id = $1 AND c.chunk_id = cand.chunk_id"
+    " ORDER BY score DESC, c.chunk_id LIMIT $12"
+)
+
+
+async def keyword_params(
+    conn: asyncpg.Connection, scope: Scope, query: str, limit: int
+) -> tuple[Any, ...] | None:
+    """The parameters of :data:`KEYWORD_SQL` for a question (None: nothing can match)."""
+    lexemes = await query_lexemes(conn, query)
+    if not lexemes:
+        return None
+    n, avgdl = await collection_stats(conn, scope)
+    if n <= 0:
+        return None
+    df = await document_frequencies(conn, scope, lexemes, n)
+    selective, common = plan_candidates(lexemes, df, n)
+    if not selective:
+        return None
+    present = selective + common
+    pairs = [
+        f"({_quote_lexeme(lexemes[a])} & {_quote_lexeme(lexemes[b])})"
+        for x, a in enumerate(common)
+        for b in common[x + 1 :]
+    ]
+    return (
+        scope.tenant,
+        scope.collection_ids,
+        [_quote_lexeme(lexemes[i]) for i in present],
+        [math.log(1 + (n - df[i] + 0.5) / (df[i] + 0.5)) for i in present],
+        " | ".join(_quote_lexeme(lexemes[i]) for i in selective),
+        " | ".join(pairs) if pairs else None,
+        scope.jsonb_filter,
+        BM25_K1 + 1,
+        BM25_K1,
+        BM25_B,
+        avgdl,
+        limit,
+        CANDIDATE_BUDGET,
+    )
+
+
+async def keyword_leg(
+    db: Database, scope: Scope, query: str, limit: int
+) -> list[tuple[str, float]]:
+    """Chunk ids by BM25 over the question's lexemes, best first (one connection).
+
+    Cost is bounded by ``CANDIDATE_BUDGET`` scored rows and ``DF_CAP`` row visits per
+    uncached lexeme, whatever the collection's size (see the module docstring).
+    """
+    async with db.connection() as conn:
+        params = await keyword_params(conn, scope, query, limit)
+        if params is None:
             return []
-        idf = [math.log(1 + (n - df[i] + 0.5) / (df[i] + 0.5)) for i in present]
-        selective = [i for i in present if df[i] <= COMMON_TERM_SHARE * n] or present
-        rows = await conn.fetch(
-            "SELECT c.chunk_id, (SELECT sum(w.idf * f.tf * $7::float8 /"
-            "     (f.tf + $8::float8 * (1 - $9::float8 + $9::float8 * c.lex_count / $10::float8)))"
-            "   FROM unnest($3::text[], $4::float8[]) AS w(q, idf)"
-            "   CROSS JOIN LATERAL (SELECT round(ts_rank_cd(c.tsv, w.q::tsquery, 0) * 10) AS tf) f"
-            " ) AS score"
-            " FROM rag.chunks c"
-            " WHERE c.tenant_id = $1 AND c.collection_id = ANY($2::text[])"
-            " AND c.tsv @@ $5::tsquery AND ($6::jsonb IS NULL OR c.metadata @> $6::jsonb)"
-            " ORDER BY score DESC, c.chunk_id LIMIT $11",
-            scope.tenant,
-            scope.collection_ids,
-            [terms[i] for i in present],
-            idf,
-            " | ".join(terms[i] for i in selective),
-            scope.jsonb_filter,
-            BM25_K1 + 1,
-            BM25_K1,
-            BM25_B,
-            avgdl,
-            limit,
-        )
+        rows = await conn.fetch(KEYWORD_SQL, *params)
     return [(r["chunk_id"], float(r["score"] or 0.0)) for r in rows]
+
+
+def clear_caches() -> None:
+    """Forget the cached statistics (benchmarks measure the cold path with it)."""
+    _STATS.items.clear()
+    _DF.items.clear()
+    _COMMON.update(at=-1e9, freq={})
 
 
 def rrf(
