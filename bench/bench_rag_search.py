@@ -100,7 +100,7 @@ async def explain(conn: Any, sql: str, *args: Any) -> str:
     return "\n".join("      " + re.sub(r"'\[[^\]]{40,}\]'", "'[...]'", r[0]) for r in rows)
 
 
-async def measure(args: argparse.Namespace, url: str) -> None:
+async def measure(args: argparse.Namespace, url: str, keyword_only: bool) -> None:
     real = "gateway" in WORKERS
     print(
         "embedder: "
@@ -139,7 +139,9 @@ async def measure(args: argparse.Namespace, url: str) -> None:
                     (rag_dataset.TENANT, rag_dataset.COLLECTION, args.queries),
                     (rag_dataset.SMALL_TENANT, rag_dataset.SMALL_COLLECTION, 50),
                 ):
-                    await one_tenant(args, client, models, db, tenant, coll, warm, qs[:n])
+                    await one_tenant(
+                        args, client, models, db, tenant, coll, warm, qs[:n], keyword_only
+                    )
             finally:
                 await db.close()
 
@@ -153,6 +155,7 @@ async def one_tenant(  # noqa: PLR0913
     coll: str,
     warm: list[str],
     qs: list[str],
+    keyword_only: bool,
 ) -> None:
     async with db.connection() as conn:
         version = await conn.fetchval(
@@ -170,20 +173,24 @@ async def one_tenant(  # noqa: PLR0913
             "rag.search.request", {"collection_ids": [coll], "query": q, "top_k": 10}, ctx(tenant)
         )
 
-    for q in warm:
-        await rag_search(q)
+    if keyword_only:
+        print("  (no HNSW index yet: only the keyword legs are measured)")
+    else:
+        for q in warm:
+            await rag_search(q)
     total, embed, vec, kw_warm, kw_cold, base = [], [], [], [], [], []
     plans: set[str] = set()
     overlap = []
     for i, q in enumerate(qs):
-        total.append((await timed(lambda q=q: rag_search(q)))[0])
-        t, [vector] = await timed(
-            lambda q=q: models.embed(ctx(tenant), DEFAULT_EMBEDDING_MODEL, [q])
-        )
-        embed.append(t)
-        t, (_, plan) = await timed(lambda v=vector: search.vector_leg(db, scope, v, 50))
-        vec.append(t)
-        plans.add(plan)
+        if not keyword_only:
+            total.append((await timed(lambda q=q: rag_search(q)))[0])
+            t, [vector] = await timed(
+                lambda q=q: models.embed(ctx(tenant), DEFAULT_EMBEDDING_MODEL, [q])
+            )
+            embed.append(t)
+            t, (_, plan) = await timed(lambda v=vector: search.vector_leg(db, scope, v, 50))
+            vec.append(t)
+            plans.add(plan)
         t, new = await timed(lambda q=q: search.keyword_leg(db, scope, q, 50))
         kw_warm.append(t)
         search.clear_caches()
@@ -195,9 +202,10 @@ async def one_tenant(  # noqa: PLR0913
             if top_old:
                 overlap.append(len(top_old & {c for c, _ in new[:10]}) / len(top_old))
     print(f"\n{tenant} tenant: {chunks} chunks; hybrid rag.search, top_k=10, 50 per leg")
-    print(line("hybrid end to end", total))
-    print(line("embed call", embed))
-    print(line("vector leg", vec, f"  plan {'/'.join(sorted(plans))}"))
+    if not keyword_only:
+        print(line("hybrid end to end", total))
+        print(line("embed call", embed))
+        print(line("vector leg", vec, f"  plan {'/'.join(sorted(plans))}"))
     print(line("keyword leg (warm)", kw_warm))
     print(line("keyword leg (cold)", kw_cold, "  (statistics caches cleared each query)"))
     if base:
@@ -206,7 +214,7 @@ async def one_tenant(  # noqa: PLR0913
             f"    top-10 of the bounded leg holds {statistics.mean(overlap) * 100:.0f}% of the"
             " baseline's top 10 (same BM25, bounded candidates)"
         )
-    if args.concurrency > 1:
+    if args.concurrency > 1 and not keyword_only:
         sem_q = list(qs)
         lat: list[float] = []
 
@@ -228,6 +236,8 @@ async def one_tenant(  # noqa: PLR0913
         if params is not None:
             print(f"  keyword leg plan for {q!r}:")
             print(await explain(conn, search.KEYWORD_SQL, *params))
+        if keyword_only:
+            return
         [vector] = await models.embed(ctx(tenant), DEFAULT_EMBEDDING_MODEL, [q])
         async with conn.transaction():
             await conn.execute("SET LOCAL hnsw.ef_search = 100")
@@ -249,14 +259,16 @@ async def main(args: argparse.Namespace) -> None:
     setup_logging("warning")
     print(f"load average (1, 5, 15 min): {os.getloadavg()}; {os.cpu_count()} cores")
     started = time.perf_counter()
-    server, built = await rag_dataset.ensure(Path(args.data_dir), args.chunks)
+    server, built, stage = await rag_dataset.ensure(Path(args.data_dir), args.chunks, args.until)
     try:
         print(
             f"dataset: {args.chunks} chunks in {args.data_dir} "
             + (f"built in {built:.0f} s" if built is not None else "reused (fingerprint matches)")
         )
+        if args.build_only:
+            return
         t0 = time.perf_counter()
-        await measure(args, server.url)
+        await measure(args, server.url, keyword_only=stage != "done")
         print(
             f"\nsearch measurement {time.perf_counter() - t0:.0f} s;"
             f" total {time.perf_counter() - started:.0f} s"
@@ -275,4 +287,11 @@ if __name__ == "__main__":
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--baseline-queries", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--until",
+        choices=["indexed", "done"],
+        default="done",
+        help="build up to the GIN indexes only (then only the keyword legs are measured)",
+    )
+    parser.add_argument("--build-only", action="store_true")
     asyncio.run(main(parser.parse_args()))

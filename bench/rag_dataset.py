@@ -201,89 +201,125 @@ async def _load(
     await conn.execute("DROP TABLE bench_stage")
 
 
-async def build(url: str, chunks: int, log: bool = True) -> None:
-    db = await create_database(url)
-    try:
-        await migrate(db, "rag", migrations_of("workers.rag"))
-    finally:
-        await db.close()
+STAGES = ("loaded", "indexed", "done")
+
+
+async def _set_stage(conn: asyncpg.Connection, stage: str, chunks: int) -> None:
+    await conn.execute(
+        "CREATE TABLE IF NOT EXISTS public.bench_fingerprint (value text NOT NULL,"
+        " stage text NOT NULL)"
+    )
+    await conn.execute("DELETE FROM public.bench_fingerprint")
+    await conn.execute(
+        "INSERT INTO public.bench_fingerprint VALUES ($1, $2)", fingerprint(chunks), stage
+    )
+
+
+async def build(url: str, chunks: int, stage: str | None, until: str = "done") -> None:
+    """Build (or resume after ``stage``) up to ``until``: rows, then the btree and GIN
+    indexes, then HNSW — each step recorded, so an interrupted build resumes."""
     conn = await asyncpg.connect(url, command_timeout=None)
     try:
         await conn.execute("SET maintenance_work_mem = '5GB'")
         await conn.execute("SET max_parallel_maintenance_workers = 2")
-        for name in ("chunks_hnsw_384", "chunks_tsv", "chunks_scope", "chunks_metadata"):
-            await conn.execute(f"DROP INDEX IF EXISTS rag.{name}")
-        for tenant, coll in ((TENANT, COLLECTION), (SMALL_TENANT, SMALL_COLLECTION)):
+        if stage is None:
+            db = await create_database(url)
+            try:
+                await migrate(db, "rag", migrations_of("workers.rag"))
+            finally:
+                await db.close()
+            for name in ("chunks_hnsw_384", "chunks_tsv", "chunks_scope", "chunks_metadata"):
+                await conn.execute(f"DROP INDEX IF EXISTS rag.{name}")
+            for tenant, coll in ((TENANT, COLLECTION), (SMALL_TENANT, SMALL_COLLECTION)):
+                await conn.execute(
+                    "INSERT INTO rag.collections (tenant_id, collection_id, name,"
+                    " embedding_model, dimensions) VALUES ($1, $2, $3, $4, $5)",
+                    tenant,
+                    coll,
+                    coll,
+                    DEFAULT_EMBEDDING_MODEL,
+                    DIMS,
+                )
+            vocab = Vocabulary()
+            t0 = time.perf_counter()
+            await _load(conn, vocab, TENANT, COLLECTION, chunks, 1, True)
+            await _load(conn, vocab, SMALL_TENANT, SMALL_COLLECTION, SMALL_CHUNKS, 2, False)
+            print(f"  rows generated and loaded in {time.perf_counter() - t0:.0f} s", flush=True)
+            stage = "loaded"
+            await _set_stage(conn, stage, chunks)
+        if stage == "loaded" and STAGES.index(until) >= 1:
+            t1 = time.perf_counter()
             await conn.execute(
-                "INSERT INTO rag.collections (tenant_id, collection_id, name, embedding_model,"
-                " dimensions) VALUES ($1, $2, $3, $4, $5)",
-                tenant,
-                coll,
-                coll,
-                DEFAULT_EMBEDDING_MODEL,
-                DIMS,
+                "CREATE INDEX IF NOT EXISTS chunks_scope ON rag.chunks (tenant_id, collection_id)"
             )
-        vocab = Vocabulary()
-        t0 = time.perf_counter()
-        await _load(conn, vocab, TENANT, COLLECTION, chunks, 1, log)
-        await _load(conn, vocab, SMALL_TENANT, SMALL_COLLECTION, SMALL_CHUNKS, 2, False)
-        t1 = time.perf_counter()
-        if log:
-            print(f"  rows generated and loaded in {t1 - t0:.0f} s", flush=True)
-        await conn.execute("CREATE INDEX chunks_scope ON rag.chunks (tenant_id, collection_id)")
-        await conn.execute(
-            "CREATE INDEX chunks_metadata ON rag.chunks USING gin (metadata jsonb_path_ops)"
-        )
-        await conn.execute("CREATE INDEX chunks_tsv ON rag.chunks USING gin (tsv)")
-        t2 = time.perf_counter()
-        if log:
-            print(f"  btree + GIN indexes built in {t2 - t1:.0f} s", flush=True)
-        await conn.execute(
-            "CREATE INDEX chunks_hnsw_384 ON rag.chunks USING hnsw"
-            " ((embedding::vector(384)) vector_cosine_ops) WHERE dims = 384"
-        )
-        t3 = time.perf_counter()
-        if log:
-            print(f"  HNSW index (m=16, ef_construction=64) built in {t3 - t2:.0f} s", flush=True)
-        await conn.execute("VACUUM ANALYZE rag.chunks")
-        await conn.execute("VACUUM ANALYZE rag.documents")
-        await conn.execute("CREATE TABLE public.bench_fingerprint (value text NOT NULL)")
-        await conn.execute("INSERT INTO public.bench_fingerprint VALUES ($1)", fingerprint(chunks))
+            await conn.execute(
+                "CREATE INDEX IF NOT EXISTS chunks_metadata ON rag.chunks"
+                " USING gin (metadata jsonb_path_ops)"
+            )
+            await conn.execute(
+                "CREATE INDEX IF NOT EXISTS chunks_tsv ON rag.chunks USING gin (tsv)"
+            )
+            await conn.execute("VACUUM ANALYZE rag.chunks")
+            await conn.execute("VACUUM ANALYZE rag.documents")
+            print(f"  btree + GIN indexes built in {time.perf_counter() - t1:.0f} s", flush=True)
+            stage = "indexed"
+            await _set_stage(conn, stage, chunks)
+        if stage == "indexed" and until == "done":
+            t2 = time.perf_counter()
+            await conn.execute("DROP INDEX IF EXISTS rag.chunks_hnsw_384")
+            await conn.execute(
+                "CREATE INDEX chunks_hnsw_384 ON rag.chunks USING hnsw"
+                " ((embedding::vector(384)) vector_cosine_ops) WHERE dims = 384"
+            )
+            await conn.execute("ANALYZE rag.chunks")
+            took = time.perf_counter() - t2
+            print(f"  HNSW index (m=16, ef_construction=64) built in {took:.0f} s", flush=True)
+            await _set_stage(conn, "done", chunks)
     finally:
         await conn.close()
 
 
-async def stored_fingerprint(url: str) -> str | None:
+async def stored_stage(url: str, chunks: int) -> tuple[str | None, bool]:
+    """(the stage reached, whether a dataset of another fingerprint is there)."""
     conn = await asyncpg.connect(url)
     try:
-        value = await conn.fetchval("SELECT value FROM public.bench_fingerprint LIMIT 1")
-        return str(value) if value is not None else None
+        row = await conn.fetchrow("SELECT value, stage FROM public.bench_fingerprint LIMIT 1")
     except asyncpg.UndefinedTableError:
-        return None
+        return None, False
     finally:
         await conn.close()
+    if row is None:
+        return None, False
+    if row["value"] != fingerprint(chunks):
+        return None, True
+    return str(row["stage"]), False
 
 
-async def ensure(data_dir: Path, chunks: int) -> tuple[BenchPostgres, float | None]:
-    """A running Postgres over the dataset (built now if missing or stale) and the build
-    time in seconds (None when an existing build was reused). The caller stops it."""
-    existed = (data_dir / "postgres" / "pgdata" / "PG_VERSION").exists()
-    server = BenchPostgres(data_dir / "postgres", durable=False)
+async def ensure(
+    data_dir: Path, chunks: int, until: str = "done"
+) -> tuple[BenchPostgres, float | None, str]:
+    """A running Postgres over the dataset, built (or resumed) now up to ``until`` when
+    needed; the build time in seconds (None when nothing had to be built) and the stage
+    reached. The caller stops the server."""
+    root = data_dir / "postgres"
+    existed = (root / "pgdata" / "PG_VERSION").exists()
+    server = BenchPostgres(root, durable=False)
     server.start()
     try:
-        current = await stored_fingerprint(server.url)
-        if current == fingerprint(chunks):
-            return server, None
-        if existed:
-            print(f"  dataset in {data_dir} is stale or incomplete ({current}): rebuilding")
+        stage, stale = await stored_stage(server.url, chunks)
+        if stage is not None and STAGES.index(stage) >= STAGES.index(until):
+            return server, None, stage
+        if stale or (existed and stage is None):
+            print(f"  dataset in {data_dir} is stale or incomplete: rebuilding", flush=True)
             server.stop()
-            shutil.rmtree(data_dir / "postgres")
-            server = BenchPostgres(data_dir / "postgres", durable=False)
+            shutil.rmtree(root)
+            server = BenchPostgres(root, durable=False)
             server.start()
-        print(f"building {chunks} chunks into {data_dir} (once; later runs reuse it)", flush=True)
+        what = "building" if stage is None else f"resuming (after {stage!r})"
+        print(f"{what} {chunks} chunks into {data_dir}; later runs reuse it", flush=True)
         started = time.perf_counter()
-        await build(server.url, chunks)
-        return server, time.perf_counter() - started
+        await build(server.url, chunks, stage, until)
+        return server, time.perf_counter() - started, until
     except BaseException:
         server.stop()
         raise

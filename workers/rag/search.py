@@ -77,6 +77,33 @@ class Scope:
         return self.filters or None
 
 
+class _Lru:
+    """A small process-local LRU of values derived from Postgres, keyed by the searched
+    collections' versions (bumped by every write), so an entry is never served for data
+    that changed after it was computed — it is only ever recomputed."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.items: OrderedDict[Hashable, Any] = OrderedDict()
+
+    def get(self, key: Hashable) -> Any:
+        if key in self.items:
+            self.items.move_to_end(key)
+            return self.items[key]
+        return None
+
+    def put(self, key: Hashable, value: Any) -> None:
+        self.items[key] = value
+        self.items.move_to_end(key)
+        while len(self.items) > self.size:
+            self.items.popitem(last=False)
+
+
+_STATS = _Lru(1024)
+_DF = _Lru(50_000)
+_COMMON: dict[str, Any] = {"at": -1e9, "freq": {}}
+
+
 def _quote_lexeme(lexeme: str) -> str:
     """A lexeme as a tsquery operand, taken literally (no parsing, no stemming)."""
     return "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
@@ -141,7 +168,16 @@ async def vector_leg(
     """Chunk ids by cosine similarity, best first, and the plan used (exact | hnsw)."""
     vector = vector_literal(embedding)
     async with db.connection() as conn:
-        candidates = await candidate_count(conn, scope, EXACT_SCAN_LIMIT)
+        key = (
+            ("count", scope.cache_key, repr(scope.filters), EXACT_SCAN_LIMIT)
+            if scope.cache_key
+            else None
+        )
+        candidates = _STATS.get(key) if key else None
+        if candidates is None:
+            candidates = await candidate_count(conn, scope, EXACT_SCAN_LIMIT)
+            if key:
+                _STATS.put(key, candidates)
         if candidates < EXACT_SCAN_LIMIT:
             return await _exact(conn, scope, vector, limit), "exact"
         rows = await _hnsw(conn, scope, vector, limit)
@@ -155,33 +191,6 @@ async def query_lexemes(conn: asyncpg.Connection, query: str) -> list[str]:
         f"SELECT tsvector_to_array(to_tsvector('{TS_CONFIG}', $1))", query
     )
     return list(lexemes or [])
-
-
-class _Lru:
-    """A small process-local LRU of values derived from Postgres, keyed by the searched
-    collections' versions (bumped by every write), so an entry is never served for data
-    that changed after it was computed — it is only ever recomputed."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.items: OrderedDict[Hashable, Any] = OrderedDict()
-
-    def get(self, key: Hashable) -> Any:
-        if key in self.items:
-            self.items.move_to_end(key)
-            return self.items[key]
-        return None
-
-    def put(self, key: Hashable, value: Any) -> None:
-        self.items[key] = value
-        self.items.move_to_end(key)
-        while len(self.items) > self.size:
-            self.items.popitem(last=False)
-
-
-_STATS = _Lru(1024)
-_DF = _Lru(50_000)
-_COMMON: dict[str, Any] = {"at": -1e9, "freq": {}}
 
 
 async def collection_stats(conn: asyncpg.Connection, scope: Scope) -> tuple[float, float]:

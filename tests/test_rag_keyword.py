@@ -1,0 +1,74 @@
+"""The bounded keyword leg: capped document frequencies, a candidate budget, statistics
+cached under the collections' versions (workers/rag/search.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+import workers.rag.search as search_module
+from schemas.rag import IngestResponse, SearchResponse
+from tests.rag_support import create_collection, ctx, fake_gateway, rag_mesh
+from workers.rag.search import plan_candidates
+
+__all__ = ["fake_gateway", "rag_mesh"]
+
+
+async def ingest(client, tenant, collection_id, docs) -> IngestResponse:
+    return await client.request(
+        "rag.ingest.request",
+        {
+            "collection_id": collection_id,
+            "documents": [{"source_id": s, "text": x} for s, x in docs],
+        },
+        ctx(tenant),
+        IngestResponse,
+    )
+
+
+async def keyword(client, tenant, collection_id, query, top_k=10) -> list[str]:
+    out = await client.request(
+        "rag.search.request",
+        {"collection_ids": [collection_id], "query": query, "mode": "keyword", "top_k": top_k},
+        ctx(tenant),
+        SearchResponse,
+    )
+    return [r.source_id for r in out.results]
+
+
+def test_rare_lexemes_select_candidates_within_the_budget_and_common_ones_only_score():
+    lexemes = ["pump", "impel", "valv", "gasket"]
+    df = [900.0, 3.0, 800.0, 40.0]
+    selective, common = plan_candidates(lexemes, df, 1000.0)
+    assert selective == [1, 3]  # rarest first
+    assert common == [2, 0]
+    # Nothing rare enough: the rarest lexeme still selects (the SQL bounds its rows).
+    selective, common = plan_candidates(["pump", "valv"], [900.0, 800.0], 1000.0)
+    assert selective == [1] and common == [0]
+    # Lexemes nobody holds neither select nor score.
+    assert plan_candidates(["zzz"], [0.0], 1000.0) == ([], [])
+
+
+@pytest.mark.usefixtures("rag_mesh")
+async def test_a_rare_word_ranks_first_when_the_common_words_pass_the_count_cap(
+    client, monkeypatch
+):
+    monkeypatch.setattr(search_module, "DF_CAP", 3)
+    monkeypatch.setattr(search_module, "CANDIDATE_BUDGET", 4)
+    cid = await create_collection(client, "kwcap")
+    docs = [(f"common-{i}", f"The pump valve number {i} was checked.") for i in range(12)]
+    docs.append(("rare", "The impeller of this pump was replaced."))
+    await ingest(client, "kwcap", cid, docs)
+    assert (await keyword(client, "kwcap", cid, "impeller pump"))[0] == "rare"
+    # Only common words: rows holding both are candidates, bounded by the budget.
+    both = await keyword(client, "kwcap", cid, "pump valve")
+    assert both and len(both) <= 4 and all(s.startswith("common-") for s in both)
+
+
+@pytest.mark.usefixtures("rag_mesh")
+async def test_cached_keyword_statistics_never_outlive_a_write(client):
+    cid = await create_collection(client, "kwcache")
+    await ingest(client, "kwcache", cid, [("a", "The pump valve was checked.")])
+    # "gearbox" is in no chunk: its document frequency (0) is cached under this version.
+    assert await keyword(client, "kwcache", cid, "gearbox") == []
+    await ingest(client, "kwcache", cid, [("b", "The gearbox oil was changed.")])
+    assert await keyword(client, "kwcache", cid, "gearbox") == ["b"]
