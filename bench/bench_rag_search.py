@@ -232,10 +232,10 @@ async def one_tenant(  # noqa: PLR0913
     # The plans, for the median question.
     q = qs[len(qs) // 2]
     async with db.connection() as conn:
-        params = await search.keyword_params(conn, scope, q, 50)
-        if params is not None:
+        planned = await search.keyword_params(conn, scope, q, 50)
+        if planned is not None:
             print(f"  keyword leg plan for {q!r}:")
-            print(await explain(conn, search.KEYWORD_SQL, *params))
+            print(await explain(conn, planned[0], *planned[1]))
         if keyword_only:
             return
         [vector] = await models.embed(ctx(tenant), DEFAULT_EMBEDDING_MODEL, [q])

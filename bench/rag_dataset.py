@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import shutil
+import struct
 import time
 from importlib import resources
 from pathlib import Path
@@ -33,7 +34,7 @@ from bus.postgres import create_database, migrate, migrations_of
 from mesh.infra import PostgresServer
 from schemas.rag import DEFAULT_EMBEDDING_MODEL
 
-GENERATOR_VERSION = "3"
+GENERATOR_VERSION = "4"
 TENANT = "bench"
 SMALL_TENANT = "small"
 COLLECTION = "col_bench_big"
@@ -109,10 +110,6 @@ class Vocabulary:
         return texts, vecs
 
 
-def _copy_text(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\t", " ").replace("\n", "\\n")
-
-
 async def _load(
     conn: asyncpg.Connection,
     vocab: Vocabulary,
@@ -123,6 +120,9 @@ async def _load(
     log: bool,
 ) -> None:
     rng = np.random.default_rng(seed)
+    await conn.set_type_codec(
+        "vector", schema="public", encoder=bytes, decoder=bytes, format="binary"
+    )
     await conn.execute(
         "CREATE UNLOGGED TABLE IF NOT EXISTS bench_stage (document_id text, chunk_id text,"
         " ord int, title text, text text, embedding vector)"
@@ -147,18 +147,24 @@ async def _load(
                 f"{tenant}\t{collection}\tdoc_{tenant}_{d}\tsrc-{d}\t{titles[d]}\tx\t\t"
                 f"{CHUNKS_PER_DOC}\n"
             )
-        emb = io.StringIO()
-        np.savetxt(emb, vecs, fmt="%.4f", delimiter=",")
-        buf = io.StringIO()
-        for i, d, text, e in zip(ids, docs_of, texts, emb.getvalue().splitlines(), strict=True):
-            title = titles[int(d)]  # BATCH is a multiple of CHUNKS_PER_DOC
-            buf.write(
-                f"doc_{tenant}_{d}\tchk_{tenant}_{i}\t{i % CHUNKS_PER_DOC}\t{title}"
-                f"\t{_copy_text(text)}.\t[{e}]\n"
+        # pgvector's binary form: dimensions, a reserved 0, then big-endian float4s.
+        raw = vecs.astype(">f4").tobytes()
+        head = struct.pack(">HH", DIMS, 0)
+        step = DIMS * 4
+        records = [
+            (
+                f"doc_{tenant}_{d}",
+                f"chk_{tenant}_{i}",
+                int(i % CHUNKS_PER_DOC),
+                titles[int(d)],  # BATCH is a multiple of CHUNKS_PER_DOC
+                text + ".",
+                head + raw[k * step : (k + 1) * step],
             )
-        await conn.copy_to_table(
+            for k, (i, d, text) in enumerate(zip(ids, docs_of, texts, strict=True))
+        ]
+        await conn.copy_records_to_table(
             "bench_stage",
-            source=io.BytesIO(buf.getvalue().encode()),
+            records=records,
             columns=["document_id", "chunk_id", "ord", "title", "text", "embedding"],
         )
         done += n

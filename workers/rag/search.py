@@ -25,6 +25,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections import OrderedDict
@@ -49,9 +50,11 @@ BM25_B = 0.4
 #: Lexemes in more than this share of chunks still score, but do not select candidates.
 COMMON_TERM_SHARE = 0.25
 #: Document frequencies are counted exactly up to this many chunks per lexeme.
-DF_CAP = 2000
+DF_CAP = 1000
 #: At most this many rows per candidate set are scored with BM25 per query.
-CANDIDATE_BUDGET = 4000
+CANDIDATE_BUDGET = 2000
+#: Lexemes scored per question at most (the rarest): a long question costs no more.
+MAX_TERMS = 24
 #: How long the table's most-common-lexeme statistics (pg_stats) are reused.
 COMMON_STATS_TTL_S = 300.0
 
@@ -292,29 +295,40 @@ def plan_candidates(lexemes: list[str], df: list[float], n: float) -> tuple[list
     return selective, common
 
 
-#: The keyword leg: bounded candidates (rows of the selective lexemes, rows holding two
-#: common ones), then exact BM25 on those rows only.
-KEYWORD_SQL = (
-    "WITH cand AS ((SELECT c.chunk_id FROM rag.chunks c WHERE c.tenant_id = $1"
-    " AND c.collection_id = ANY($2::text[]) AND c.tsv @@ $5::tsquery"
-    " AND ($7::jsonb IS NULL OR c.metadata @> $7::jsonb) LIMIT $13)"
-    " UNION (SELECT c.chunk_id FROM rag.chunks c WHERE $6::tsquery IS NOT NULL"
-    " AND c.tenant_id = $1 AND c.collection_id = ANY($2::text[]) AND c.tsv @@ $6::tsquery"
-    " AND ($7::jsonb IS NULL OR c.metadata @> $7::jsonb) LIMIT $13))"
-    " SELECT c.chunk_id, (SELECT sum(w.idf * f.tf * $8::float8 /"
-    "     (f.tf + $9::float8 * (1 - $10::float8 + $10::float8 * c.lex_count / $11::float8)))"
-    "   FROM unnest($3::text[], $4::float8[]) AS w(q, idf)"
-    "   CROSS JOIN LATERAL (SELECT round(ts_rank_cd(c.tsv, w.q::tsquery, 0) * 10) AS tf) f"
-    " ) AS score"
-    " FROM cand JOIN rag.chunks c ON c.tenant_id = $1 AND c.chunk_id = cand.chunk_id"
-    " ORDER BY score DESC, c.chunk_id LIMIT $12"
-)
+@functools.lru_cache(maxsize=64)
+def keyword_sql(terms: int) -> str:
+    """The keyword leg's statement for ``terms`` scored lexemes: bounded candidates (rows
+    of the selective lexemes, rows holding two common ones), then exact BM25 on those rows
+    only. Each lexeme is a parameter parsed once per statement, never per row, and the
+    score is one expression: ``(k1 + 1) * sum(idf * (1 - norm / (tf + norm)))`` with
+    ``norm = k1 * (1 - b + b * length / avgdl)`` (Okapi BM25 rewritten so that each term
+    frequency is computed once)."""
+    norm = "($7::float8 * (1 - $8::float8 + $8::float8 * c.lex_count / $9::float8))"
+    score = " + ".join(
+        f"${13 + 2 * i}::float8 * (1 - {norm} /"
+        f" (round(ts_rank_cd(c.tsv, ${12 + 2 * i}::tsquery, 0) * 10) + {norm}))"
+        for i in range(terms)
+    )
+    where = (
+        "c.tenant_id = $1 AND c.collection_id = ANY($2::text[])"
+        " AND ($5::jsonb IS NULL OR c.metadata @> $5::jsonb)"
+    )
+    # Scored inside each bounded scan (the rows are at hand; no second fetch by key).
+    return (
+        f"SELECT s.chunk_id, max(s.score) AS score FROM ("
+        f"(SELECT c.chunk_id, $6::float8 * ({score}) AS score FROM rag.chunks c"
+        f" WHERE {where} AND c.tsv @@ $3::tsquery LIMIT $11)"
+        f" UNION ALL (SELECT c.chunk_id, $6::float8 * ({score}) AS score FROM rag.chunks c"
+        f" WHERE $4::tsquery IS NOT NULL AND {where} AND c.tsv @@ $4::tsquery LIMIT $11)"
+        ") s GROUP BY s.chunk_id ORDER BY score DESC, s.chunk_id LIMIT $10"
+    )
 
 
 async def keyword_params(
     conn: asyncpg.Connection, scope: Scope, query: str, limit: int
-) -> tuple[Any, ...] | None:
-    """The parameters of :data:`KEYWORD_SQL` for a question (None: nothing can match)."""
+) -> tuple[str, tuple[Any, ...]] | None:
+    """The keyword leg's statement and parameters for a question (None: nothing can
+    match). At most :data:`MAX_TERMS` lexemes score, the rarest first."""
     lexemes = await query_lexemes(conn, query)
     if not lexemes:
         return None
@@ -325,17 +339,19 @@ async def keyword_params(
     selective, common = plan_candidates(lexemes, df, n)
     if not selective:
         return None
-    present = selective + common
+    present = (selective + common)[:MAX_TERMS]
+    common = [i for i in common if i in present]
     pairs = [
         f"({_quote_lexeme(lexemes[a])} & {_quote_lexeme(lexemes[b])})"
         for x, a in enumerate(common)
         for b in common[x + 1 :]
     ]
-    return (
+    terms: list[Any] = []
+    for i in present:
+        terms += [_quote_lexeme(lexemes[i]), math.log(1 + (n - df[i] + 0.5) / (df[i] + 0.5))]
+    return keyword_sql(len(present)), (
         scope.tenant,
         scope.collection_ids,
-        [_quote_lexeme(lexemes[i]) for i in present],
-        [math.log(1 + (n - df[i] + 0.5) / (df[i] + 0.5)) for i in present],
         " | ".join(_quote_lexeme(lexemes[i]) for i in selective),
         " | ".join(pairs) if pairs else None,
         scope.jsonb_filter,
@@ -345,6 +361,7 @@ async def keyword_params(
         avgdl,
         limit,
         CANDIDATE_BUDGET,
+        *terms,
     )
 
 
@@ -357,10 +374,11 @@ async def keyword_leg(
     uncached lexeme, whatever the collection's size (see the module docstring).
     """
     async with db.connection() as conn:
-        params = await keyword_params(conn, scope, query, limit)
-        if params is None:
+        planned = await keyword_params(conn, scope, query, limit)
+        if planned is None:
             return []
-        rows = await conn.fetch(KEYWORD_SQL, *params)
+        sql, params = planned
+        rows = await conn.fetch(sql, *params)
     return [(r["chunk_id"], float(r["score"] or 0.0)) for r in rows]
 
 
