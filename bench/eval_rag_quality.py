@@ -140,6 +140,7 @@ async def evaluate(
     docs: list[dict[str, Any]],
     queries: list[tuple[str, dict[str, int]]],
     published: float | None,
+    lexical_only: bool = False,
 ) -> None:
     t0 = time.perf_counter()
     titled = await ingest(client, f"{name}-titled", docs, True)
@@ -155,9 +156,12 @@ async def evaluate(
         runs.setdefault(label, []).append(value)
 
     for text, gains in queries:
-        [vector] = await models.embed(ctx(), "local-embed", [text])
-        dense_t, _ = await search.vector_leg(db, scopes[titled], vector, LEG)
-        dense_u, _ = await search.vector_leg(db, scopes[untitled], vector, LEG)
+        dense_t: list[tuple[str, float]] = []
+        dense_u: list[tuple[str, float]] = []
+        if not lexical_only:
+            [vector] = await models.embed(ctx(), "local-embed", [text])
+            dense_t, _ = await search.vector_leg(db, scopes[titled], vector, LEG)
+            dense_u, _ = await search.vector_leg(db, scopes[untitled], vector, LEG)
         tsr = await ts_rank_leg(db, scopes[titled], text, LEG)
         bm25_t = await search.keyword_leg(db, scopes[titled], text, LEG)
         bm25_u = await search.keyword_leg(db, scopes[untitled], text, LEG)
@@ -165,15 +169,19 @@ async def evaluate(
         def fuse(dense: list[tuple[str, float]], kw: list[tuple[str, float]]) -> Any:
             return search.rrf([(dense, RRF.vector_weight), (kw, RRF.keyword_weight)], RRF.rrf_k)
 
-        for label, ranked in (
+        rows = [
             ("keyword  ts_rank (titles)", tsr),
             ("keyword  BM25 (no titles)", bm25_u),
             ("keyword  BM25 (titles)", bm25_t),
-            ("dense alone (titles)", dense_t),
-            ("hybrid   dense + ts_rank (titles)", fuse(dense_t, tsr)),
-            ("hybrid   dense + BM25 (no titles)", fuse(dense_u, bm25_u)),
-            ("hybrid   dense + BM25 (titles)", fuse(dense_t, bm25_t)),
-        ):
+        ]
+        if not lexical_only:
+            rows += [
+                ("dense alone (titles)", dense_t),
+                ("hybrid   dense + ts_rank (titles)", fuse(dense_t, tsr)),
+                ("hybrid   dense + BM25 (no titles)", fuse(dense_u, bm25_u)),
+                ("hybrid   dense + BM25 (titles)", fuse(dense_t, bm25_t)),
+            ]
+        for label, ranked in rows:
             add(label, ndcg(await documents_of(db, ranked), gains))
     for label, values in runs.items():
         print(f"  nDCG@{K}  {label:<36} {sum(values) / len(values):.3f}")
@@ -231,13 +239,14 @@ def load_beir(folder: Path, max_queries: int) -> tuple[list[dict[str, Any]], lis
 
 async def main(args: argparse.Namespace) -> None:
     setup_logging("warning")
-    real = "gateway" in WORKERS
+    real = "gateway" in WORKERS and not args.lexical_only
     print(
         "embedder: "
         + (
             "the Gateway Service's local embedder (MiniLM)"
             if real
-            else "TEST-ONLY fake gateway (hashed words + trigrams): no Gateway Service here"
+            else "TEST-ONLY fake gateway (hashed words + trigrams)"
+            + (": --lexical-only, dense rows skipped" if args.lexical_only else "")
         )
     )
     started = time.perf_counter()
@@ -292,6 +301,7 @@ async def main(args: argparse.Namespace) -> None:
                         docs,
                         queries,
                         PUBLISHED_BM25.get(path.name.lower()),
+                        args.lexical_only,
                     )
             finally:
                 await db.close()
@@ -310,4 +320,10 @@ if __name__ == "__main__":
         help="SciFact's release CSVs and BEIR's qrels/test.tsv: evaluated as BEIR's SciFact",
     )
     parser.add_argument("--max-queries", type=int, default=300)
+    parser.add_argument(
+        "--lexical-only",
+        action="store_true",
+        help="keyword rankers only on the BEIR sets, with the test-only embedder (fast: no"
+        " model embeds the corpus)",
+    )
     asyncio.run(main(parser.parse_args()))
