@@ -7,10 +7,8 @@ import pytest
 
 import workers.rag.search as search_module
 from schemas.rag import IngestResponse, SearchResponse
-from tests.rag_support import create_collection, ctx, fake_gateway, rag_mesh
+from tests.rag_support import create_collection, ctx
 from workers.rag.search import plan_candidates
-
-__all__ = ["fake_gateway", "rag_mesh"]
 
 
 async def ingest(client, tenant, collection_id, docs) -> IngestResponse:
