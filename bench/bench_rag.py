@@ -291,7 +291,9 @@ async def main(args: argparse.Namespace) -> None:
                 worker = await stack.enter_async_context(lifespan_of(name)(env))
                 await stack.enter_async_context(worker.serve(env.nc))
                 workers[name] = worker
-            rag = workers["rag"].endpoints[0].handler.__self__  # the Rag instance, for its stats
+            # The indexer (its stats and models): the handler behind rag.ingest.
+            ingest = next(e.handler for e in workers["rag"].endpoints if e.op.name == "ingest")
+            rag = ingest.__self__
             client = Client(env.nc)
             started = time.perf_counter()
             await ingest_phase(client, rag, args.docs)

@@ -1,0 +1,100 @@
+"""``rag.search``: the vector and keyword legs run concurrently, fused by weighted RRF."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from bus.errors import InvalidRequest
+from bus.postgres import Database
+from bus.sql import tenant_of
+from bus.worker import Endpoint
+from schemas import rag
+from schemas.context import Context
+from schemas.rag import SearchRequest, SearchResponse, SearchResult
+from workers.rag.llm import Models
+from workers.rag.search import Scope, hydrate, keyword_leg, rrf, vector_leg
+from workers.rag.store import CollectionRow, RagStore, location_of
+
+
+def _first_error(group: BaseExceptionGroup[Any]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+class Retriever:
+    def __init__(self, db: Database, store: RagStore, models: Models) -> None:
+        self.db = db
+        self.store = store
+        self.models = models
+
+    def endpoints(self) -> list[Endpoint]:
+        return [Endpoint(rag.SEARCH, self.search)]
+
+    async def retrieve(
+        self, ctx: Context, req: SearchRequest, collections: list[CollectionRow]
+    ) -> tuple[list[SearchResult], dict[str, str | None]]:
+        """The ranked results and each result chunk's document title (for an answer)."""
+        tenant = tenant_of(ctx)
+        ids = [c.collection_id for c in collections]
+        use_vector = req.mode == "vector" or (req.mode == "hybrid" and req.vector_weight > 0)
+        use_keyword = req.mode == "keyword" or (req.mode == "hybrid" and req.keyword_weight > 0)
+        if use_vector and len({(c.embedding_model, c.dimensions) for c in collections}) > 1:
+            raise InvalidRequest(
+                "collections with different embedding models cannot be searched together"
+                " in vector or hybrid mode"
+            )
+        leg = req.candidates or max(50, 4 * req.top_k)
+        scope = Scope(tenant, ids, collections[0].dimensions, req.filters)
+        vec: list[tuple[str, float]] = []
+        kw: list[tuple[str, float]] = []
+
+        async def vector() -> None:
+            nonlocal vec
+            [embedding] = await self.models.embed(ctx, collections[0].embedding_model, [req.query])
+            vec, _ = await vector_leg(self.db, scope, embedding, leg)
+
+        async def keyword() -> None:
+            nonlocal kw
+            kw = await keyword_leg(self.db, scope, req.query, leg)
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                if use_vector:
+                    tg.create_task(vector())
+                if use_keyword:
+                    tg.create_task(keyword())
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
+        if req.mode == "hybrid":
+            ranked = rrf([(vec, req.vector_weight), (kw, req.keyword_weight)], req.rrf_k)
+        else:
+            ranked = vec if req.mode == "vector" else kw
+        top = ranked[: req.top_k]
+        rows = await hydrate(self.db, tenant, [cid for cid, _ in top])
+        results = []
+        titles: dict[str, str | None] = {}
+        for cid, score in top:
+            r = rows.get(cid)
+            if r is None:  # deleted between the legs and now
+                continue
+            titles[cid] = r["title"]
+            results.append(
+                SearchResult(
+                    document_id=r["document_id"],
+                    source_id=r["source_id"],
+                    chunk_id=cid,
+                    score=score,
+                    text=r["text"],
+                    metadata=r["metadata"],
+                    location=location_of(r["location"]),
+                )
+            )
+        return results, titles
+
+    async def search(self, req: SearchRequest, ctx: Context) -> SearchResponse:
+        collections = await self.store.collections(tenant_of(ctx), req.collection_ids)
+        results, _ = await self.retrieve(ctx, req, collections)
+        return SearchResponse(results=results)
