@@ -24,6 +24,7 @@ from bus.jetstream import JobConsumer
 from bus.postgres import Database, create_database, migrate, migrations_of
 from bus.worker import Worker, WorkerEnv
 from schemas.ingestion import IndexJob
+from workers.rag import vectors
 from workers.rag.answering import Answerer
 from workers.rag.collections import Collections
 from workers.rag.documents import Documents
@@ -88,9 +89,12 @@ def build_worker(r: Rag, codec: Codec | None = None, max_concurrency: int = 64) 
 async def lifespan(env: WorkerEnv) -> AsyncIterator[Worker]:
     if not env.settings.database_url:
         raise RuntimeError("DATABASE_URL is not set")
-    db = await create_database(env.settings.database_url, max_size=20)
+    db = await create_database(env.settings.database_url, max_size=20, init=vectors.register)
     try:
         await migrate(db, "rag", migrations_of("workers.rag"))
+        # Connections opened before the migration created the extension have no vector
+        # codec (workers/rag/vectors.py): replace them.
+        await db.pool.expire_connections()
         codec = Codec(env.settings.codec_type)
         stopping = asyncio.Event()
         service = Rag(db, env.js, env.client, codec=codec, stopping=stopping)
