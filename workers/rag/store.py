@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import asyncpg
+import numpy as np
 
 from bus.context import new_id
 from bus.errors import Conflict, NotFound
@@ -293,7 +294,7 @@ class RagStore:
         digest: str,
         metadata: dict[str, Any],
         pieces: list[Piece],
-        vectors: Sequence[Sequence[float]],
+        vectors: Sequence[Sequence[float]] | np.ndarray,
         job_id: str | None,
         object_name: str | None,
         force: bool = False,
