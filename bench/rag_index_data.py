@@ -5,9 +5,10 @@ database ``ragbase``: RAG's own migrations, one collection of 384-dimensional ch
 ``N`` synthetic chunks generated inside Postgres (random unit vectors — NOT embeddings:
 embedding a million chunks with the local CPU model would take days here — and text of
 80 words drawn from a Zipf-like vocabulary of 20,000 words), then the HNSW index built
-once (m=16, ef_construction=64, as the migration declares it). Each bench run copies it
-(``CREATE DATABASE ... TEMPLATE ragbase``) and drops the copy afterwards, so runs never
-grow or age the base.
+once (m=16, ef_construction=64, as the migration declares it) — the long part: over an
+hour on the shared 2-core machine under load; ``--no-hnsw`` stops after the rows. Each
+bench run copies it (``CREATE DATABASE ... TEMPLATE ragbase``) and drops the copy
+afterwards, so runs never grow or age the base.
 
     .venv/bin/python bench/rag_index_data.py [--data DIR] [--chunks 1000000]
 """
@@ -45,24 +46,25 @@ def db_url(pg: PostgresServer, name: str) -> str:
     return pg.url.rsplit("/", 1)[0] + "/" + name
 
 
-async def base_chunks(pg: PostgresServer) -> int:
-    """How many chunks the finished base holds (0 when it is missing or unfinished)."""
+async def state(pg: PostgresServer) -> tuple[int, bool]:
+    """(chunks the base holds, whether its HNSW index is built); (0, False) if none."""
     conn = await asyncpg.connect(pg.url)
     try:
         if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", BASE_DB):
-            return 0
+            return 0, False
     finally:
         await conn.close()
     conn = await asyncpg.connect(db_url(pg, BASE_DB))
     try:
         if not await conn.fetchval("SELECT to_regclass('public.bench_meta') IS NOT NULL"):
-            return 0
-        return int(await conn.fetchval("SELECT coalesce(max(chunks), 0) FROM bench_meta"))
+            return 0, False
+        row = await conn.fetchrow("SELECT chunks, hnsw FROM bench_meta")
+        return (int(row["chunks"]), bool(row["hnsw"])) if row else (0, False)
     finally:
         await conn.close()
 
 
-async def build(pg: PostgresServer, chunks: int) -> None:
+async def build_rows(pg: PostgresServer, chunks: int) -> None:
     started = time.perf_counter()
     conn = await asyncpg.connect(pg.url)
     try:
@@ -77,7 +79,7 @@ async def build(pg: PostgresServer, chunks: int) -> None:
         await db.close()
     conn = await asyncpg.connect(db_url(pg, BASE_DB), command_timeout=None)
     try:
-        await conn.execute("DROP INDEX rag.chunks_hnsw_384")  # built once at the end
+        await conn.execute("DROP INDEX rag.chunks_hnsw_384")  # built once, afterwards
         await conn.execute(
             "INSERT INTO rag.collections (tenant_id, collection_id, name, embedding_model,"
             " dimensions) VALUES ($1, $2, 'base', 'local-embed', 384)",
@@ -117,40 +119,61 @@ async def build(pg: PostgresServer, chunks: int) -> None:
                 start + n - 1,
             )
             print(f"  base: {start + n} chunks ({time.perf_counter() - started:.0f} s)", flush=True)
+        await conn.execute("ANALYZE rag.chunks")
+        await conn.execute(
+            "CREATE TABLE bench_meta (chunks bigint NOT NULL, hnsw boolean NOT NULL)"
+        )
+        await conn.execute("INSERT INTO bench_meta VALUES ($1, false)", chunks)
+    finally:
+        await conn.close()
+    print(f"  base: {chunks} chunks written in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+async def build_hnsw(pg: PostgresServer) -> None:
+    """The HNSW index over the base's vectors (m=16, ef_construction=64, as migrated)."""
+    conn = await asyncpg.connect(db_url(pg, BASE_DB), command_timeout=None)
+    try:
         t0 = time.perf_counter()
         await conn.execute("SET maintenance_work_mem = '3GB'")
         await conn.execute("SET max_parallel_maintenance_workers = 1")
         await conn.execute(
-            "CREATE INDEX chunks_hnsw_384 ON rag.chunks USING hnsw"
+            "CREATE INDEX IF NOT EXISTS chunks_hnsw_384 ON rag.chunks USING hnsw"
             " ((embedding::vector(384)) vector_cosine_ops) WHERE dims = 384"
         )
+        await conn.execute("UPDATE bench_meta SET hnsw = true")
         print(f"  base: HNSW built in {time.perf_counter() - t0:.0f} s", flush=True)
-        await conn.execute("VACUUM ANALYZE rag.chunks")
-        await conn.execute("CREATE TABLE bench_meta (chunks bigint NOT NULL)")
-        await conn.execute("INSERT INTO bench_meta VALUES ($1)", chunks)
     finally:
         await conn.close()
-    print(f"  base: {chunks} chunks ready in {time.perf_counter() - started:.0f} s", flush=True)
 
 
-async def ensure(pg: PostgresServer, chunks: int) -> None:
-    have = await base_chunks(pg)
-    if have == chunks:
-        print(f"base data: {have} chunks (kept from an earlier run)")
-        return
-    print(f"base data: building {chunks} chunks (once; later runs reuse it)", flush=True)
-    await build(pg, chunks)
+async def ensure(pg: PostgresServer, chunks: int, hnsw: bool = True) -> bool:
+    """The base with ``chunks`` chunks, and its HNSW index unless ``hnsw`` is False (an
+    index built earlier is kept). Returns whether the base has the HNSW index."""
+    have, indexed = await state(pg)
+    if have != chunks:
+        print(f"base data: writing {chunks} chunks (once; later runs reuse them)", flush=True)
+        await build_rows(pg, chunks)
+        indexed = False
+    else:
+        built = "built" if indexed else "not built"
+        print(f"base data: {have} chunks kept from an earlier run, HNSW {built}")
+    if hnsw and not indexed:
+        print("base data: building the HNSW index (once)", flush=True)
+        await build_hnsw(pg)
+        indexed = True
+    return indexed
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--chunks", type=int, default=1_000_000)
+    parser.add_argument("--no-hnsw", action="store_true", help="write the rows only")
     args = parser.parse_args()
     pg = server(args.data)
     pg.start()
     try:
-        asyncio.run(ensure(pg, args.chunks))
+        asyncio.run(ensure(pg, args.chunks, hnsw=not args.no_hnsw))
     finally:
         pg.stop()
 
