@@ -28,11 +28,13 @@ against the local MiniLM embedder's own rate, in one run.
    write → ``indexed``. Prints chunks/s and its ratio to the embedder's own rate, and
    RAG's summed embedding and database times.
 
-Time: the first run builds the base (about 15–25 minutes on the shared 2-core machine,
-mostly the HNSW build); later runs take about 4–8 minutes with the defaults (copying the
-base about a minute, store 1–2 minutes, embedder and end to end 2–4 minutes: the local
-embedder runs at 3–30 chunks/s depending on the load). Nothing is left running; the copy
-is dropped at the end.
+Time: the first run builds the base — measured on the shared 2-core machine at load
+10–14: the million rows in 23 minutes, the HNSW index of 100,000 in 5 minutes and of a
+million in over an hour (``--no-hnsw-build`` skips it and the HNSW figure; end to end then
+writes into an empty database). Later runs take about 5–11 minutes with the defaults
+(copying the base about a minute, store 2–5 minutes, embedder and end to end 2–4 minutes:
+the local embedder runs at 3–30 chunks/s depending on the load). Nothing is left
+running; the copies are dropped at the end.
 
     .venv/bin/python bench/bench_rag_index.py [--base-chunks 1000000] [--write-chunks 20000]
         [--hnsw-chunks 2000] [--docs 40] [--data /work/bench-data/ragindex]
