@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
-from bus.postgres import Database, create_database, migrate, migrations_of
+from bus.postgres import ConnectionHook, Database, create_database, migrate, migrations_of
 from bus.settings import Settings
 
 #: A background loop of a worker: runs until the event is set.
@@ -43,20 +43,25 @@ async def database(
     migrations: str | None = None,
     *,
     max_size: int = 10,
+    init: ConnectionHook | None = None,
 ) -> AsyncIterator[Database]:
     """The worker's pool (``bus.postgres.create_database``), migrated, closed on exit.
 
     ``schema`` and ``migrations`` (the package holding ``migrations/*.sql``, e.g.
     ``"workers.ml"``) go to :func:`bus.postgres.migrate`; without them nothing is
     migrated (a worker with its own preparation runs it on the yielded pool). The pool
-    is closed even if migrating fails.
+    is closed even if migrating fails. ``init`` runs on every new connection (type codecs,
+    e.g. pgvector's); connections opened before the migrations created the types are
+    replaced once the migrations ran.
     """
     if not settings.database_url:
         raise RuntimeError("DATABASE_URL is not set")
-    db = await create_database(settings.database_url, max_size=max_size)
+    db = await create_database(settings.database_url, max_size=max_size, init=init)
     try:
         if schema is not None and migrations is not None:
             await migrate(db, schema, migrations_of(migrations))
+            if init is not None:
+                await db.pool.expire_connections()
         yield db
     finally:
         await db.close()

@@ -19,6 +19,7 @@ from bus import jetstream
 from bus.batches import BatchConsumer, Delivery
 from bus.codec import Codec
 from bus.errors import InvalidRequest, RetryableError, translate
+from bus.lifespan import background, database
 from bus.sql import tenant_of
 from bus.worker import Endpoint, Worker, WorkerEnv
 from schemas import llmops
@@ -40,7 +41,7 @@ from schemas.llmops import (
 from workers.llmops.budgets import Budgets
 from workers.llmops.events import OperationEvent, Row, event_of
 from workers.llmops.queries import Reader
-from workers.llmops.store import Store, open_database
+from workers.llmops.store import SCHEMA, Store
 
 _log = structlog.get_logger(__name__)
 
@@ -228,10 +229,7 @@ def build_worker(ops: LLMOps, codec: Codec | None = None, max_concurrency: int =
 
 @asynccontextmanager
 async def lifespan(env: WorkerEnv) -> AsyncIterator[Worker]:
-    if not env.settings.database_url:
-        raise RuntimeError("DATABASE_URL is not set")
-    db = await open_database(env.settings.database_url)
-    try:
+    async with database(env.settings, SCHEMA, "workers.llmops") as db:
         codec = Codec(env.settings.codec_type)
         store = Store(db)
         await store.ensure_ahead()
@@ -251,13 +249,7 @@ async def lifespan(env: WorkerEnv) -> AsyncIterator[Worker]:
             codec=codec,
         )
         stopping = asyncio.Event()
-        async with asyncio.TaskGroup() as tg:
-            for _ in range(CONSUMERS):
-                tg.create_task(consumer.run(stopping))
-            tg.create_task(ops.housekeeping(stopping))
-            try:
-                yield build_worker(ops, codec, min(env.settings.max_concurrency, 64))
-            finally:
-                stopping.set()
-    finally:
-        await db.close()
+        # Two batches in hand per worker: Python and Postgres work side by side.
+        loops = [consumer.run] * CONSUMERS
+        async with background(stopping, *loops, ops.housekeeping):
+            yield build_worker(ops, codec, min(env.settings.max_concurrency, 64))

@@ -78,7 +78,8 @@ _SPANS = TypeAdapter(list[Span])
 
 @dataclass
 class IndexStats:
-    """Where indexing time goes, per process (read by bench/bench_rag.py)."""
+    """Where indexing time goes, per process (read by bench/bench_rag.py and
+    bench/bench_rag_index.py)."""
 
     documents: int = 0
     chunks: int = 0

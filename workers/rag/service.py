@@ -21,9 +21,11 @@ from bus import offload
 from bus.client import Client
 from bus.codec import Codec
 from bus.jetstream import JobConsumer
-from bus.postgres import Database, create_database, migrate, migrations_of
+from bus.lifespan import background, database
+from bus.postgres import Database
 from bus.worker import Worker, WorkerEnv
 from schemas.ingestion import IndexJob
+from workers.rag import vectors
 from workers.rag.answering import Answerer
 from workers.rag.collections import Collections
 from workers.rag.documents import Documents
@@ -86,11 +88,9 @@ def build_worker(r: Rag, codec: Codec | None = None, max_concurrency: int = 64) 
 
 @asynccontextmanager
 async def lifespan(env: WorkerEnv) -> AsyncIterator[Worker]:
-    if not env.settings.database_url:
-        raise RuntimeError("DATABASE_URL is not set")
-    db = await create_database(env.settings.database_url, max_size=20)
-    try:
-        await migrate(db, "rag", migrations_of("workers.rag"))
+    # pgvector's binary codec on every connection (workers/rag/vectors.py).
+    pool = database(env.settings, "rag", "workers.rag", max_size=20, init=vectors.register)
+    async with pool as db:
         codec = Codec(env.settings.codec_type)
         stopping = asyncio.Event()
         service = Rag(db, env.js, env.client, codec=codec, stopping=stopping)
@@ -102,12 +102,6 @@ async def lifespan(env: WorkerEnv) -> AsyncIterator[Worker]:
             on_failed=service.indexer.index_failed,
             codec=codec,
         )
-        # The pools stop after the consumer's in-flight jobs (the TaskGroup) finish.
-        async with offload.using(env.settings), asyncio.TaskGroup() as tg:
-            tg.create_task(consumer.run(stopping))
-            try:
-                yield build_worker(service, codec, min(env.settings.max_concurrency, 64))
-            finally:
-                stopping.set()
-    finally:
-        await db.close()
+        # The pools stop after the consumer's in-flight jobs finish.
+        async with offload.using(env.settings), background(stopping, consumer.run):
+            yield build_worker(service, codec, min(env.settings.max_concurrency, 64))

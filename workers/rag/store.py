@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
 import asyncpg
+import numpy as np
 
 from bus.context import new_id
 from bus.errors import Conflict, NotFound
 from bus.postgres import Database
-from bus.sql import cursor_time, decode_cursor, encode_cursor, vector_literal
+from bus.sql import cursor_time, decode_cursor, encode_cursor
 from schemas.locations import Location, Span
 from workers.rag.chunking import Piece
+from workers.rag.vectors import to_wire
 
 #: Text search configuration of the keyword leg (stemming and stop words).
 TS_CONFIG = "english"
@@ -110,6 +113,22 @@ class WriteResult:
     chunks: int
     replaced_object: str | None = None  # an earlier upload of this source, now orphaned
 
+
+#: Chunks per INSERT statement of a document's write (all in one transaction): each
+#: statement stays well inside the pool's command timeout even with HNSW maintenance at
+#: a million chunks (docs/services/rag.md, "How indexing scales").
+WRITE_BATCH = 256
+
+#: The collection's row KEY SHARE and the source's document (if any) FOR UPDATE, in one
+#: round trip; no row means no collection, a row of NULLs a new source.
+_LOCK_DOCUMENT = (
+    "SELECT d.document_id, d.content_hash, d.object_name, d.chunk_count"
+    " FROM (SELECT 1 FROM rag.collections WHERE tenant_id = $1 AND collection_id = $2"
+    "   FOR KEY SHARE) c"
+    " LEFT JOIN LATERAL (SELECT document_id, content_hash, object_name, chunk_count"
+    "   FROM rag.documents WHERE tenant_id = $1 AND collection_id = $2 AND source_id = $3"
+    "   FOR UPDATE) d ON true"
+)
 
 _DOC_COLUMNS = (
     "document_id, collection_id, source_id, title, metadata, content_hash, chunk_count,"
@@ -275,7 +294,7 @@ class RagStore:
         digest: str,
         metadata: dict[str, Any],
         pieces: list[Piece],
-        vectors: list[list[float]],
+        vectors: Sequence[Sequence[float]] | np.ndarray,
         job_id: str | None,
         object_name: str | None,
         force: bool = False,
@@ -285,30 +304,31 @@ class RagStore:
 
         Content already stored under this source (same hash) is kept as it is unless
         ``force`` (reindex): a redelivered job that raced its first delivery adds nothing.
+        Chunks go in statements of :data:`WRITE_BATCH` rows (vectors in pgvector's binary
+        format, :mod:`workers.rag.vectors`), all in the one transaction: a document is
+        written whole or not at all, and no statement of a large document runs into the
+        pool's command timeout.
         """
+        if len(vectors) != len(pieces):
+            raise ValueError(f"{len(pieces)} chunks but {len(vectors)} vectors")
         cid = collection.collection_id
         meta = metadata
-        select_existing = (
-            "SELECT document_id, content_hash, object_name, chunk_count FROM rag.documents"
-            " WHERE tenant_id = $1 AND collection_id = $2 AND source_id = $3 FOR UPDATE"
-        )
+        wire = to_wire(vectors)
         async with self.db.transaction() as conn:
-            # KEY SHARE: the collection cannot be deleted under us, yet writers of other
-            # documents of the collection run in parallel.
-            if not await conn.fetchval(
-                "SELECT 1 FROM rag.collections WHERE tenant_id = $1 AND collection_id = $2"
-                " FOR KEY SHARE",
-                tenant,
-                cid,
-            ):
+            # One statement: KEY SHARE on the collection (it cannot be deleted under us,
+            # yet writers of other documents of the collection run in parallel) and the
+            # document's row FOR UPDATE (writers of this source take turns).
+            locked = await conn.fetchrow(_LOCK_DOCUMENT, tenant, cid, source_id)
+            if locked is None:
                 raise NotFound(f"no collection {cid}")
-            existing = await conn.fetchrow(select_existing, tenant, cid, source_id)
+            existing = locked if locked["document_id"] is not None else None
             document_id = existing["document_id"] if existing is not None else new_id("doc")
             if existing is None:
                 inserted = await conn.fetchval(
                     "INSERT INTO rag.documents (tenant_id, collection_id, document_id,"
                     " source_id, title, metadata, content_hash, body, chunk_count, job_id,"
-                    " object_name) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11)"
+                    " object_name, spans) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9,"
+                    " $10, $11, $12::jsonb)"
                     " ON CONFLICT (tenant_id, collection_id, source_id) DO NOTHING"
                     " RETURNING document_id",
                     tenant,
@@ -322,9 +342,11 @@ class RagStore:
                     len(pieces),
                     job_id,
                     object_name,
+                    spans_value(spans),
                 )
                 if inserted is None:  # a concurrent writer of this source committed first
-                    existing = await conn.fetchrow(select_existing, tenant, cid, source_id)
+                    existing = await conn.fetchrow(_LOCK_DOCUMENT, tenant, cid, source_id)
+                    assert existing is not None and existing["document_id"] is not None
                     document_id = existing["document_id"]
             if existing is not None and existing["content_hash"] == digest and not force:
                 # Indexed meanwhile (a redelivery racing the first delivery): keep it.
@@ -336,30 +358,41 @@ class RagStore:
             else:
                 status = "updated"
                 await conn.execute(
-                    "DELETE FROM rag.chunks WHERE tenant_id = $1 AND document_id = $2",
+                    # A data-modifying CTE always runs to completion: old chunks out, the
+                    # row updated, in one round trip.
+                    "WITH gone AS (DELETE FROM rag.chunks WHERE tenant_id = $1"
+                    "   AND document_id = $2)"
+                    " UPDATE rag.documents SET title = $3, metadata = $4::jsonb,"
+                    " content_hash = $5, body = $6, chunk_count = $7, job_id = $8,"
+                    " object_name = coalesce($9, object_name), lex_total = 0,"
+                    " spans = $10::jsonb, updated_at = now()"
+                    " WHERE tenant_id = $1 AND document_id = $2",
                     tenant,
                     document_id,
+                    title,
+                    meta,
+                    digest,
+                    text,
+                    len(pieces),
+                    job_id,
+                    object_name,
+                    spans_value(spans),
                 )
-            lex_total = await self._insert_chunks(
-                conn, tenant, collection, document_id, title, digest, meta, pieces, vectors
-            )
-            await conn.execute(
-                "UPDATE rag.documents SET title = $3, metadata = $4::jsonb,"
-                " content_hash = $5, body = $6, chunk_count = $7, job_id = $8,"
-                " object_name = coalesce($9, object_name), lex_total = $10, spans = $11::jsonb,"
-                " updated_at = now() WHERE tenant_id = $1 AND document_id = $2",
-                tenant,
-                document_id,
-                title,
-                meta,
-                digest,
-                text,
-                len(pieces),
-                job_id,
-                object_name,
-                lex_total,
-                spans_value(spans),
-            )
+            ids = [chunk_id(document_id, digest, i) for i in range(len(pieces))]
+            for start in range(0, len(pieces), WRITE_BATCH):
+                stop = start + WRITE_BATCH
+                await self._insert_chunks(
+                    conn,
+                    tenant,
+                    collection,
+                    document_id,
+                    title,
+                    meta,
+                    start,
+                    ids[start:stop],
+                    pieces[start:stop],
+                    wire[start:stop],
+                )
         await self.bump(tenant, cid)
         replaced = None
         if (
@@ -381,39 +414,44 @@ class RagStore:
         collection: CollectionRow,
         document_id: str,
         title: str | None,
-        digest: str,
         meta: dict[str, Any],
+        first: int,
+        ids: list[str],
         pieces: list[Piece],
-        vectors: list[list[float]],
-    ) -> int:
-        lex = await conn.fetchval(
+        vectors: list[bytes],
+    ) -> None:
+        """One statement: the chunks (``first`` is the first one's ``ord``), and their
+        lexeme count added to the document's ``lex_total``."""
+        await conn.execute(
             "WITH ins AS (INSERT INTO rag.chunks (tenant_id, collection_id, document_id,"
             " chunk_id, ord, text, section, token_count, metadata, dims, embedding, tsv,"
             " lex_count, location)"
-            " SELECT $1, $2, $3, u.chunk_id, u.ord, u.text, u.section, u.tokens, $4::jsonb, $5,"
-            "   u.emb::vector, v.tsv,"
+            " SELECT $1, $2, $3, u.chunk_id, $6 + u.n - 1, u.text, u.section, u.tokens,"
+            "   $4::jsonb, $5, u.emb, v.tsv,"
             "   (SELECT coalesce(sum(cardinality(x.positions)), 0) FROM unnest(v.tsv) x),"
             "   u.location::jsonb"
-            " FROM unnest($6::text[], $7::int[], $8::text[], $9::text[], $10::int[],"
-            "   $11::text[], $12::text[], $13::text[])"
-            "   AS u(chunk_id, ord, text, section, tokens, emb, search, location)"
+            " FROM unnest($7::text[], $8::text[], $9::text[], $10::int[],"
+            "   $11::vector[], $12::text[], $13::text[])"
+            "   WITH ORDINALITY AS u(chunk_id, text, section, tokens, emb, search, location, n)"
             f" CROSS JOIN LATERAL (SELECT to_tsvector('{TS_CONFIG}', u.search) AS tsv) v"
-            " RETURNING lex_count) SELECT coalesce(sum(lex_count), 0) FROM ins",
+            " RETURNING lex_count)"
+            " UPDATE rag.documents SET lex_total = lex_total"
+            "   + (SELECT coalesce(sum(lex_count), 0) FROM ins)"
+            " WHERE tenant_id = $1 AND document_id = $3",
             tenant,
             collection.collection_id,
             document_id,
             meta,
             collection.dimensions,
-            [chunk_id(document_id, digest, i) for i in range(len(pieces))],
-            list(range(len(pieces))),
+            first,
+            ids,
             [p.text for p in pieces],
             [p.section for p in pieces],
             [p.tokens for p in pieces],
-            [vector_literal(v) for v in vectors],
+            vectors,
             [search_text(title, p.section, p.text) for p in pieces],
             [location_json(p.location) for p in pieces],
         )
-        return int(lex)
 
     async def _refresh(
         self,
