@@ -84,12 +84,231 @@ async def test_local_model_streams(gateway, client):
     assert last.usage is not None and 0 < last.usage.completion_tokens <= 12
 
 
-async def test_local_model_refuses_tools(gateway, client):
-    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+RAG_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "rag_search",
+        "description": "Search the HR policy documents for passages relevant to a query.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "query": {"type": "string", "minLength": 1, "maxLength": 2000},
+                "top_k": {"type": "integer", "minimum": 1, "maximum": 20},
+            },
+            "required": ["query"],
+            "additionalProperties": False,
+        },
+    },
+}
+TIME_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "current_time",
+        "description": "The current date and time.",
+        "parameters": {"type": "object", "properties": {}, "additionalProperties": False},
+    },
+}
+TOOLS = {t["function"]["name"]: t for t in (RAG_TOOL, TIME_TOOL)}
+HR = [
+    {"role": "system", "content": "You answer questions about our HR policy documents."},
+    {"role": "user", "content": "How many vacation days do I get per year?"},
+]
+
+
+def valid_call(call) -> dict:
+    """The call names an offered tool and its arguments validate against its schema."""
+    import json
+
+    import jsonschema
+
+    assert call.type == "function" and call.id
+    tool = TOOLS[call.function.name]
+    args = json.loads(call.function.arguments)
+    jsonschema.validate(args, tool["function"]["parameters"])
+    return args
+
+
+async def test_local_model_with_tools_calls_one_or_answers(gateway, client):
+    out = await client.request(
+        "gateway.generate.request",
+        {
+            "messages": HR,
+            "max_tokens": 96,
+            "tools": [RAG_TOOL, TIME_TOOL],
+            "cache": {"no_cache": True},
+        },
+        ctx(120),
+        GenerateResponse,
+    )
+    if out.message.tool_calls:  # the model chose a tool: exactly one, valid
+        assert len(out.message.tool_calls) == 1 and out.finish_reason == "tool_calls"
+        valid_call(out.message.tool_calls[0])
+    else:  # or it answered
+        assert out.message.content and out.message.content.strip()
+        assert out.finish_reason in ("stop", "length")
+
+
+@pytest.mark.parametrize(
+    ("choice", "name"),
+    [
+        ("required", None),
+        ({"type": "function", "function": {"name": "rag_search"}}, "rag_search"),
+        ({"type": "function", "function": {"name": "current_time"}}, "current_time"),
+    ],
+)
+async def test_tool_choice_required_or_named_forces_a_call(gateway, client, choice, name):
+    out = await client.request(
+        "gateway.generate.request",
+        {
+            "messages": HR,
+            "max_tokens": 128,
+            "temperature": 0,
+            "tools": [RAG_TOOL, TIME_TOOL],
+            "tool_choice": choice,
+            "cache": {"no_cache": True},
+        },
+        ctx(120),
+        GenerateResponse,
+    )
+    assert out.finish_reason == "tool_calls" and out.message.content is None
+    (call,) = out.message.tool_calls or []
+    args = valid_call(call)
+    if name:
+        assert call.function.name == name
+    if call.function.name == "rag_search":
+        assert args["query"].strip()
+    assert out.usage.completion_tokens > 0 and out.cost == 0.0
+
+
+async def test_local_model_streams_a_tool_call(gateway, client):
+    chunks = [
+        c
+        async for c in client.request_stream(
+            "gateway.stream.request",
+            {
+                "messages": HR,
+                "max_tokens": 128,
+                "temperature": 0,
+                "tools": [RAG_TOOL],
+                "tool_choice": "required",
+                "cache": {"no_cache": True},
+            },
+            ctx(120),
+            GenerateChunk,
+        )
+    ]
+    deltas = [tc for c in chunks for tc in (c.delta.tool_calls or [])]
+    assert deltas and deltas[0].function and deltas[0].function.name == "rag_search"
+    import json
+
+    arguments = "".join((d.function.arguments or "") for d in deltas if d.function)
+    assert json.loads(arguments)["query"].strip()
+    assert chunks[-1].finish_reason == "tool_calls"
+
+
+async def test_a_tool_result_is_answered_from(gateway, client):
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "rag_search", "arguments": '{"query": "vacation days per year"}'},
+    }
+    result = (
+        '{"results": [{"source_id": "hr-vacation-policy", "title": "Vacation policy", '
+        '"text": "Full-time employees get 25 vacation days per year."}]}'
+    )
+    turns = [
+        *HR,
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": result},
+    ]
+    before = await client.request(
+        "gateway.count_tokens.request", {"messages": HR}, ctx(), CountTokensResponse
+    )
+    out = await client.request(
+        "gateway.generate.request",
+        {
+            "messages": turns,
+            "max_tokens": 48,
+            "temperature": 0,
+            "tools": [RAG_TOOL],
+            "tool_choice": "none",
+            "cache": {"no_cache": True},
+        },
+        ctx(120),
+        GenerateResponse,
+    )
+    assert not out.message.tool_calls and out.message.content and out.message.content.strip()
+    # The call and its result are in the prompt the model read.
+    assert out.usage.prompt_tokens > before.total + 30
+
+
+def test_tool_turns_are_rendered_into_the_prompt():
+    from workers.gateway.local import _render_tool_history
+
+    call = {"id": "c1", "type": "function", "function": {"name": "rag_search", "arguments": "{}"}}
+    turns = [
+        *HR,
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "name": "rag_search", "content": "25 days [hr-v]"},
+    ]
+    out = _render_tool_history(turns, [RAG_TOOL])
+    assert [m["role"] for m in out] == ["system", "user", "assistant", "user"]
+    assert "rag_search" in out[0]["content"] and HR[0]["content"] in out[0]["content"]
+    assert (
+        out[2]["content"].startswith("<tool_call>") and '"name": "rag_search"' in out[2]["content"]
+    )
+    assert "25 days [hr-v]" in out[3]["content"] and "<tool_response" in out[3]["content"]
+
+
+def _nested(depth: int) -> dict:
+    schema: dict = {"type": "string"}
+    for _ in range(depth):
+        schema = {"type": "object", "properties": {"x": schema}}
+    return schema
+
+
+HOSTILE = {
+    "huge": {
+        "type": "object",
+        "properties": {f"p{i}": {"type": "string", "description": "x" * 50} for i in range(400)},
+    },
+    "deep": _nested(60),
+    "remote_ref": {
+        "type": "object",
+        "properties": {"q": {"$ref": "https://example.com/schema.json"}},
+    },
+    "long_repeat": {
+        "type": "object",
+        "properties": {"q": {"type": "string", "pattern": "^a{100000}$"}},
+    },
+    "many_items": {"type": "array", "items": {"type": "string"}, "minItems": 100000},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+async def test_hostile_tool_schemas_are_refused(gateway, client, kind):
+    tool = {"type": "function", "function": {"name": "f", "parameters": HOSTILE[kind]}}
+    with pytest.raises(InvalidRequest):
+        await asyncio.wait_for(
+            client.request(
+                "gateway.generate.request",
+                {"messages": ASK, "max_tokens": 8, "tools": [tool], "tool_choice": "required"},
+                ctx(),
+            ),
+            60,
+        )
+
+
+async def test_tool_choice_must_name_an_offered_tool(gateway, client):
     with pytest.raises(InvalidRequest):
         await client.request(
             "gateway.generate.request",
-            {"messages": ASK, "max_tokens": 8, "tools": [tool]},
+            {
+                "messages": ASK,
+                "max_tokens": 8,
+                "tools": [TIME_TOOL],
+                "tool_choice": {"type": "function", "function": {"name": "rag_search"}},
+            },
             ctx(),
         )
 

@@ -20,6 +20,7 @@ import asyncio
 import atexit
 import importlib.util
 import os
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -162,6 +163,247 @@ def _chatml(role: str, content: str) -> str:
     return f"<|im_start|>{role}\n{content}<|im_end|>\n"
 
 
+# ---------------------------------------------------------------- tool calls
+
+#: A tool call is written as ``<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>``
+#: (the Hermes/SmolLM2 convention); a llama.cpp grammar makes it the only way to call.
+TOOL_CALL_OPEN = "<tool_call>\n"
+TOOL_CALL_CLOSE = "\n</tool_call>"
+#: Limits on the tools a request offers the local model. The grammar is built from their
+#: schemas on the model's thread; these bounds keep that small and linear.
+TOOL_MAX_TOOLS = 16
+TOOL_MAX_SCHEMA_CHARS = 8192
+TOOL_MAX_DEPTH = 8
+TOOL_MAX_ENUM = 64
+#: Free strings in tool arguments are capped at this many characters in the grammar (the
+#: tool's own ``maxLength`` when smaller), so the small model closes them: the arguments
+#: stay valid under the tool's schema (a narrower ``maxLength`` only), and llama.cpp
+#: builds each bound as nested optional rules (docs/services/gateway.md).
+TOOL_STRING_CAP = 120
+#: Arrays in tool arguments are capped at this many items in the grammar.
+TOOL_MAX_ITEMS = 8
+_TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+#: Schema keywords the grammar builder handles; anything else (``not``, ``if``, ``$id``,
+#: ``patternProperties``...) is refused rather than silently widened.
+_SCHEMA_KEYS = frozenset(
+    {
+        "type", "properties", "required", "additionalProperties", "items", "minItems",
+        "maxItems", "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "$defs",
+        "definitions", "minLength", "maxLength", "minimum", "maximum", "exclusiveMinimum",
+        "exclusiveMaximum", "description", "title", "default", "examples", "format",
+        "pattern", "nullable", "$schema", "uniqueItems", "strict",
+    }
+)  # fmt: skip
+
+
+def _bad(message: str) -> CustomLLMError:
+    return CustomLLMError(status_code=400, message=message)
+
+
+def _narrow(schema: Any, depth: int = 0) -> Any:
+    """A copy of a tool's parameter schema for the grammar: checked (depth, keywords, local
+    ``$ref`` only) and with every free string bounded by :data:`TOOL_STRING_CAP`."""
+    if depth > TOOL_MAX_DEPTH:
+        raise _bad(f"a tool's parameters nest deeper than {TOOL_MAX_DEPTH} levels")
+    if isinstance(schema, bool):
+        return schema
+    if not isinstance(schema, dict):
+        raise _bad("a tool's parameter schema must be an object")
+    unknown = set(schema) - _SCHEMA_KEYS
+    if unknown:
+        raise _bad(f"the local model does not support the schema keyword(s) {sorted(unknown)}")
+    ref = schema.get("$ref")
+    if ref is not None and not (isinstance(ref, str) and ref.startswith("#/") and len(ref) < 200):
+        raise _bad("a tool's parameters may only $ref their own definitions ('#/...')")
+    enum = schema.get("enum")
+    if enum is not None and (not isinstance(enum, list) or len(enum) > TOOL_MAX_ENUM):
+        raise _bad(f"an enum in a tool's parameters must be a list of at most {TOOL_MAX_ENUM}")
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in ("properties", "$defs", "definitions"):
+            if not isinstance(value, dict):
+                raise _bad(f"'{key}' in a tool's parameters must be an object")
+            out[key] = {str(k): _narrow(v, depth + 1) for k, v in value.items()}
+        elif key in ("items", "additionalProperties") and isinstance(value, dict):
+            out[key] = _narrow(value, depth + 1)
+        elif key in ("anyOf", "oneOf", "allOf"):
+            if not isinstance(value, list) or not value:
+                raise _bad(f"'{key}' in a tool's parameters must be a non-empty list")
+            out[key] = [_narrow(v, depth + 1) for v in value]
+        elif key in ("description", "title", "default", "examples", "format", "$schema"):
+            continue  # no effect on the grammar
+        else:
+            out[key] = value
+    lo, hi = out.get("minimum"), out.get("maximum")
+    if (
+        out.get("type") == "integer"
+        and isinstance(lo, int)
+        and isinstance(hi, int)
+        and 0 <= hi - lo < TOOL_MAX_ENUM
+        and not {"exclusiveMinimum", "exclusiveMaximum", "enum", "const"} & set(out)
+    ):  # llama.cpp's grammar builder ignores integer bounds: a small range becomes an enum
+        return {"enum": list(range(lo, hi + 1))}
+    pattern = out.get("pattern")
+    if pattern is not None and (
+        not isinstance(pattern, str)
+        or len(pattern) > 200
+        or any(int(n) > TOOL_STRING_CAP for n in re.findall(r"\d+", pattern))
+    ):
+        raise _bad(f"a pattern in a tool's parameters is too long or repeats > {TOOL_STRING_CAP}")
+    for low, high, cap in (
+        ("minLength", "maxLength", TOOL_STRING_CAP),
+        ("minItems", "maxItems", TOOL_MAX_ITEMS),
+    ):
+        if not isinstance(out.get(low, 0), int) or out.get(low, 0) > cap:
+            raise _bad(f"'{low}' in a tool's parameters is above {cap}")
+        given = out.get(high)
+        if given is not None and not isinstance(given, int):
+            raise _bad(f"'{high}' in a tool's parameters must be an integer")
+    types = out.get("type")
+    is_string = types == "string" or (isinstance(types, list) and "string" in types)
+    if is_string and not ({"enum", "const", "pattern"} & set(out)):
+        given = out.get("maxLength")
+        out["maxLength"] = min(given, TOOL_STRING_CAP) if given is not None else TOOL_STRING_CAP
+    is_array = types == "array" or (isinstance(types, list) and "array" in types)
+    if is_array or "items" in out:
+        given = out.get("maxItems")
+        out["maxItems"] = min(given, TOOL_MAX_ITEMS) if given is not None else TOOL_MAX_ITEMS
+    return out
+
+
+def _tool_grammar(tools: list[dict[str, Any]], choice: Any) -> tuple[str, str | None]:
+    """(GBNF, forced tool name or "" for "required" or None for "auto")."""
+    import json
+
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    if not isinstance(tools, list) or not tools or len(tools) > TOOL_MAX_TOOLS:
+        raise _bad(f"the local model takes 1 to {TOOL_MAX_TOOLS} tools")
+    branches: dict[str, dict[str, Any]] = {}
+    defs: dict[str, Any] = {}
+    for tool in tools:
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(fn, dict) or tool.get("type", "function") != "function":
+            raise _bad("the local model calls only tools of type 'function'")
+        name = fn.get("name")
+        if not isinstance(name, str) or not _TOOL_NAME.match(name) or name in branches:
+            raise _bad(f"tool names must be unique and match {_TOOL_NAME.pattern}")
+        params = fn.get("parameters")
+        if params is None:
+            params = {"type": "object", "properties": {}}
+        try:
+            size = len(json.dumps(params))
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise _bad(f"tool {name!r}: parameters are not JSON") from exc
+        if size > TOOL_MAX_SCHEMA_CHARS:
+            raise _bad(f"tool {name!r}: parameters exceed {TOOL_MAX_SCHEMA_CHARS} characters")
+        narrowed = _narrow(params)
+        for key in ("$defs", "definitions"):  # refs point at the root: lift them
+            for k, v in (narrowed.pop(key, None) or {}).items():
+                defs.setdefault(key, {})[k] = v
+        branches[name] = {
+            "type": "object",
+            "properties": {"name": {"const": name}, "arguments": narrowed},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+    forced: str | None = None
+    if choice == "required":
+        forced = ""
+    elif isinstance(choice, dict):
+        forced = ((choice.get("function") or {}) if isinstance(choice, dict) else {}).get("name")
+        if forced not in branches:
+            raise _bad(f"tool_choice names a tool that is not offered: {forced!r}")
+        branches = {forced: branches[forced]}
+    elif choice not in (None, "auto"):
+        raise _bad(f"unsupported tool_choice {choice!r}")
+    call = {"anyOf": list(branches.values()), **defs}
+    try:
+        gbnf = json_schema_to_gbnf(json.dumps(call))
+    except Exception as exc:  # the converter raises many kinds on schemas it cannot build
+        raise _bad(f"the tools' parameter schemas cannot be turned into a grammar: {exc}") from exc
+    gbnf = re.sub(r"^root ::=", "call ::=", gbnf, flags=re.M)
+    # JSON strings hold no raw control characters (json.loads refuses them, and a newline
+    # is where the small model wanders off): the builder's ``char`` allows them.
+    gbnf = gbnf.replace('char ::= [^"\\\\] |', 'char ::= [^"\\\\\\x00-\\x1F\\x7F] |')
+    if forced is None:  # auto: an answer (not starting with "<") or a call
+        root = (
+            f"root ::= {json.dumps(TOOL_CALL_OPEN)} call {json.dumps(TOOL_CALL_CLOSE)} "
+            "| [^<] [^\\x00]*\n"
+        )
+    else:  # the prompt already ends with TOOL_CALL_OPEN
+        root = f"root ::= call {json.dumps(TOOL_CALL_CLOSE)}\n"
+    return root + gbnf, forced
+
+
+def _tool_system(tools: list[dict[str, Any]]) -> str:
+    import json
+
+    lines = [
+        "You may call one of these tools to get information you need, or answer directly.",
+        "<tools>",
+        *(
+            json.dumps(
+                {
+                    "name": t["function"]["name"],
+                    "description": str(t["function"].get("description") or "")[:500],
+                    "parameters": t["function"].get("parameters") or {},
+                }
+            )
+            for t in tools
+        ),
+        "</tools>",
+        "To call a tool, answer with only:",
+        '<tool_call>\n{"name": <tool name>, "arguments": <arguments object>}\n</tool_call>',
+        "Tool results come back in <tool_response> tags; answer from them.",
+    ]
+    return "\n".join(lines)
+
+
+def _render_tool_history(
+    messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+) -> list[dict[str, Any]]:
+    """OpenAI messages with tool calls and tool results -> plain ChatML messages.
+
+    SmolLM2's template knows system, user and assistant: an assistant's tool calls become
+    its ``<tool_call>`` text, and a tool's result a user turn in ``<tool_response>`` tags
+    (the Hermes convention), so the next turn can answer from it.
+    """
+    import json
+
+    out: list[dict[str, Any]] = []
+    for m, flat in zip(messages, _flatten(messages), strict=True):
+        role, content = flat["role"], flat["content"]
+        if role == "assistant" and m.get("tool_calls"):
+            calls = []
+            for tc in m["tool_calls"]:
+                fn = (tc.get("function") if isinstance(tc, dict) else None) or {}
+                try:
+                    args = json.loads(fn.get("arguments") or "{}")
+                except ValueError:
+                    args = fn.get("arguments")
+                calls.append(
+                    TOOL_CALL_OPEN
+                    + json.dumps({"name": fn.get("name"), "arguments": args})
+                    + TOOL_CALL_CLOSE
+                )
+            content = "\n".join([content, *calls]) if content else "\n".join(calls)
+        elif role == "tool":
+            name = m.get("name")
+            head = f'<tool_response name="{name}">' if name else "<tool_response>"
+            role, content = "user", f"{head}\n{content}\n</tool_response>"
+        elif role == "developer":
+            role = "system"
+        out.append({"role": role, "content": content})
+    if tools:
+        block = _tool_system(tools)
+        if out and out[0]["role"] == "system":
+            out[0] = {"role": "system", "content": f"{out[0]['content']}\n\n{block}"}
+        else:
+            out.insert(0, {"role": "system", "content": block})
+    return out
+
+
 class LocalGenerator:
     """SmolLM2-135M-Instruct on llama.cpp. ``Llama`` is not thread-safe: calls hold ``lock``."""
 
@@ -180,17 +422,16 @@ class LocalGenerator:
         # The GGUF's own chat template, as llama_cpp applies it: prompt_tokens of streams.
         template = self.llm.metadata.get("tokenizer.chat_template")
         detok = self.llm.detokenize
+        self.eos = detok([self.llm.token_eos()], special=True).decode()
         self._format = template and Jinja2ChatFormatter(
             template=template,
-            eos_token=detok([self.llm.token_eos()], special=True).decode(),
+            eos_token=self.eos,
             bos_token=detok([self.llm.token_bos()], special=True).decode(),
         )
 
     @staticmethod
     def _args(messages: list[dict[str, Any]], p: dict[str, Any]) -> dict[str, Any]:
         """OpenAI parameters -> llama_cpp keyword arguments."""
-        if p.get("tools"):
-            raise CustomLLMError(status_code=400, message="the local model does not call tools")
         kw: dict[str, Any] = {
             "messages": _flatten(messages),
             "max_tokens": p.get("max_completion_tokens")
@@ -216,8 +457,88 @@ class LocalGenerator:
                 kw["repeat_penalty"] = GRAMMAR_REPEAT_PENALTY
         return kw
 
+    def _tool_request(
+        self, messages: list[dict[str, Any]], p: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """The prompt and grammar for a request that offers tools or carries tool turns;
+        None for a plain chat request."""
+        tools = p.get("tools") or None
+        history = any(m.get("role") == "tool" or m.get("tool_calls") for m in messages)
+        if not tools and not history:
+            return None
+        if p.get("tool_choice") == "none":
+            tools = None
+        gbnf, forced = _tool_grammar(tools, p.get("tool_choice")) if tools else (None, None)
+        prompt = self.prompt(_render_tool_history(messages, tools))
+        if forced is not None:
+            prompt += TOOL_CALL_OPEN
+        return {"prompt": prompt, "gbnf": gbnf, "forced": forced}
+
+    def _tool_chat(self, req: dict[str, Any], kw: dict[str, Any]) -> dict[str, Any]:
+        """One completion under the tool grammar (the lock is held by the caller)."""
+        import json
+        import uuid
+
+        from llama_cpp import LlamaGrammar
+
+        grammar = None
+        if req["gbnf"]:
+            try:
+                grammar = LlamaGrammar.from_string(req["gbnf"], verbose=False)
+            except Exception as exc:
+                raise _bad(f"the tools' grammar does not build: {exc}") from exc
+        tokens = self.tokenize(req["prompt"])
+        stop = kw.get("stop") or []
+        stop = [stop] if isinstance(stop, str) else list(stop)
+        keys = ("seed", "presence_penalty", "frequency_penalty")
+        extra: dict[str, Any] = {k: kw[k] for k in keys if k in kw}
+        # No repeat penalty here: a query should be free to repeat the question's words, and
+        # the grammar's bounded strings already stop a loop.
+        out = self.llm.create_completion(
+            prompt=tokens,
+            grammar=grammar,
+            max_tokens=kw["max_tokens"],
+            temperature=kw["temperature"],
+            top_p=kw["top_p"],
+            stop=[*stop, self.eos],
+            **extra,
+        )
+        if not isinstance(out, dict):
+            raise TypeError("llama_cpp streamed an answer that was not asked to stream")
+        choice, usage = out["choices"][0], out["usage"]
+        text, finish = choice["text"] or "", choice["finish_reason"] or "stop"
+        calls: list[dict[str, str]] = []
+        body = text if req["forced"] is not None else None
+        if req["forced"] is None and text.startswith(TOOL_CALL_OPEN):
+            body = text[len(TOOL_CALL_OPEN) :]
+        if body is not None:
+            body = body.strip()
+            if body.endswith(TOOL_CALL_CLOSE.strip()):
+                body = body[: -len(TOOL_CALL_CLOSE.strip())]
+            try:
+                call = json.loads(body)
+                calls.append(
+                    {
+                        "id": f"call_{uuid.uuid4().hex[:24]}",
+                        "name": call["name"],
+                        "arguments": json.dumps(call["arguments"]),
+                    }
+                )
+            except (ValueError, KeyError, TypeError):
+                pass  # cut by max_tokens: the text is returned as it is, finish "length"
+        return {
+            "text": "" if calls else text,
+            "tool_calls": calls,
+            "finish_reason": "tool_calls" if calls else finish,
+            "prompt_tokens": usage["prompt_tokens"],
+            "completion_tokens": usage["completion_tokens"],
+        }
+
     def chat(self, messages: list[dict[str, Any]], **params: Any) -> dict[str, Any]:
         kw = self._args(messages, params)
+        if (req := self._tool_request(messages, params)) is not None:
+            with self.lock:
+                return self._tool_chat(req, kw)
         with self.lock:
             out = self.llm.create_chat_completion(**kw)
         if not isinstance(out, dict):  # llama_cpp returns an iterator only when streaming
@@ -234,6 +555,16 @@ class LocalGenerator:
         """Yields ``{"text"}`` deltas, then ``{"finish_reason", "prompt_tokens",
         "completion_tokens"}``."""
         kw = self._args(messages, params)
+        if (req := self._tool_request(messages, params)) is not None:
+            # A tool call is only known once its grammar closes: one piece, then the end.
+            with self.lock:
+                r = self._tool_chat(req, kw)
+            if r["text"]:
+                yield {"text": r["text"]}
+            for i, call in enumerate(r["tool_calls"]):
+                yield {"tool_call": call, "index": i}
+            yield {k: r[k] for k in ("finish_reason", "prompt_tokens", "completion_tokens")}
+            return
         with self.lock:  # held until the generator is exhausted or closed
             n_prompt = len(self.tokenize(self.prompt(kw["messages"])))
             n, finish = 0, "stop"
@@ -373,7 +704,20 @@ class LocalProvider(CustomLLM):
         return exc
 
     def _fill(self, model: str, r: dict[str, Any], model_response: Any) -> Any:
-        model_response.choices[0].message.content = r["text"]
+        from litellm.types.utils import ChatCompletionMessageToolCall, Function
+
+        message = model_response.choices[0].message
+        message.content = r["text"]
+        if r.get("tool_calls"):
+            message.content = None
+            message.tool_calls = [
+                ChatCompletionMessageToolCall(
+                    id=c["id"],
+                    type="function",
+                    function=Function(name=c["name"], arguments=c["arguments"]),
+                )
+                for c in r["tool_calls"]
+            ]
         model_response.choices[0].finish_reason = r["finish_reason"]
         model_response.model = f"{self.provider}/{model}"
         model_response.created = int(time.time())
@@ -387,6 +731,21 @@ class LocalProvider(CustomLLM):
     @staticmethod
     def _chunk(d: dict[str, Any]) -> Any:
         """A litellm ``GenericStreamingChunk``."""
+        if "tool_call" in d:
+            c = d["tool_call"]
+            return {
+                "text": "",
+                "is_finished": False,
+                "finish_reason": "",
+                "usage": None,
+                "index": 0,
+                "tool_use": {
+                    "id": c["id"],
+                    "type": "function",
+                    "function": {"name": c["name"], "arguments": c["arguments"]},
+                    "index": d["index"],
+                },
+            }
         if "text" in d:
             return {
                 "text": d["text"],
