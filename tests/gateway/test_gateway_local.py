@@ -253,11 +253,9 @@ def test_tool_turns_are_rendered_into_the_prompt():
     ]
     out = _render_tool_history(turns, [RAG_TOOL])
     assert [m["role"] for m in out] == ["system", "user", "assistant", "user"]
-    assert "rag_search" in out[0]["content"] and HR[0]["content"] in out[0]["content"]
-    assert (
-        out[2]["content"].startswith("<tool_call>") and '"name": "rag_search"' in out[2]["content"]
-    )
-    assert "25 days [hr-v]" in out[3]["content"] and "<tool_response" in out[3]["content"]
+    assert "functions.rag_search:" in out[0]["content"] and HR[0]["content"] in out[0]["content"]
+    assert out[2]["content"] == "functions.rag_search:\n{}"
+    assert out[3]["content"] == "Result of functions.rag_search:\n25 days [hr-v]"
 
 
 def _nested(depth: int) -> dict:

@@ -165,10 +165,13 @@ def _chatml(role: str, content: str) -> str:
 
 # ---------------------------------------------------------------- tool calls
 
-#: A tool call is written as ``<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>``
-#: (the Hermes/SmolLM2 convention); a llama.cpp grammar makes it the only way to call.
-TOOL_CALL_OPEN = "<tool_call>\n"
-TOOL_CALL_CLOSE = "\n</tool_call>"
+#: The model replies ``message:\n<text>`` or ``functions.<name>:\n<JSON arguments>``: the
+#: prompt of llama-cpp-python's ``chatml-function-calling`` handler (SmolLM2 speaks ChatML).
+#: With it the 135M model's first token tells a question for the documents ("functions")
+#: from small talk ("message"); with a ``<tool_call>`` format it almost never calls
+#: (docs/services/gateway.md, "Tool calls with the local model").
+MESSAGE_PREFIX = "message:\n"
+CALL_PREFIX = "functions."
 #: Limits on the tools a request offers the local model. The grammar is built from their
 #: schemas on the model's thread; these bounds keep that small and linear.
 TOOL_MAX_TOOLS = 16
@@ -301,12 +304,7 @@ def _tool_grammar(tools: list[dict[str, Any]], choice: Any) -> tuple[str, str | 
         for key in ("$defs", "definitions"):  # refs point at the root: lift them
             for k, v in (narrowed.pop(key, None) or {}).items():
                 defs.setdefault(key, {})[k] = v
-        branches[name] = {
-            "type": "object",
-            "properties": {"name": {"const": name}, "arguments": narrowed},
-            "required": ["name", "arguments"],
-            "additionalProperties": False,
-        }
+        branches[name] = narrowed
     forced: str | None = None
     if choice == "required":
         forced = ""
@@ -317,47 +315,50 @@ def _tool_grammar(tools: list[dict[str, Any]], choice: Any) -> tuple[str, str | 
         branches = {forced: branches[forced]}
     elif choice not in (None, "auto"):
         raise _bad(f"unsupported tool_choice {choice!r}")
-    call = {"anyOf": list(branches.values()), **defs}
+    names = list(branches)
+    union = {"anyOf": [branches[n] for n in names], **defs}
     try:
-        gbnf = json_schema_to_gbnf(json.dumps(call))
+        gbnf = json_schema_to_gbnf(json.dumps(union))
     except Exception as exc:  # the converter raises many kinds on schemas it cannot build
         raise _bad(f"the tools' parameter schemas cannot be turned into a grammar: {exc}") from exc
-    gbnf = re.sub(r"^root ::=", "call ::=", gbnf, flags=re.M)
+    # Each tool's arguments are the union's branch ``alternative-<i>``; ``root`` is unused.
+    gbnf = re.sub(r"^root ::=.*$", "", gbnf, flags=re.M)
+    if any(not re.search(rf"^alternative-{i} ::=", gbnf, re.M) for i in range(len(names))):
+        raise _bad("the local model needs each tool's parameters to be a JSON-schema object")
     # JSON strings hold no raw control characters (json.loads refuses them, and a newline
     # is where the small model wanders off): the builder's ``char`` allows them.
     gbnf = gbnf.replace('char ::= [^"\\\\] |', 'char ::= [^"\\\\\\x00-\\x1F\\x7F] |')
-    if forced is None:  # auto: an answer (not starting with "<") or a call
-        root = (
-            f"root ::= {json.dumps(TOOL_CALL_OPEN)} call {json.dumps(TOOL_CALL_CLOSE)} "
-            "| [^<] [^\\x00]*\n"
-        )
-    else:  # the prompt already ends with TOOL_CALL_OPEN
-        root = f"root ::= call {json.dumps(TOOL_CALL_CLOSE)}\n"
-    return root + gbnf, forced
+    calls = " | ".join(f'"{n}:\\n" alternative-{i}' for i, n in enumerate(names))
+    if forced is None:  # auto: the model's first token chooses a message or a call
+        root = 'root ::= "message:\\n" [^\\x00]* | "functions." call\n'
+    elif forced == "":  # required: a call; the prompt ends with "functions."
+        root = "root ::= call\n"
+    else:  # named: the prompt ends with "functions.<name>:\n"
+        root = "root ::= alternative-0\n"
+    return f"{root}call ::= {calls}\n{gbnf}", forced
 
 
 def _tool_system(tools: list[dict[str, Any]]) -> str:
+    """The tool block of the system message, worded as ``chatml-function-calling`` does."""
     import json
 
-    lines = [
-        "You may call one of these tools to get information you need, or answer directly.",
-        "<tools>",
-        *(
-            json.dumps(
-                {
-                    "name": t["function"]["name"],
-                    "description": str(t["function"].get("description") or "")[:500],
-                    "parameters": t["function"].get("parameters") or {},
-                }
-            )
-            for t in tools
-        ),
-        "</tools>",
-        "To call a tool, answer with only:",
-        '<tool_call>\n{"name": <tool name>, "arguments": <arguments object>}\n</tool_call>',
-        "Tool results come back in <tool_response> tags; answer from them.",
-    ]
-    return "\n".join(lines)
+    listing = "".join(
+        f"\nfunctions.{t['function']['name']}:\n"
+        + (f"{str(t['function'].get('description') or '')[:500]}\n")
+        + json.dumps(t["function"].get("parameters") or {"type": "object", "properties": {}})
+        + "\n"
+        for t in tools
+    )
+    return (
+        "You have access to the following functions:\n"
+        f"{listing}\n"
+        "You can respond to users messages with either a single message or a function call.\n\n"
+        "To respond with a message begin the message with 'message:', use the following "
+        "format:\n\nmessage:\n<message>\n\n"
+        "To respond with a function call begin the message with 'functions.<function_name>:', "
+        'use the following format:\n\nfunctions.<function_name>:\n{ "arg1": "value1", '
+        '"arg2": "value2" }'
+    )
 
 
 def _render_tool_history(
@@ -366,11 +367,9 @@ def _render_tool_history(
     """OpenAI messages with tool calls and tool results -> plain ChatML messages.
 
     SmolLM2's template knows system, user and assistant: an assistant's tool calls become
-    its ``<tool_call>`` text, and a tool's result a user turn in ``<tool_response>`` tags
-    (the Hermes convention), so the next turn can answer from it.
+    its ``functions.<name>:`` text, and a tool's result a user turn ``Result of
+    functions.<name>:`` with the result, so the next turn can answer from it.
     """
-    import json
-
     out: list[dict[str, Any]] = []
     for m, flat in zip(messages, _flatten(messages), strict=True):
         role, content = flat["role"], flat["content"]
@@ -378,20 +377,22 @@ def _render_tool_history(
             calls = []
             for tc in m["tool_calls"]:
                 fn = (tc.get("function") if isinstance(tc, dict) else None) or {}
-                try:
-                    args = json.loads(fn.get("arguments") or "{}")
-                except ValueError:
-                    args = fn.get("arguments")
-                calls.append(
-                    TOOL_CALL_OPEN
-                    + json.dumps({"name": fn.get("name"), "arguments": args})
-                    + TOOL_CALL_CLOSE
-                )
-            content = "\n".join([content, *calls]) if content else "\n".join(calls)
+                calls.append(f"{CALL_PREFIX}{fn.get('name')}:\n{fn.get('arguments') or '{}'}")
+            content = "\n".join([f"{MESSAGE_PREFIX}{content}", *calls] if content else calls)
+        elif role == "assistant" and tools:
+            content = f"{MESSAGE_PREFIX}{content}"
         elif role == "tool":
-            name = m.get("name")
-            head = f'<tool_response name="{name}">' if name else "<tool_response>"
-            role, content = "user", f"{head}\n{content}\n</tool_response>"
+            name = m.get("name") or next(
+                (
+                    (tc.get("function") or {}).get("name")
+                    for prev in messages
+                    for tc in (prev.get("tool_calls") or [])
+                    if isinstance(tc, dict) and tc.get("id") == m.get("tool_call_id")
+                ),
+                None,
+            )
+            head = f"Result of functions.{name}:" if name else "Function result:"
+            role, content = "user", f"{head}\n{content}"
         elif role == "developer":
             role = "system"
         out.append({"role": role, "content": content})
@@ -470,8 +471,10 @@ class LocalGenerator:
             tools = None
         gbnf, forced = _tool_grammar(tools, p.get("tool_choice")) if tools else (None, None)
         prompt = self.prompt(_render_tool_history(messages, tools))
-        if forced is not None:
-            prompt += TOOL_CALL_OPEN
+        if forced == "":
+            prompt += CALL_PREFIX
+        elif forced:
+            prompt += f"{CALL_PREFIX}{forced}:\n"
         return {"prompt": prompt, "gbnf": gbnf, "forced": forced}
 
     def _tool_chat(self, req: dict[str, Any], kw: dict[str, Any]) -> dict[str, Any]:
@@ -508,23 +511,24 @@ class LocalGenerator:
         choice, usage = out["choices"][0], out["usage"]
         text, finish = choice["text"] or "", choice["finish_reason"] or "stop"
         calls: list[dict[str, str]] = []
-        body = text if req["forced"] is not None else None
-        if req["forced"] is None and text.startswith(TOOL_CALL_OPEN):
-            body = text[len(TOOL_CALL_OPEN) :]
-        if body is not None:
-            body = body.strip()
-            if body.endswith(TOOL_CALL_CLOSE.strip()):
-                body = body[: -len(TOOL_CALL_CLOSE.strip())]
+        if req["forced"]:
+            text = f"{CALL_PREFIX}{req['forced']}:\n{text}"
+        elif req["forced"] == "":
+            text = CALL_PREFIX + text
+        if req["gbnf"] and text.startswith(MESSAGE_PREFIX):
+            text = text[len(MESSAGE_PREFIX) :]
+        elif req["gbnf"] and text.startswith(CALL_PREFIX):
+            name, _, body = text[len(CALL_PREFIX) :].partition(":\n")
             try:
-                call = json.loads(body)
+                arguments = json.loads(body)
                 calls.append(
                     {
                         "id": f"call_{uuid.uuid4().hex[:24]}",
-                        "name": call["name"],
-                        "arguments": json.dumps(call["arguments"]),
+                        "name": name,
+                        "arguments": json.dumps(arguments),
                     }
                 )
-            except (ValueError, KeyError, TypeError):
+            except ValueError:
                 pass  # cut by max_tokens: the text is returned as it is, finish "length"
         return {
             "text": "" if calls else text,
