@@ -46,7 +46,7 @@ BuiltinKind = Literal[
 ]
 StepType = Literal["model_call", "tool_call", "cache_hit"]
 StepStatus = Literal[
-    "ok", "error", "refused", "pending_approval", "rejected", "cancelled", "timed_out"
+    "ok", "error", "refused", "pending_approval", "rejected", "cancelled", "timed_out", "repeated"
 ]
 
 MAX_TASK_CHARS = 100_000

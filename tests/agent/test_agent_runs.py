@@ -431,7 +431,9 @@ async def test_rag_search_refuses_collections_not_granted_to_the_agent(api: Api,
     agent = await api.agent(tools=["rag_search"], rag_collections=["public"])
     fake.play(call("rag_search", {"query": "text", "collection_ids": ["secret"]}), answer("no"))
     run = await api("execute", {"agent_id": agent["agent_id"], "task": "find"})
-    assert run["steps"][1]["status"] == "refused"
+    # The offered schema lists only granted collections, so the call is invalid before it runs.
+    assert run["steps"][1]["status"] == "error"
+    assert run["steps"][1]["error"]["code"] == "invalid_arguments"
     assert fake.searches == []
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import zoneinfo
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING, Any
 
@@ -304,12 +304,16 @@ class Toolbox:
         declared: Mapping[str, ToolSpec],
         roles: Iterable[str],
         approval_required: Iterable[str] = (),
+        collections: Iterable[str] = (),
     ) -> None:
         self.roles = tuple(roles)
         self.attached: dict[str, ToolSpec] = {}
+        granted = list(collections)
         for name in attached:
             spec = declared.get(name) or (builtin_spec(name) if name in BUILTINS else None)
             if spec is not None:
+                if spec.builtin and spec.kind == "rag_search":
+                    spec = replace(spec, parameters=rag_parameters(granted))
                 if name in set(approval_required) and not spec.requires_approval:
                     spec = _with_approval(spec)
                 self.attached[name] = spec
@@ -369,9 +373,32 @@ class Toolbox:
         return Decision(spec, arguments)
 
 
-def _with_approval(spec: ToolSpec) -> ToolSpec:
-    from dataclasses import replace
+def rag_parameters(granted: list[str]) -> dict[str, Any]:
+    """The ``rag_search`` parameters offered for an agent granted ``granted``.
 
+    ``collection_ids`` may only name granted collections (``items.enum``), so a model that
+    follows the schema (and the local model's grammar) cannot invent one; naming a granted
+    one stays valid. With no granted collection the parameter is left out (the call is
+    refused anyway). The executor still refuses ungranted ids (a declarative tool's fixed
+    arguments are not checked against this schema).
+    """
+    base = BUILTINS["rag_search"].parameters
+    properties = dict(base["properties"])
+    ids = list(dict.fromkeys(granted))
+    if not ids:
+        del properties["collection_ids"]
+    else:
+        properties["collection_ids"] = {
+            "type": "array",
+            "items": {"type": "string", "enum": ids},
+            "uniqueItems": True,
+            "maxItems": min(16, len(ids)),
+            "description": "a subset of the granted collections; all if omitted",
+        }
+    return _schema(properties, base["required"])
+
+
+def _with_approval(spec: ToolSpec) -> ToolSpec:
     return replace(spec, requires_approval=True)
 
 

@@ -139,6 +139,8 @@ class Loop:
     async def _model_call(self, state: State) -> None:
         agent = state.agent
         offered = state.toolbox.offered
+        # After a repeated call, the model answers from the results it has.
+        choice = "none" if offered and _repeated_since_model(state) else None
         request = GenerateRequest.model_validate(
             {
                 "model": self.model(agent),
@@ -147,6 +149,7 @@ class Loop:
                 "max_tokens": agent.parameters.max_tokens,
                 "seed": agent.parameters.seed,
                 "tools": [s.openai() for s in offered] or None,
+                "tool_choice": choice,
             }
         )
         started = datetime.now(UTC)
@@ -157,6 +160,8 @@ class Loop:
             "max_tokens": request.max_tokens,
             "tools": [s.name for s in offered],
         }
+        if choice:
+            call["tool_choice"] = choice
         try:
             if state.run.stream:
 
@@ -245,6 +250,14 @@ class Loop:
                 [cache_tag(state.agent.agent_id)],
                 state.hop() if state.remaining() > 0 else child(state.ctx, timeout=2.0),
             )
+
+
+def _repeated_since_model(state: State) -> bool:
+    last = state.last_model()
+    after = last.idx if last is not None else -1
+    return any(
+        s.type == "tool_call" and s.status == "repeated" and s.idx > after for s in state.steps
+    )
 
 
 def _assistant(response: GenerateResponse) -> dict[str, Any]:

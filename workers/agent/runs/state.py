@@ -85,7 +85,9 @@ async def toolbox(store: Store, tenant: str, agent: Agent, roles: tuple[str, ...
     declared_names = [n for n in agent.tools if n not in tools.BUILTINS]
     rows = await store.list_tools(tenant, declared_names) if declared_names else []
     declared = {r.name: tools.declared_spec(r) for r in rows}
-    return tools.Toolbox(agent.tools, declared, roles, agent.approval_required)
+    return tools.Toolbox(
+        agent.tools, declared, roles, agent.approval_required, agent.rag_collections
+    )
 
 
 @dataclass

@@ -1,5 +1,10 @@
 """The tool calls of a model message: pause for approval, refuse, or carry them out.
 
+A call identical to one already answered in this run (same tool, same canonical JSON
+arguments) is not carried out again: it is stored as a ``repeated`` step that points at the
+earlier one, and the next model call is made with ``tool_choice: "none"`` (``loop.py``),
+so the model answers from the results it has (docs/services/agent.md "Repeated calls").
+
 Each call's outcome is stored as a step whose content is the tool message the model sees
 next (wrapped as untrusted data, ``tools.wrap_result``/``wrap_error``).
 """
@@ -44,6 +49,11 @@ class ToolCalls:
             existing = state.by_call.get(call_id)
             if existing is not None and existing.status != "pending_approval":
                 continue  # answered already (before a pause)
+            if existing is None:
+                earlier = answered_before(state, name, raw, call_id)
+                if earlier is not None:
+                    await self._repeated(state, call_id, name, raw, earlier)
+                    continue
             decision = await state.toolbox.check(name, raw, key=state.tenant)
             if existing is not None:
                 approval = existing.approval
@@ -93,6 +103,32 @@ class ToolCalls:
                     return True
             await self._call(state, call_id, name, raw, decision, existing, limit)
         return False
+
+    async def _repeated(
+        self, state: State, call_id: str, name: str, raw: str, earlier: StepRow
+    ) -> None:
+        _log.info("tool_call_repeated", tool=name, repeat_of=earlier.tool_call_id)
+        await record(
+            self.store,
+            state,
+            {
+                "type": "tool_call",
+                "status": "repeated",
+                "name": name,
+                "tool_call_id": call_id,
+                "arguments": _loads(raw),
+                "result": {"repeat_of": earlier.tool_call_id, "step": earlier.idx},
+                "content": tools.wrap_error(
+                    name,
+                    "repeated",
+                    f"this exact call was already made (tool_call_id {earlier.tool_call_id}); "
+                    "its result is above. It was not run again. Answer now from the results "
+                    "you have, citing them.",
+                ),
+                "started_at": datetime.now(UTC),
+                "duration_ms": 0,
+            },
+        )
 
     async def _call(
         self,
@@ -170,6 +206,42 @@ class ToolCalls:
             "content": tools.wrap_result(spec, spec.name, result, limit),
             "usage": usage,
         }
+
+
+#: Outcomes that answer a call for good: asking again with the same arguments gets the same.
+#: A ``tool_error`` (timeout, a service down) may pass, so an identical retry is allowed.
+_FINAL = {"ok", "refused", "rejected", "error"}
+
+
+def call_key(name: str, raw: str) -> str:
+    """A call's identity: its tool and its arguments as canonical JSON (key order and
+    spacing do not matter); arguments that are not JSON compare as written."""
+    try:
+        arguments = json.dumps(json.loads(raw or "{}"), sort_keys=True, separators=(",", ":"))
+    except (json.JSONDecodeError, RecursionError):
+        arguments = raw
+    return f"{name}\x00{arguments}"
+
+
+def answered_before(state: State, name: str, raw: str, call_id: str) -> StepRow | None:
+    """The earlier answered step of a call identical to this one, if any."""
+    key = call_key(name, raw)
+    for s in state.steps:
+        if s.type != "model_call" or s.status != "ok":
+            continue
+        for c in (s.result or {}).get("tool_calls") or []:
+            if c.get("id") == call_id:
+                continue
+            fn = c.get("function") or {}
+            if call_key(fn.get("name", ""), fn.get("arguments") or "{}") != key:
+                continue
+            done = state.by_call.get(c.get("id"))
+            if done is None or done.status not in _FINAL:
+                continue
+            if done.status == "error" and (done.error or {}).get("code") == "tool_error":
+                continue
+            return done
+    return None
 
 
 def _loads(raw: str) -> Any:
