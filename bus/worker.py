@@ -6,24 +6,18 @@ the handler inside the deadline, and answers — every failure goes through the 
 ``except`` in :meth:`_Serving.handle` and becomes the error contract
 (docs/architecture.md, "Errors").
 
-Each endpoint is read by a small pool of consumer tasks that take messages straight
-from the subscription's queue and answer them in turn: a consumer that takes a message
-while no other consumer is waiting starts another, so a slow handler never holds up the
-requests behind it, and spare consumers end themselves. Every request holds one of the
-worker's concurrency slots: a full worker stops reading (back-pressure) instead of
-queueing without bound. No task is created per request — a request that never waits (a
-cache hit) costs what raw nats-py request/reply costs plus the envelope, context and model
-work (docs/architecture.md, "Runtime performance").
+nats-py runs one subscription's callbacks one after another, so the callback only
+takes a concurrency slot and starts the handler in the worker's task group: a slow
+handler never holds up the requests behind it, and a full worker stops reading
+(back-pressure) instead of queueing without bound.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import inspect
 import logging
 import time
-from asyncio import current_task
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -31,8 +25,6 @@ from typing import Any, Generic, overload
 
 import structlog
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.micro import add_service
 from nats.micro.request import Request
@@ -65,8 +57,6 @@ _tracer = trace.get_tracer("bus.worker")
 DEFAULT_DRAIN_TIMEOUT_S = 10.0
 #: How often handlers past their deadline are cancelled (the deadline's resolution).
 REAP_INTERVAL_S = 0.025
-#: Idle consumers an endpoint keeps waiting for messages; more end themselves.
-SPARE_CONSUMERS = 2
 
 
 class Endpoint(Generic[Req, Resp]):
@@ -77,7 +67,7 @@ class Endpoint(Generic[Req, Resp]):
     model and returns (or, for a streaming operation, yields) its response model.
     """
 
-    __slots__ = ("op", "handler", "validate")
+    __slots__ = ("op", "handler")
 
     @overload
     def __init__(self, op: Operation[Req, Resp], handler: Handler[Req, Resp]) -> None: ...
@@ -91,13 +81,6 @@ class Endpoint(Generic[Req, Resp]):
             raise TypeError(f"{op.subject}: the handler must be {kind}")
         self.op = op
         self.handler = handler
-        # ``model_validate`` without its Python wrapper (a no-op request pays for it).
-        model = op.request
-        self.validate: Any = (
-            model.__pydantic_validator__.validate_python
-            if model.__pydantic_complete__
-            else model.model_validate
-        )
 
     @property
     def operation(self) -> str:
@@ -200,7 +183,6 @@ class Worker:
                         "description": ep.description,
                     },
                 )
-                run.consume(ep, service._endpoints[-1]._subscription)
             _log.info("worker_started", service=self.name, endpoints=len(self.endpoints))
             try:
                 yield service
@@ -211,61 +193,8 @@ class Worker:
                     reaper.cancel()
 
 
-class _Slots:
-    """The worker's concurrency slots: ``asyncio.Semaphore`` without its per-call cost.
-
-    Taking a free slot is one comparison (the semaphore's ``acquire`` is a coroutine that
-    also scans its waiters); a taker that finds none waits its turn in order.
-    """
-
-    __slots__ = ("free", "waiters", "loop")
-
-    def __init__(self, n: int) -> None:
-        self.free = n
-        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        self.loop = asyncio.get_running_loop()
-
-    async def take(self) -> None:
-        if self.free > 0 and not self.waiters:
-            self.free -= 1
-            return
-        waiter = self.loop.create_future()
-        self.waiters.append(waiter)
-        try:
-            await waiter  # give() handed its slot to this waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.give()  # handed over just as we were cancelled: pass it on
-            else:
-                self.waiters.remove(waiter)
-            raise
-
-    def give(self) -> None:
-        while self.waiters:
-            waiter = self.waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # the slot goes straight to the next in line
-                return
-        self.free += 1
-
-
-class _Pool:
-    """The consumers of one endpoint's subscription."""
-
-    __slots__ = ("ep", "subject", "counted", "sub", "queue", "size", "idle")
-
-    def __init__(self, ep: Endpoint[Any, Any], sub: Subscription, counted: EndpointCounters):
-        self.ep = ep
-        self.subject = ep.op.subject
-        self.counted = counted
-        self.sub = sub
-        self.queue: asyncio.Queue[Msg] = sub._pending_queue
-        self.size = 0  # consumers alive
-        self.idle = 0  # consumers waiting for a message
-
-
 class _Serving:
-    """One ``serve()`` of a worker: its consumers, concurrency slots and deadlines."""
+    """One ``serve()`` of a worker: its concurrency slots, task group and deadlines."""
 
     def __init__(
         self,
@@ -278,16 +207,14 @@ class _Serving:
         self.counters = counters
         self.codec = worker.codec
         self.service = service
-        self.nc: NATS = service._client
         self.tasks = tasks
-        self.slots = _Slots(worker.max_concurrency)
+        self.slots = asyncio.Semaphore(worker.max_concurrency)
         self.loop = asyncio.get_running_loop()
         # Read once: both checks cost more than a no-op handler when done per message.
         self.tracing = tracing_enabled()
         self.debug = _log.is_enabled_for(logging.DEBUG)
         self.deadlines: dict[asyncio.Task[Any], float] = {}
         self.expired: set[asyncio.Task[Any]] = set()
-        self.consumers: set[asyncio.Task[None]] = set()
 
     async def reap(self) -> None:
         """Cancel handlers past their deadline.
@@ -306,118 +233,59 @@ class _Serving:
 
     async def stop(self) -> None:
         service = self.service
+        # Drain (not just unsubscribe) so messages already delivered are still answered.
+        for mep in service._endpoints:
+            sub = mep._subscription
+            if sub is not None and not service._client.is_closed:
+                await sub.drain()
+        # Every slot back means no handler is in flight.
         try:
-            # Drain (not just unsubscribe) so messages already delivered are still answered.
-            for mep in service._endpoints:
-                sub = mep._subscription
-                if sub is not None and not self.nc.is_closed:
-                    await sub.drain()
-            # Every slot back means no handler is in flight.
-            try:
-                async with asyncio.timeout(self.worker.drain_timeout):
-                    for _ in range(self.worker.max_concurrency):
-                        await self.slots.take()
-            except TimeoutError:
-                _log.warning("drain_timeout", service=self.worker.name)
-                raise
+            async with asyncio.timeout(self.worker.drain_timeout):
+                for _ in range(self.worker.max_concurrency):
+                    await self.slots.acquire()
+        except TimeoutError:
+            _log.warning("drain_timeout", service=self.worker.name)
+            raise
         finally:
-            for consumer in list(self.consumers):  # waiting for messages that will not come
-                consumer.cancel()
             service._endpoints = []  # subscriptions are gone; let stop() handle the rest
-            if not self.nc.is_closed:
+            if not service._client.is_closed:
                 await service.stop()
             _log.info("worker_stopped", service=self.worker.name)
 
-    def consume(self, ep: Endpoint[Any, Any], sub: Subscription | None) -> None:
-        """Read ``sub`` with consumers of our own instead of its callback.
-
-        nats-py reads a callback subscription in one task and awaits the callback for each
-        message; answering from there would serve one request at a time, so the callback
-        could only start a task per request. The consumers take the messages from the
-        same queue (keeping nats-py's pending-size count and ``task_done`` for drain);
-        the callback stays in place for anything its task took before it was cancelled.
-        """
-        assert sub is not None
-        waiter = sub._wait_for_msgs_task
-        if waiter is not None:
-            waiter.cancel()
-        self.spawn(_Pool(ep, sub, self.counters[ep.op.subject]))
-
-    def spawn(self, pool: _Pool) -> None:
-        pool.size += 1
-        consumer = self.tasks.create_task(self.consumer(pool))
-        self.consumers.add(consumer)
-        consumer.add_done_callback(self.consumers.discard)
-
-    async def consumer(self, pool: _Pool) -> None:
-        queue, sub, ep, subject, counted = pool.queue, pool.sub, pool.ep, pool.subject, pool.counted
-        limit = self.worker.max_concurrency
-        slots, streaming = self.slots, ep.op.streaming
-        try:
-            while True:
-                if queue.empty():
-                    if pool.idle >= SPARE_CONSUMERS:
-                        return  # enough others wait for the next message
-                    pool.idle += 1
-                    try:
-                        msg = await queue.get()
-                    finally:
-                        pool.idle -= 1
-                else:
-                    msg = queue.get_nowait()
-                sub._pending_size -= len(msg.data)
-                try:
-                    if pool.idle == 0 and pool.size < limit:
-                        self.spawn(pool)  # someone must take the next message meanwhile
-                    if slots.free > 0 and not slots.waiters:
-                        slots.free -= 1
-                    else:
-                        await slots.take()
-                    if streaming:  # a task of its own: the caller may cancel it
-                        self.tasks.create_task(self.handle(ep, subject, msg, counted))
-                    else:
-                        await self.handle(ep, subject, msg, counted)
-                        # Nothing a handler bound to the log context outlives its request.
-                        structlog.contextvars.clear_contextvars()
-                finally:
-                    queue.task_done()
-        finally:
-            pool.size -= 1
-
     def dispatcher(self, ep: Endpoint[Any, Any]) -> Any:
-        """nats.micro's callback: only for messages taken before :meth:`consume` began."""
         subject = ep.op.subject
         counted = self.counters[subject]
 
         async def dispatch(req: Request) -> None:
-            await self.slots.take()
-            self.tasks.create_task(self.handle(ep, subject, req._msg, counted))
+            await self.slots.acquire()
+            self.tasks.create_task(self.handle(ep, subject, req, counted))
 
         return dispatch
 
     async def handle(
-        self, ep: Endpoint[Any, Any], subject: str, msg: Msg, counted: EndpointCounters
+        self, ep: Endpoint[Any, Any], subject: str, req: Request, counted: EndpointCounters
     ) -> None:
         started = time.perf_counter()
         ctx: Context | None = None
         code = "ok"
         try:
             try:
-                headers, data = self.codec.decode(msg.data)
+                headers, data = self.codec.decode(req.data)
                 ctx = _context(headers)
+                # This task runs only this request, so binding needs no reset.
                 structlog.contextvars.bind_contextvars(
                     tenant=ctx.tenant, correlation_id=ctx.correlation_id
                 )
                 if self.tracing:
-                    await self.traced(ep, subject, msg, ctx, data)
+                    await self.traced(ep, subject, req, ctx, data)
                 else:
-                    await self.run(ep, msg, ctx, data)
+                    await self.run(ep, req, ctx, data)
             except Exception as exc:
                 error = _as_mesh_error(exc, subject)
                 code = error.code
                 counted.errors += 1
                 counted.last_error = f"{error.code}: {error.message}"
-                await self.respond_error(msg, ctx, error)
+                await self.respond_error(req, ctx, error)
             if self.debug:  # the per-request log line
                 ms = round((time.perf_counter() - started) * 1000, 2)
                 _log.debug("request", subject=subject, code=code, ms=ms)
@@ -426,10 +294,10 @@ class _Serving:
         finally:
             counted.requests += 1
             counted.processing_ns += int((time.perf_counter() - started) * 1e9)
-            self.slots.give()
+            self.slots.release()
 
     async def traced(
-        self, ep: Endpoint[Any, Any], subject: str, msg: Msg, ctx: Context, data: Any
+        self, ep: Endpoint[Any, Any], subject: str, req: Request, ctx: Context, data: Any
     ) -> None:
         with _tracer.start_as_current_span(
             subject, context=remote_parent(ctx.traceparent), kind=SpanKind.SERVER
@@ -437,44 +305,32 @@ class _Serving:
             if ctx.tenant:
                 span.set_attribute("mesh.tenant", ctx.tenant)
             try:
-                await self.run(ep, msg, ctx, data)
+                await self.run(ep, req, ctx, data)
             except Exception as exc:
                 error = _as_mesh_error(exc, subject)
                 span.set_status(Status(StatusCode.ERROR, error.code))
                 raise error from exc
 
-    async def run(self, ep: Endpoint[Any, Any], msg: Msg, ctx: Context, data: Any) -> None:
+    async def run(self, ep: Endpoint[Any, Any], req: Request, ctx: Context, data: Any) -> None:
         if not ctx.tenant:
             raise Unauthenticated("request carries no tenant")
         try:
-            request = ep.validate(data)
+            request = ep.request.model_validate(data)
         except ValidationError as exc:
             raise InvalidRequest(
                 f"invalid {ep.operation} request", validation_details(exc)
             ) from None
-        reply_h = _reply_headers(ctx)
         if ctx.deadline is None:
-            if ep.op.streaming:
-                await self.stream(ep, msg, ctx, request, reply_h)
-                return
-            result = await ep.handler(request, ctx)
-            if msg.reply:  # a plain publish expects no answer
-                await self.nc.publish(msg.reply, self.codec.encode(reply_h, result.model_dump()))
+            await self.call(ep, req, ctx, request)
             return
         budget = (ctx.deadline - now_ms()) / 1000.0
         if budget <= 0:
             raise Timeout("deadline passed before the request started")
-        task = current_task()
+        task = asyncio.current_task()
         assert task is not None
         self.deadlines[task] = self.loop.time() + budget
         try:
-            if ep.op.streaming:
-                await self.stream(ep, msg, ctx, request, reply_h)
-            else:
-                result = await ep.handler(request, ctx)
-                if msg.reply:
-                    body = self.codec.encode(reply_h, result.model_dump())
-                    await self.nc.publish(msg.reply, body)
+            await self.call(ep, req, ctx, request)
         except asyncio.CancelledError:
             if task not in self.expired:
                 raise
@@ -482,16 +338,22 @@ class _Serving:
             raise Timeout("deadline exceeded") from None
         finally:
             del self.deadlines[task]
-            if self.expired and task in self.expired:
-                self.expired.discard(task)
-                # A consumer lives on: a cancel the handler swallowed must not linger.
-                if task.cancelling():
-                    task.uncancel()
+            self.expired.discard(task)
+
+    async def call(
+        self, ep: Endpoint[Any, Any], req: Request, ctx: Context, request: BaseModel
+    ) -> None:
+        reply_h = _reply_headers(ctx)
+        if not ep.streaming:
+            result = await ep.handler(request, ctx)
+            await _reply(req, self.codec.encode(reply_h, result.model_dump()))
+            return
+        await self.stream(ep, req, ctx, request, reply_h)
 
     async def stream(
         self,
         ep: Endpoint[Any, Any],
-        msg: Msg,
+        req: Request,
         ctx: Context,
         request: BaseModel,
         reply_h: dict[str, Any],
@@ -510,37 +372,35 @@ class _Serving:
             cancelled = True
             task.cancel()
 
-        reply = msg.reply
-        cancel_sub = await self.nc.subscribe(reply + CANCEL_SUFFIX, cb=on_cancel) if reply else None
+        reply = req._msg.reply
+        cancel_sub = (
+            await self.service._client.subscribe(reply + CANCEL_SUFFIX, cb=on_cancel)
+            if reply
+            else None
+        )
         chunk_h = {**reply_h, "stream": "chunk"}
         try:
             async for chunk in ep.handler(request, ctx):
-                await self.reply(msg, self.codec.encode(chunk_h, chunk.model_dump()))
-            await self.reply(msg, self.codec.encode({**reply_h, "stream": "end"}, None))
+                await _reply(req, self.codec.encode(chunk_h, chunk.model_dump()))
+            await _reply(req, self.codec.encode({**reply_h, "stream": "end"}, None))
         except asyncio.CancelledError:
             if not cancelled:
                 raise
             task.uncancel()
-            _log.info("stream_cancelled_by_caller", subject=msg.subject)
+            _log.info("stream_cancelled_by_caller", subject=req.subject)
         finally:
-            if cancel_sub is not None and not self.nc.is_closed:
+            if cancel_sub is not None and not self.service._client.is_closed:
                 await cancel_sub.unsubscribe()
 
-    async def reply(self, msg: Msg, body: bytes) -> None:
-        if msg.reply:  # a plain publish expects no answer
-            await self.nc.publish(msg.reply, body)
-
-    async def respond_error(self, msg: Msg, ctx: Context | None, error: MeshError) -> None:
-        if not msg.reply:
+    async def respond_error(self, req: Request, ctx: Context | None, error: MeshError) -> None:
+        if not req._msg.reply:
             return
         h = _reply_headers(ctx) if ctx else {}
         body = self.codec.encode(h, {"error": error.body().model_dump()})
         # NATS headers carry only ASCII: keep the message printable and short.
         message = error.message.encode("ascii", "replace").decode()[:200]
-        await self.nc.publish(
-            msg.reply,
-            body,
-            headers={ERROR_HEADER: message, ERROR_CODE_HEADER: str(error.status)},
+        await req.respond(
+            body, headers={ERROR_HEADER: message, ERROR_CODE_HEADER: str(error.status)}
         )
 
 
@@ -558,12 +418,9 @@ def _as_mesh_error(exc: Exception, subject: str) -> MeshError:
     return error
 
 
-_validate_context = Context.__pydantic_validator__.validate_python
-
-
 def _context(headers: dict[str, Any]) -> Context:
     try:
-        return _validate_context(headers)  # type: ignore[no-any-return]
+        return Context.model_validate(headers)
     except ValidationError as exc:
         raise InvalidRequest("invalid context headers", validation_details(exc)) from None
 
@@ -575,6 +432,11 @@ def _reply_headers(ctx: Context) -> dict[str, Any]:
     if ctx.request_id:
         h["request_id"] = ctx.request_id
     return h
+
+
+async def _reply(req: Request, body: bytes) -> None:
+    if req._msg.reply:  # a plain publish expects no answer
+        await req.respond(body)
 
 
 @dataclass(frozen=True)
