@@ -235,6 +235,16 @@ def test_checks_report_each_failure_with_a_reason():
     assert found["schema"].ok
 
 
+def test_an_agent_with_tools_needs_a_step_to_answer():
+    one = agent_spec(tools=["rag_search"], limits={"max_steps": 1})
+    found = _by_name(checks.run("agent", one, CAT, CONFIG))
+    assert not found["limits"].ok and "no step to answer" in found["limits"].message
+    plain = agent_spec(tools=[], limits={"max_steps": 1})
+    assert _by_name(checks.run("agent", plain, CAT, CONFIG))["limits"].ok
+    compact = specschema.compact_agent_schema(catalogue(), CONFIG)
+    assert min(compact["properties"]["limits"]["properties"]["max_steps"]["enum"]) == 2
+
+
 def test_http_get_without_an_allow_list_fails():
     found = _by_name(
         checks.run(

@@ -290,6 +290,8 @@ def _limits(kind: SpecKind, spec: dict[str, Any], config: PromptgenConfig) -> Ch
     for name, value, cap in pairs:
         if value is not None and value > cap:
             problems.append(f"{name} {value} is above the policy's {cap:g}")
+    if kind == "agent" and spec.get("tools") and (limits.get("max_steps") or 2) < 2:
+        problems.append("limits.max_steps 1 leaves an agent with tools no step to answer")
     return _check("limits", problems, "within the policy")
 
 

@@ -190,7 +190,8 @@ COMPACT_DESCRIPTION = 160
 COMPACT_ARGUMENT = 120
 COMPACT_TOOLS = 4
 COMPACT_COLLECTIONS = 3
-COMPACT_STEPS = (1, 2, 3, 5, 8, 12, 20)
+# From 2: an agent with tools needs one step for a call and one to answer from it.
+COMPACT_STEPS = (2, 3, 5, 8, 12, 20)
 
 
 def _text(max_length: int) -> dict[str, Any]:
