@@ -41,7 +41,10 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
     view = memoryview(buf)
     got = 0
     while got < n:
-        k = sock.recv_into(view[got:], n - got)
+        try:
+            k = sock.recv_into(view[got:], n - got)
+        except ConnectionResetError:  # the parent went away: same as a closed socket
+            return None
         if k == 0:
             return None
         got += k

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator
 
 import pytest
 
-from bus import offload
+from bus import _offload_child, offload
 from bus.errors import Internal, InvalidRequest, PayloadTooLarge
 from tests import offload_support as fns
 
@@ -183,3 +184,15 @@ async def test_using_stops_the_pools_when_the_last_holder_leaves() -> None:
     # Used again later, it starts afresh.
     assert await offload.run(fns.add, 2, 2, pool="scoped") == 4
     await offload.shutdown()
+
+
+def test_the_child_reads_a_reset_connection_as_its_parent_gone() -> None:
+    """A parent that closes with unread data resets the socket: the child exits quietly
+    (no traceback on the worker's stderr at every shutdown)."""
+    child, parent = socket.socketpair()
+    try:
+        child.sendall(b"R" + bytes(8))  # the parent never reads it ...
+        parent.close()  # ... so closing resets the connection
+        assert _offload_child._recv_exact(child, 9) is None
+    finally:
+        child.close()
