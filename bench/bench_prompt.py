@@ -40,6 +40,7 @@ from bus.telemetry import setup_logging
 from bus.worker import Endpoint, Worker, WorkerEnv
 from mesh.infra import embedded
 from mesh.runner import serving
+from schemas import prompt
 from schemas.context import Context
 from schemas.operations import Operation
 
@@ -65,12 +66,20 @@ class Empty(BaseModel):
     pass
 
 
+# The bench-only worker's one operation: the runtime alone, nothing behind it.
+NOOP = Operation("noop", "noop", Empty, Empty)
+
+
 async def _noop(req: Empty, ctx: Context) -> Empty:
     return Empty()
 
 
 async def _phase(
-    client: Client, subject: str, payload: dict[str, Any], seconds: float, in_flight: int
+    client: Client,
+    op: Operation[Any, Any],
+    payload: dict[str, Any],
+    seconds: float,
+    in_flight: int,
 ) -> tuple[int, int]:
     loop = asyncio.get_running_loop()
     end = loop.time() + seconds
@@ -80,7 +89,7 @@ async def _phase(
         nonlocal done, errors
         while loop.time() < end:
             try:
-                await client.request(subject, payload, new_context(TENANT, timeout=10.0))
+                await client.call(op, payload, new_context(TENANT, timeout=10.0))
                 done += 1
             except Exception:
                 errors += 1
@@ -91,11 +100,13 @@ async def _phase(
     return done, errors
 
 
-async def _latency(client: Client, subject: str, payload: dict[str, Any], n: int) -> list[float]:
+async def _latency(
+    client: Client, op: Operation[Any, Any], payload: dict[str, Any], n: int
+) -> list[float]:
     samples = []
     for _ in range(n):
         started = time.perf_counter()
-        await client.request(subject, payload, new_context(TENANT, timeout=10.0))
+        await client.call(op, payload, new_context(TENANT, timeout=10.0))
         samples.append((time.perf_counter() - started) * 1000)
     return samples
 
@@ -109,7 +120,7 @@ async def _serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     nc = await connect(settings.nats_url, name="bench-prompt-workers")
     env = WorkerEnv(settings=settings, nc=nc, client=Client(nc), js=nc.jetstream())
-    noop = Worker("noop", endpoints=[Endpoint(Operation("noop", "noop", Empty, Empty), _noop)])
+    noop = Worker("noop", endpoints=[Endpoint(NOOP, _noop)])
     try:
         async with serving(["prompt"], env), noop.serve(nc):
             await stop.wait()
@@ -121,10 +132,8 @@ async def _ready(client: Client) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while True:
         try:
-            await client.request("noop.noop.request", {}, new_context(TENANT, timeout=2.0))
-            await client.request(
-                "prompt.list.request", {"limit": 1}, new_context(TENANT, timeout=2.0)
-            )
+            await client.call(NOOP, {}, new_context(TENANT, timeout=2.0))
+            await client.call(prompt.LIST, {"limit": 1}, new_context(TENANT, timeout=2.0))
             return
         except Unavailable:
             if time.monotonic() > deadline:
@@ -139,28 +148,29 @@ async def _drive(settings: Settings, seconds: float, in_flight: int) -> None:
     try:
         await _ready(client)
         ctx = new_context(TENANT, timeout=10.0)
-        await client.request(
-            "prompt.create.request", {"name": "hot", "type": "text", "template": TEMPLATE}, ctx
-        )
+        await client.call(prompt.CREATE, {"name": "hot", "type": "text", "template": TEMPLATE}, ctx)
         render = {"name": "hot", "variables": VARIABLES}
-        out = await client.request("prompt.render.request", render, ctx)
-        print(f"rendered {len(out['text'])} characters from version {out['version']}")
-        cases = [("noop.noop.request", {}), ("prompt.render.request", render)]
-        for subject, payload in cases:  # warm-up: connections, caches, plans
-            await _phase(client, subject, payload, 1.0, in_flight)
+        out = await client.call(prompt.RENDER, render, ctx)
+        print(f"rendered {len(out.text or '')} characters from version {out.version}")
+        cases: list[tuple[Operation[Any, Any], dict[str, Any]]] = [
+            (NOOP, {}),
+            (prompt.RENDER, render),
+        ]
+        for op, payload in cases:  # warm-up: connections, caches, plans
+            await _phase(client, op, payload, 1.0, in_flight)
         results = {}
-        for subject, payload in cases:
-            done, errors = await _phase(client, subject, payload, seconds, in_flight)
-            lat = await _latency(client, subject, payload, 200)
-            results[subject] = (done / seconds, errors, lat)
+        for op, payload in cases:
+            done, errors = await _phase(client, op, payload, seconds, in_flight)
+            lat = await _latency(client, op, payload, 200)
+            results[op.subject] = (done / seconds, errors, lat)
         print(f"\n{in_flight} in flight, {seconds:g} s per phase; workers in their own process")
         print(f"{'endpoint':<24}{'req/s':>10}{'errors':>8}{'p50 ms':>9}{'p99 ms':>9}")
         for subject, (rate, errors, lat) in results.items():
             p50 = statistics.median(lat)
             p99 = statistics.quantiles(lat, n=100)[98]
             print(f"{subject:<24}{rate:>10.0f}{errors:>8}{p50:>9.2f}{p99:>9.2f}")
-        noop_rate = results["noop.noop.request"][0]
-        render_rate = results["prompt.render.request"][0]
+        noop_rate = results[NOOP.subject][0]
+        render_rate = results[prompt.RENDER.subject][0]
         print(f"\nratio render/noop: {render_rate / noop_rate:.2f}")
     finally:
         await nc.drain()

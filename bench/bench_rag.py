@@ -33,6 +33,7 @@ import tempfile
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -46,6 +47,7 @@ from bus.telemetry import setup_logging  # noqa: E402
 from mesh.infra import embedded  # noqa: E402
 from mesh.registry import WORKERS, lifespan_of  # noqa: E402
 from mesh.runner import bus_env  # noqa: E402
+from schemas import ingestion, rag  # noqa: E402
 from workers.rag.search import Scope, keyword_leg, vector_leg  # noqa: E402
 
 TENANT = "bench"
@@ -92,36 +94,34 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
 
-async def ingest_phase(client: Client, rag, docs: int) -> None:  # type: ignore[no-untyped-def]
-    cid = (await client.request("rag.create_collection.request", {"name": "ingest"}, ctx()))[
-        "collection_id"
-    ]
+async def ingest_phase(client: Client, indexer: Any, docs: int) -> None:
+    cid = (await client.call(rag.CREATE_COLLECTION, {"name": "ingest"}, ctx())).collection_id
     rng = random.Random(1)
     payload = [{"source_id": f"m-{i}", "text": document(i, rng)} for i in range(docs)]
-    before = dict(vars(rag.stats))
+    before = dict(vars(indexer.stats))
     started = time.perf_counter()
     for start in range(0, docs, 50):
-        await client.request(
-            "ingestion.submit.request",
+        await client.call(
+            ingestion.SUBMIT,
             {"collection_id": cid, "documents": payload[start : start + 50]},
             ctx(),
         )
     while True:
-        page = await client.request(
-            "ingestion.list_jobs.request",
+        page = await client.call(
+            ingestion.LIST_JOBS,
             {"collection_id": cid, "status": "indexed", "limit": 500},
             ctx(),
         )
-        failed = await client.request(
-            "ingestion.list_jobs.request", {"collection_id": cid, "status": "failed"}, ctx()
+        failed = await client.call(
+            ingestion.LIST_JOBS, {"collection_id": cid, "status": "failed"}, ctx()
         )
-        if failed["jobs"]:
-            raise SystemExit(f"jobs failed: {failed['jobs'][0]['error']}")
-        if len(page["jobs"]) >= docs:
+        if failed.jobs:
+            raise SystemExit(f"jobs failed: {failed.jobs[0].error}")
+        if len(page.jobs) >= docs:
             break
         await asyncio.sleep(0.2)
     wall = time.perf_counter() - started
-    stats = {k: v - before[k] for k, v in vars(rag.stats).items()}
+    stats = {k: v - before[k] for k, v in vars(indexer.stats).items()}
     chunks = stats["chunks"]
     print(f"ingestion: {docs} documents, {chunks} chunks in {wall:.1f} s (submit -> indexed)")
     print(f"  throughput          {docs / wall:8.1f} documents/s  {chunks / wall:8.1f} chunks/s")
@@ -180,18 +180,20 @@ async def load_chunks(database_url: str, cid: str, tenant: str, n: int, docs: in
     return time.perf_counter() - started
 
 
-async def search_phase(settings: Settings, client: Client, rag, chunks: int, queries: int) -> None:  # type: ignore[no-untyped-def]
-    big = await client.request("rag.create_collection.request", {"name": "big"}, ctx())
-    small = await client.request("rag.create_collection.request", {"name": "small"}, ctx("small"))
+async def search_phase(
+    settings: Settings, client: Client, indexer: Any, chunks: int, queries: int
+) -> None:
+    big = await client.call(rag.CREATE_COLLECTION, {"name": "big"}, ctx())
+    small = await client.call(rag.CREATE_COLLECTION, {"name": "small"}, ctx("small"))
     assert settings.database_url
     db = await create_database(settings.database_url)
     try:
         async with db.connection() as conn:
             await conn.execute("DROP INDEX IF EXISTS rag.chunks_hnsw_384")
         load_s = await load_chunks(
-            settings.database_url, big["collection_id"], TENANT, chunks, chunks // 100
+            settings.database_url, big.collection_id, TENANT, chunks, chunks // 100
         )
-        await load_chunks(settings.database_url, small["collection_id"], "small", 1000, 10)
+        await load_chunks(settings.database_url, small.collection_id, "small", 1000, 10)
         print(
             f"search: {chunks} synthetic chunks + 1000 of a small tenant loaded in {load_s:.1f} s"
         )
@@ -219,26 +221,26 @@ async def search_phase(settings: Settings, client: Client, rag, chunks: int, que
             ("large tenant (HNSW)", TENANT, big),
             ("small tenant (exact)", "small", small),
         ):
-            scope = Scope(tenant, [coll["collection_id"]], 384, None)
+            scope = Scope(tenant, [coll.collection_id], 384, None)
             total, embed, vec, kw = [], [], [], []
             plans: set[str] = set()
             for q in texts[:5]:  # warm up: connections, prepared statements, caches
-                await client.request(
-                    "rag.search.request",
-                    {"collection_ids": [coll["collection_id"]], "query": q},
+                await client.call(
+                    rag.SEARCH,
+                    {"collection_ids": [coll.collection_id], "query": q},
                     ctx(tenant),
                 )
             for q in texts:
                 t0 = time.perf_counter()
-                await client.request(
-                    "rag.search.request",
-                    {"collection_ids": [coll["collection_id"]], "query": q, "top_k": 10},
+                await client.call(
+                    rag.SEARCH,
+                    {"collection_ids": [coll.collection_id], "query": q, "top_k": 10},
                     ctx(tenant),
                 )
                 total.append(time.perf_counter() - t0)
                 # The same work in parts, to show where the time goes.
                 t0 = time.perf_counter()
-                [vector] = await rag.models.embed(ctx(tenant), coll["embedding_model"], [q])
+                [vector] = await indexer.models.embed(ctx(tenant), coll.embedding_model, [q])
                 t1 = time.perf_counter()
                 _, plan = await vector_leg(db, scope, vector, 50)
                 t2 = time.perf_counter()
@@ -293,11 +295,11 @@ async def main(args: argparse.Namespace) -> None:
                 workers[name] = worker
             # The indexer (its stats and models): the handler behind rag.ingest.
             ingest = next(e.handler for e in workers["rag"].endpoints if e.op.name == "ingest")
-            rag = ingest.__self__
+            indexer = ingest.__self__
             client = Client(env.nc)
             started = time.perf_counter()
-            await ingest_phase(client, rag, args.docs)
-            await search_phase(settings, client, rag, args.chunks, args.queries)
+            await ingest_phase(client, indexer, args.docs)
+            await search_phase(settings, client, indexer, args.chunks, args.queries)
             print(f"total bench time {time.perf_counter() - started:.0f} s")
 
 

@@ -73,6 +73,7 @@ from bus.telemetry import setup_logging  # noqa: E402
 from mesh.infra import embedded  # noqa: E402
 from mesh.registry import lifespan_of  # noqa: E402
 from mesh.runner import bus_env  # noqa: E402
+from schemas import ingestion, rag  # noqa: E402
 from workers.gateway.local import LocalEmbedder, model_file  # noqa: E402
 from workers.rag import vectors  # noqa: E402
 from workers.rag.chunking import Piece, chunk_text  # noqa: E402
@@ -392,9 +393,7 @@ async def e2e_phase(
             indexer = ingest.__self__
             client = Client(env.nc)
             # The collection's probe embedding loads the model before the clock starts.
-            cid = (await client.request("rag.create_collection.request", {"name": "e2e"}, ctx()))[
-                "collection_id"
-            ]
+            cid = (await client.call(rag.CREATE_COLLECTION, {"name": "e2e"}, ctx())).collection_id
             # One document first, timed apart: it starts the parsing and chunking process
             # pools, so the figure is the steady state.
             await submit_and_wait(client, cid, [{**payload[0], "source_id": "warm-up"}], 1)
@@ -413,24 +412,24 @@ async def submit_and_wait(
 ) -> None:
     """Submit the documents, then wait until ``total`` jobs of the collection are indexed."""
     for s in range(0, len(payload), 50):
-        await client.request(
-            "ingestion.submit.request",
+        await client.call(
+            ingestion.SUBMIT,
             {"collection_id": cid, "documents": payload[s : s + 50]},
             ctx(),
         )
     deadline = time.monotonic() + 1800
     while time.monotonic() < deadline:
-        page = await client.request(
-            "ingestion.list_jobs.request",
+        page = await client.call(
+            ingestion.LIST_JOBS,
             {"collection_id": cid, "status": "indexed", "limit": 500},
             ctx(),
         )
-        failed = await client.request(
-            "ingestion.list_jobs.request", {"collection_id": cid, "status": "failed"}, ctx()
+        failed = await client.call(
+            ingestion.LIST_JOBS, {"collection_id": cid, "status": "failed"}, ctx()
         )
-        if failed["jobs"]:
-            raise SystemExit(f"jobs failed: {failed['jobs'][0]['error']}")
-        if len(page["jobs"]) >= total:
+        if failed.jobs:
+            raise SystemExit(f"jobs failed: {failed.jobs[0].error}")
+        if len(page.jobs) >= total:
             return
         await asyncio.sleep(0.2)
     raise SystemExit("end to end did not finish in 30 minutes")

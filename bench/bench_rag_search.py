@@ -52,6 +52,7 @@ from bus.telemetry import setup_logging  # noqa: E402
 from mesh.infra import embedded  # noqa: E402
 from mesh.registry import WORKERS, lifespan_of  # noqa: E402
 from mesh.runner import bus_env  # noqa: E402
+from schemas import rag  # noqa: E402
 from schemas.rag import DEFAULT_EMBEDDING_MODEL  # noqa: E402
 from workers.rag import search  # noqa: E402
 
@@ -169,8 +170,8 @@ async def one_tenant(  # noqa: PLR0913
     scope = search.Scope(tenant, [coll], rag_dataset.DIMS, None, (int(version),))
 
     async def rag_search(q: str) -> Any:
-        return await client.request(
-            "rag.search.request", {"collection_ids": [coll], "query": q, "top_k": 10}, ctx(tenant)
+        return await client.call(
+            rag.SEARCH, {"collection_ids": [coll], "query": q, "top_k": 10}, ctx(tenant)
         )
 
     if keyword_only:

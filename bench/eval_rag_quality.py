@@ -46,6 +46,7 @@ from bus.telemetry import setup_logging  # noqa: E402
 from mesh.infra import embedded  # noqa: E402
 from mesh.registry import WORKERS, lifespan_of  # noqa: E402
 from mesh.runner import bus_env  # noqa: E402
+from schemas import rag  # noqa: E402
 from schemas.rag import SearchRequest  # noqa: E402
 from workers.rag import search  # noqa: E402
 from workers.rag.store import TS_CONFIG  # noqa: E402
@@ -112,11 +113,7 @@ async def documents_of(db: Database, ranked: list[tuple[str, float]]) -> list[st
 
 
 async def ingest(client: Client, name: str, docs: list[dict[str, Any]], titles: bool) -> str:
-    cid = str(
-        (await client.request("rag.create_collection.request", {"name": name}, ctx()))[
-            "collection_id"
-        ]
-    )
+    cid = (await client.call(rag.CREATE_COLLECTION, {"name": name}, ctx())).collection_id
     for start in range(0, len(docs), 50):
         batch = [
             {
@@ -126,9 +123,7 @@ async def ingest(client: Client, name: str, docs: list[dict[str, Any]], titles: 
             }
             for d in docs[start : start + 50]
         ]
-        await client.request(
-            "rag.ingest.request", {"collection_id": cid, "documents": batch}, ctx()
-        )
+        await client.call(rag.INGEST, {"collection_id": cid, "documents": batch}, ctx())
     return cid
 
 
