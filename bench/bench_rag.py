@@ -39,6 +39,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.ingest_wait import submit_and_wait  # noqa: E402
 from bus.client import Client  # noqa: E402
 from bus.context import new_context  # noqa: E402
 from bus.postgres import create_database  # noqa: E402
@@ -47,7 +48,7 @@ from bus.telemetry import setup_logging  # noqa: E402
 from mesh.infra import embedded  # noqa: E402
 from mesh.registry import WORKERS, lifespan_of  # noqa: E402
 from mesh.runner import bus_env  # noqa: E402
-from schemas import ingestion, rag  # noqa: E402
+from schemas import rag  # noqa: E402
 from workers.rag.search import Scope, keyword_leg, vector_leg  # noqa: E402
 
 TENANT = "bench"
@@ -100,26 +101,7 @@ async def ingest_phase(client: Client, indexer: Any, docs: int) -> None:
     payload = [{"source_id": f"m-{i}", "text": document(i, rng)} for i in range(docs)]
     before = dict(vars(indexer.stats))
     started = time.perf_counter()
-    for start in range(0, docs, 50):
-        await client.call(
-            ingestion.SUBMIT,
-            {"collection_id": cid, "documents": payload[start : start + 50]},
-            ctx(),
-        )
-    while True:
-        page = await client.call(
-            ingestion.LIST_JOBS,
-            {"collection_id": cid, "status": "indexed", "limit": 500},
-            ctx(),
-        )
-        failed = await client.call(
-            ingestion.LIST_JOBS, {"collection_id": cid, "status": "failed"}, ctx()
-        )
-        if failed.jobs:
-            raise SystemExit(f"jobs failed: {failed.jobs[0].error}")
-        if len(page.jobs) >= docs:
-            break
-        await asyncio.sleep(0.2)
+    await submit_and_wait(client, TENANT, cid, payload, docs)
     wall = time.perf_counter() - started
     stats = {k: v - before[k] for k, v in vars(indexer.stats).items()}
     chunks = stats["chunks"]

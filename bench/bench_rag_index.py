@@ -64,6 +64,7 @@ prefer_offline()  # before anything imports litellm: no network at import
 from tokenizers import Tokenizer  # noqa: E402
 
 from bench import rag_index_data as base  # noqa: E402
+from bench.ingest_wait import submit_and_wait  # noqa: E402
 from bus.client import Client  # noqa: E402
 from bus.context import new_context, new_id  # noqa: E402
 from bus.postgres import Database, create_database, migrate, migrations_of  # noqa: E402
@@ -73,7 +74,7 @@ from bus.telemetry import setup_logging  # noqa: E402
 from mesh.infra import embedded  # noqa: E402
 from mesh.registry import lifespan_of  # noqa: E402
 from mesh.runner import bus_env  # noqa: E402
-from schemas import ingestion, rag  # noqa: E402
+from schemas import rag  # noqa: E402
 from workers.gateway.local import LocalEmbedder, model_file  # noqa: E402
 from workers.rag import vectors  # noqa: E402
 from workers.rag.chunking import Piece, chunk_text  # noqa: E402
@@ -396,43 +397,15 @@ async def e2e_phase(
             cid = (await client.call(rag.CREATE_COLLECTION, {"name": "e2e"}, ctx())).collection_id
             # One document first, timed apart: it starts the parsing and chunking process
             # pools, so the figure is the steady state.
-            await submit_and_wait(client, cid, [{**payload[0], "source_id": "warm-up"}], 1)
+            await submit_and_wait(client, TENANT, cid, [{**payload[0], "source_id": "warm-up"}], 1)
             before = dict(vars(indexer.stats))
             started = time.perf_counter()
-            await submit_and_wait(client, cid, payload, 1 + len(payload))
+            await submit_and_wait(client, TENANT, cid, payload, 1 + len(payload))
             wall = time.perf_counter() - started
             stats = {k: v - before[k] for k, v in vars(indexer.stats).items()}
             if stats["chunks"] != expected_chunks:
                 print(f"  (RAG indexed {stats['chunks']} chunks, {expected_chunks} expected)")
             return wall, stats
-
-
-async def submit_and_wait(
-    client: Client, cid: str, payload: list[dict[str, Any]], total: int
-) -> None:
-    """Submit the documents, then wait until ``total`` jobs of the collection are indexed."""
-    for s in range(0, len(payload), 50):
-        await client.call(
-            ingestion.SUBMIT,
-            {"collection_id": cid, "documents": payload[s : s + 50]},
-            ctx(),
-        )
-    deadline = time.monotonic() + 1800
-    while time.monotonic() < deadline:
-        page = await client.call(
-            ingestion.LIST_JOBS,
-            {"collection_id": cid, "status": "indexed", "limit": 500},
-            ctx(),
-        )
-        failed = await client.call(
-            ingestion.LIST_JOBS, {"collection_id": cid, "status": "failed"}, ctx()
-        )
-        if failed.jobs:
-            raise SystemExit(f"jobs failed: {failed.jobs[0].error}")
-        if len(page.jobs) >= total:
-            return
-        await asyncio.sleep(0.2)
-    raise SystemExit("end to end did not finish in 30 minutes")
 
 
 # ---------------------------------------------------------------- main
