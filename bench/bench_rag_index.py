@@ -478,6 +478,13 @@ async def run(args: argparse.Namespace, pg: Any) -> None:
     print(f"total bench time {time.perf_counter() - t0:.0f} s")
 
 
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return n
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -488,7 +495,7 @@ def main() -> None:
     parser.add_argument("--hnsw-chunks", type=int, default=2_000)
     parser.add_argument("--doc-chunks", type=int, default=8)
     parser.add_argument("--writers", type=int, default=4)
-    parser.add_argument("--docs", type=int, default=40)
+    parser.add_argument("--docs", type=_positive, default=40)
     parser.add_argument(
         "--no-hnsw-build",
         action="store_true",

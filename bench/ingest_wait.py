@@ -39,11 +39,7 @@ async def submit_and_wait(
         )
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
-        page = await client.call(
-            ingestion.LIST_JOBS,
-            {"collection_id": cid, "status": "indexed", "limit": 500},
-            new_context(tenant, timeout=timeout),
-        )
+        indexed = await _count_indexed(client, tenant, cid, timeout)
         failed = await client.call(
             ingestion.LIST_JOBS,
             {"collection_id": cid, "status": "failed"},
@@ -51,7 +47,22 @@ async def submit_and_wait(
         )
         if failed.jobs:
             raise SystemExit(f"jobs failed: {failed.jobs[0].error}")
-        if len(page.jobs) >= total:
+        if indexed >= total:
             return
         await asyncio.sleep(POLL_S)
     raise SystemExit(f"ingestion did not finish in {WAIT_S / 60:.0f} minutes")
+
+
+async def _count_indexed(client: Client, tenant: str, cid: str, timeout: float) -> int:
+    """The collection's ``indexed`` jobs, every page of them."""
+    count, cursor = 0, None
+    while True:
+        page = await client.call(
+            ingestion.LIST_JOBS,
+            {"collection_id": cid, "status": "indexed", "limit": 500, "cursor": cursor},
+            new_context(tenant, timeout=timeout),
+        )
+        count += len(page.jobs)
+        cursor = page.next_cursor
+        if cursor is None:
+            return count
