@@ -16,8 +16,10 @@ from pydantic import (
     Field,
     StringConstraints,
     field_validator,
+    model_validator,
 )
 
+from schemas.locations import Location
 from schemas.operations import Operation
 from schemas.routes import Route
 
@@ -44,12 +46,16 @@ BuiltinKind = Literal[
     "memory_search",
     "memory_write",
 ]
-StepType = Literal["model_call", "tool_call", "cache_hit"]
+StepType = Literal["model_call", "tool_call", "cache_hit", "retrieval"]
 StepStatus = Literal[
     "ok", "error", "refused", "pending_approval", "rejected", "cancelled", "timed_out", "repeated"
 ]
 
 MAX_TASK_CHARS = 100_000
+#: Most passages auto retrieval puts before the first model call.
+MAX_RETRIEVAL_TOP_K = 10
+#: Longest quote a citation carries (characters).
+MAX_QUOTE_CHARS = 300
 MAX_PAGE = 100
 DEFAULT_PAGE = 20
 
@@ -98,6 +104,38 @@ class MemorySettings(BaseModel):
     recall_top_k: int = Field(default=3, ge=1, le=20)
 
 
+RetrievalMode = Literal["tool", "auto"]
+
+
+class RetrievalSettings(BaseModel):
+    """How a run reaches the agent's ``rag_collections`` (docs/services/agent.md, "Retrieval").
+
+    ``tool``: only when the model calls ``rag_search``. ``auto``: the run also searches
+    the collections with the task before the first model call and puts the numbered
+    passages into the system message, to be cited as ``[n]``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: RetrievalMode = Field(
+        default="tool",
+        description="tool: the model calls rag_search; auto: search with the task first",
+    )
+    top_k: int = Field(
+        default=4, ge=1, le=MAX_RETRIEVAL_TOP_K, description="passages searched first (auto)"
+    )
+
+
+def retrieval_problem(retrieval: RetrievalSettings | None, collections: list[str]) -> str | None:
+    """Why these settings cannot work for an agent granted ``collections``, or None."""
+    if retrieval is not None and retrieval.mode == "auto" and not collections:
+        return (
+            'retrieval.mode "auto" searches the agent\'s rag_collections, and it has none: '
+            'grant a collection or use retrieval.mode "tool"'
+        )
+    return None
+
+
 class AgentCreateRequest(_Request):
     name: str = Field(min_length=1, max_length=200)
     description: str | None = Field(default=None, max_length=2000)
@@ -113,7 +151,15 @@ class AgentCreateRequest(_Request):
     parameters: ModelParameters = Field(default_factory=ModelParameters)
     limits: RunLimits = Field(default_factory=RunLimits)
     memory: MemorySettings = Field(default_factory=MemorySettings)
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     status: Literal["active", "inactive"] = "active"
+
+    @model_validator(mode="after")
+    def _retrieval_has_collections(self) -> AgentCreateRequest:
+        problem = retrieval_problem(self.retrieval, self.rag_collections)
+        if problem:
+            raise ValueError(problem)
+        return self
 
 
 class Agent(BaseModel):
@@ -131,6 +177,7 @@ class Agent(BaseModel):
     parameters: ModelParameters = Field(default_factory=ModelParameters)
     limits: RunLimits = Field(default_factory=RunLimits)
     memory: MemorySettings = Field(default_factory=MemorySettings)
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     version: int
     created_by: str | None = None
     created_at: datetime
@@ -169,6 +216,7 @@ class AgentUpdateRequest(_Request):
     parameters: ModelParameters | None = None
     limits: RunLimits | None = None
     memory: MemorySettings | None = None
+    retrieval: RetrievalSettings | None = None
     status: AgentStatus | None = None
 
 
@@ -249,6 +297,25 @@ class RunError(BaseModel):
     message: str
 
 
+class Citation(BaseModel):
+    """One distinct passage a run retrieved (auto retrieval or a ``rag_search`` call)."""
+
+    index: int = Field(description="n, as the passage is numbered ([n]) for the model")
+    collection_id: str | None = None
+    document_id: str
+    chunk_id: str
+    source_id: str | None = None
+    title: str | None = None
+    score: float | None = None
+    quote: str = Field(description=f"the passage's start, at most {MAX_QUOTE_CHARS} characters")
+    location: Location | None = None
+    step: int = Field(description="the step that retrieved it first")
+    cited: bool = Field(
+        default=False,
+        description="the output names it: [n], its document_id or its source_id",
+    )
+
+
 class RunResult(BaseModel):
     run_id: str
     agent_id: str
@@ -259,6 +326,9 @@ class RunResult(BaseModel):
     usage: dict[str, int] = Field(default_factory=dict)
     error: RunError | None = None
     pending_approvals: list[PendingApproval] = Field(default_factory=list)
+    citations: list[Citation] = Field(
+        default_factory=list, description="every distinct passage the run retrieved"
+    )
     cached: bool = False
     background: bool = False
     user: str | None = None
@@ -349,6 +419,9 @@ class ChatResponse(BaseModel):
     reply: str | None
     status: RunStatus
     pending_approvals: list[PendingApproval] = Field(default_factory=list)
+    citations: list[Citation] = Field(
+        default_factory=list, description="every distinct passage the run retrieved"
+    )
     trimmed_messages: int = Field(
         default=0, description="oldest thread messages left out to fit the context window"
     )

@@ -135,6 +135,8 @@ class SearchResult(BaseModel):
     location: Location | None = Field(
         default=None, description="where in the file: page, sheet and rows, slide, time"
     )
+    collection_id: str | None = Field(default=None, description="the chunk's collection")
+    title: str | None = Field(default=None, description="its document's title")
 
 
 class SearchResponse(BaseModel):

@@ -17,13 +17,30 @@ from bus.errors import NotFound
 from schemas.agent import Agent
 from schemas.context import Context
 from schemas.gateway import GenerateRequest
-from schemas.rag import SearchRequest
+from schemas.rag import SearchRequest, SearchResult
 from workers.agent import netguard, tools
 from workers.agent.remote import Remote
 from workers.agent.store import Store
 
 #: Longest passage text handed to the model per search result.
 MAX_RAG_TEXT = 4000
+
+
+def _passage(r: SearchResult) -> dict[str, Any]:
+    """One search result as the model sees it (and its citation is made from)."""
+    item: dict[str, Any] = {
+        "document_id": r.document_id,
+        "source_id": r.source_id,
+        "title": r.title,
+        "collection_id": r.collection_id,
+        "chunk_id": r.chunk_id,
+        "score": round(r.score or 0.0, 4),
+        "text": r.text[:MAX_RAG_TEXT],
+        "metadata": r.metadata,
+    }
+    if r.location is not None:
+        item["location"] = r.location.model_dump(mode="json", exclude_none=True)
+    return item
 
 
 @dataclass(frozen=True)
@@ -121,19 +138,7 @@ class Executor:
             out = await self.remote.rag_search(request, call.ctx)
         except NotFound as exc:
             raise tools.ToolFailed(f"collection not found: {exc.message}") from None
-        return {
-            "results": [
-                {
-                    "document_id": r.document_id,
-                    "source_id": r.source_id,
-                    "chunk_id": r.chunk_id,
-                    "score": round(r.score or 0.0, 4),
-                    "text": r.text[:MAX_RAG_TEXT],
-                    "metadata": r.metadata,
-                }
-                for r in out.results
-            ]
-        }
+        return {"results": [_passage(r) for r in out.results]}
 
     async def _llm_tool(
         self, call: Call, spec: tools.ToolSpec, args: dict[str, Any]

@@ -6,7 +6,7 @@ the contract models.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -37,6 +37,7 @@ class AgentRow:
     limits: dict[str, Any]
     memory: dict[str, Any]
     created_by: str | None
+    retrieval: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,8 @@ class StepRow:
     approval: Any  # jsonb {"decision", "by", "reason", "at"} or null
     started_at: datetime
     duration_ms: int | None
+    citations: Any = None
+    """jsonb: the passages this step retrieved (``workers.agent.citations``), or null."""
 
 
 @dataclass(frozen=True)

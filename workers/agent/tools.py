@@ -330,6 +330,31 @@ class Toolbox:
     def cacheable(self) -> bool:
         return all(s.cacheable for s in self.offered)
 
+    def searchable(self, granted: Iterable[str]) -> list[str]:
+        """The granted collections this user may have searched without a tool call (auto
+        retrieval): those no attached search tool reaches (granted for auto retrieval
+        alone), and those a search tool reaches that this user may call without approval.
+
+        A tool on ``rag_search`` reaches the collections its fixed ``collection_ids`` name,
+        or every granted one. So a collection that only a role-gated (or approval-gated)
+        declarative tool reaches is never searched for a user without that role, as the
+        tool itself would be neither offered nor run for them.
+        """
+        ids = list(dict.fromkeys(granted))
+        reach: dict[str, list[ToolSpec]] = {c: [] for c in ids}
+        for spec in self.attached.values():
+            if spec.kind != "rag_search":
+                continue
+            fixed = spec.fixed.get("collection_ids")
+            for c in fixed if isinstance(fixed, list) and fixed else ids:
+                if c in reach:
+                    reach[c].append(spec)
+        return [
+            c
+            for c, specs in reach.items()
+            if not specs or any(self.permitted(s) and not s.requires_approval for s in specs)
+        ]
+
     async def check(self, name: str, raw_arguments: str, key: str = "") -> Decision:
         """:meth:`decide` in a bus.offload process: the schemas are the tenant's, and
         ``pattern`` runs a regular expression over what the model wrote."""

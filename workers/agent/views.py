@@ -16,6 +16,7 @@ from schemas.agent import (
     ThreadMessage,
     Tool,
 )
+from workers.agent import citations
 from workers.agent.rows import (
     AgentRow,
     MemoryRow,
@@ -73,6 +74,7 @@ def run(row: RunRow, steps: Sequence[StepRow]) -> RunResult:
         usage=row.usage or {},
         error=row.error,
         pending_approvals=pending(steps) if row.status == "requires_approval" else [],
+        citations=citations.of_run(steps, row.output),
         cached=row.cached,
         background=row.background,
         user=row.user_id,

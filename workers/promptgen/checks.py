@@ -19,8 +19,12 @@ are not attached (the Agent Service refuses those); adds what the request names
 explicitly — the tenant's collections whose every identifying name word (plurals folded)
 is in the request ("our HR policy documents" names the collection "HR policy documents"),
 and tools named exactly (``http_get``); attaches ``rag_search`` when collections are
-granted; and adds every side-effecting attached tool to ``approval_required`` (for a tool
-spec: sets ``requires_approval``). Everything added is still checked and reviewed.
+granted; sets ``retrieval.mode`` to ``"auto"`` for an agent with collections (its
+collections are searched with each task before the first model call, and the run cites
+the passages — a small model cannot be relied on to call ``rag_search``), back to
+``"tool"`` for one without; and adds every side-effecting attached tool to
+``approval_required`` (for a tool spec: sets ``requires_approval``). Everything added is
+still checked and reviewed.
 What it changed is reported, never silent.
 """
 
@@ -35,6 +39,8 @@ from workers.promptgen.catalogue import LLM_SIDE_EFFECT, SIDE_EFFECT_BUILTINS, C
 from workers.promptgen.settings import PromptgenConfig
 
 _UNVERIFIED = "could not verify: the {} service did not answer"
+#: The retrieval mode a generated agent with collections gets (docs/services/promptgen.md).
+AUTO = "auto"
 
 
 def _dedupe(values: list[str]) -> list[str]:
@@ -150,6 +156,16 @@ def normalize(
     if out["rag_collections"] and "rag_search" not in out["tools"]:
         out["tools"] = ["rag_search", *out["tools"]]
         notes.append("rag_search attached to search the granted collections")
+    retrieval = dict(out.get("retrieval") or {})
+    if out["rag_collections"] and retrieval.get("mode") != "auto":
+        out["retrieval"] = {**retrieval, "mode": "auto"}
+        notes.append(
+            f"retrieval.mode set to {AUTO!r}: the granted collections are searched with each "
+            "task before the first model call and the answer cites the passages as [n]"
+        )
+    elif not out["rag_collections"] and retrieval.get("mode") == "auto":
+        out["retrieval"] = {**retrieval, "mode": "tool"}
+        notes.append("retrieval.mode set to 'tool': no collection is granted to search")
     stray = [t for t in out["approval_required"] if t not in out["tools"]]
     if stray:
         out["approval_required"] = [t for t in out["approval_required"] if t in out["tools"]]
@@ -203,7 +219,10 @@ def _collections(kind: SpecKind, spec: dict[str, Any], cat: Catalogue) -> Check:
     if kind == "agent" and uses_search and not ids:
         problems.append("rag_search is attached but no collection is granted")
     names = ", ".join(cat.collections.get(i, i) for i in ids)
-    return _check("rag_collections", problems, f"collections exist: {names or 'all granted'}")
+    message = f"collections exist: {names or 'all granted'}"
+    if kind == "agent" and ids and (spec.get("retrieval") or {}).get("mode") == AUTO:
+        message += "; searched with each task before the first model call (retrieval auto)"
+    return _check("rag_collections", problems, message)
 
 
 def _templates(kind: SpecKind, spec: dict[str, Any], cat: Catalogue) -> Check:

@@ -269,7 +269,9 @@ def generation_schema(
 
 #: The fields the compact schema leaves to :func:`completer`.
 COMPACT_FILLED = {
-    "agent": "description, approval_required, llm_model, parameters, the other limits, memory",
+    "agent": (
+        "description, approval_required, llm_model, parameters, the other limits, memory, retrieval"
+    ),
     "tool": "parameters, requires_approval (a built-in's name gets the suffix _tool)",
 }
 
@@ -321,6 +323,11 @@ def completer(
         out = {**given, **data}
         if isinstance(given.get("limits"), dict) and isinstance(data.get("limits"), dict):
             out["limits"] = {**given["limits"], **data["limits"]}
+        retrieval = out.get("retrieval")
+        if kind == "agent" and isinstance(retrieval, dict) and not out.get("rag_collections"):
+            # A refinement that drops every collection cannot keep the base's auto retrieval
+            # (the contract refuses it); normalization decides the mode again after.
+            out["retrieval"] = {**retrieval, "mode": "tool"}
         if kind == "tool" and isinstance(out.get("name"), str) and out["name"] in cat.builtins:
             # A small model copies the built-in's name, which a tool may not take.
             out["name"] = f"{out['name']}_tool"

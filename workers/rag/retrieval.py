@@ -96,6 +96,8 @@ class Retriever:
                     text=r["text"],
                     metadata=r["metadata"],
                     location=location_of(r["location"]),
+                    collection_id=r["collection_id"],
+                    title=r["title"],
                 )
             )
         return results, titles

@@ -416,8 +416,8 @@ async def hydrate(db: Database, tenant: str, ids: list[str]) -> dict[str, asyncp
         return {}
     async with db.connection() as conn:
         rows = await conn.fetch(
-            "SELECT c.chunk_id, c.document_id, d.source_id, d.title, c.text, c.section,"
-            " c.metadata, c.location FROM rag.chunks c JOIN rag.documents d"
+            "SELECT c.chunk_id, c.collection_id, c.document_id, d.source_id, d.title, c.text,"
+            " c.section, c.metadata, c.location FROM rag.chunks c JOIN rag.documents d"
             " ON d.tenant_id = c.tenant_id AND d.document_id = c.document_id"
             " WHERE c.tenant_id = $1 AND c.chunk_id = ANY($2::text[])",
             tenant,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import structlog
 from nats.js import JetStreamContext
@@ -21,6 +21,8 @@ from schemas.agent import (
     AgentList,
     AgentListRequest,
     AgentUpdateRequest,
+    RetrievalSettings,
+    retrieval_problem,
 )
 from schemas.context import Context
 from workers.agent import policy, tools, views
@@ -85,6 +87,7 @@ class Agents:
                 "parameters": req.parameters.model_dump(),
                 "limits": req.limits.model_dump(),
                 "memory": req.memory.model_dump(),
+                "retrieval": req.retrieval.model_dump(),
                 "created_by": policy.user_of(ctx),
             },
         )
@@ -135,6 +138,10 @@ class Agents:
             fields.get("approval_required", current.approval_required),
             fields.get("tools", current.tools),
         )
+        _check_retrieval(
+            fields.get("retrieval", current.retrieval),
+            fields.get("rag_collections", current.rag_collections),
+        )
         row = await self.store.update_agent(tenant, req.agent_id, req.version, fields)
         return views.agent(row)
 
@@ -162,3 +169,10 @@ def _check_approval_list(
     stray = sorted(set(approval_required or ()) - set(attached or ()))
     if stray:
         raise InvalidRequest(f"approval_required names tools not attached: {stray}")
+
+
+def _check_retrieval(retrieval: Mapping[str, Any], collections: Sequence[str]) -> None:
+    """The agent as it would be after an update: auto retrieval needs a collection."""
+    problem = retrieval_problem(RetrievalSettings.model_validate(retrieval), list(collections))
+    if problem:
+        raise InvalidRequest(problem)

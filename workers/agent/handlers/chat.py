@@ -75,6 +75,7 @@ class Chat:
             reply=result.output if result.status == "succeeded" else None,
             status=result.status,
             pending_approvals=result.pending_approvals,
+            citations=result.citations,
             trimmed_messages=run.trimmed_messages,
         )
 

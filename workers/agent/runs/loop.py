@@ -29,7 +29,7 @@ from bus.errors import MeshError, Timeout
 from schemas.agent import Agent, RunEvent, RunResult
 from schemas.context import Context
 from schemas.gateway import GenerateRequest, GenerateResponse
-from workers.agent import history, views
+from workers.agent import citations, history, views
 from workers.agent.remote import Remote
 from workers.agent.rows import AgentRow, RunRow
 from workers.agent.runs.cache import cache_tag
@@ -244,9 +244,10 @@ class Loop:
                 state.tenant, row.thread_id, "assistant", output, state.run_id
             )
         if row.cache_key:
+            passages = [entry for _, entry in citations.distinct(state.steps)]
             await self.remote.cache_set(
                 row.cache_key,
-                {"output": output, "run_id": state.run_id},
+                {"output": output, "run_id": state.run_id, "citations": passages},
                 [cache_tag(state.agent.agent_id)],
                 state.hop() if state.remaining() > 0 else child(state.ctx, timeout=2.0),
             )

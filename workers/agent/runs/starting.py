@@ -11,13 +11,14 @@ from typing import Any
 from bus.errors import Conflict, MeshError
 from schemas.agent import Agent, RunEvent, RunResult
 from schemas.context import Context
-from workers.agent import history, tools, views
+from workers.agent import citations, history, tools, views
 from workers.agent.remote import Remote
 from workers.agent.rows import AgentRow
 from workers.agent.runs.cache import cache_key
 from workers.agent.runs.driver import Driver
 from workers.agent.runs.loop import Loop
 from workers.agent.runs.queue import Queue, lease_for
+from workers.agent.runs.retrieval import Retrieved, retrieve
 from workers.agent.runs.state import Emit, error, no_emit, toolbox
 from workers.agent.settings import AgentConfig
 from workers.agent.store import Store, new_id
@@ -65,7 +66,8 @@ class Starter:
             raise Conflict(f"agent {agent.agent_id} is {agent.status}; only active agents run")
         box = await toolbox(self.store, tenant, agent, ctx.roles)
         offered = box.offered
-        system = [{"role": "system", "content": await self._system(agent, task, ctx)}]
+        retrieved = await retrieve(self.remote, agent, task, ctx, box)
+        system = [{"role": "system", "content": await self._system(agent, task, ctx, retrieved)}]
         messages, trimmed = await history.fit(
             system,
             history_messages or [],
@@ -77,10 +79,17 @@ class Starter:
         )
         key = None
         if use_cache and thread_id is None and agent.parameters.temperature == 0 and box.cacheable:
-            key = cache_key(agent, task, [s.name for s in offered])
+            key = cache_key(
+                agent,
+                task,
+                [s.name for s in offered],
+                retrieved.cache_context if retrieved else None,
+            )
             hit = await self.remote.cache_get(key, ctx)
             if isinstance(hit, dict) and isinstance(hit.get("output"), str):
-                return await self._cached(agent, task, ctx, user, messages, key, hit, emit)
+                return await self._cached(
+                    agent, task, ctx, user, messages, key, hit, emit, retrieved
+                )
         run = await self.store.insert_run(
             tenant,
             {
@@ -103,7 +112,14 @@ class Starter:
         if thread_id is not None:
             # Stored only once it fits the window, tagged with the run that answers it.
             await self.store.add_message(tenant, thread_id, "user", task, run.run_id)
+        first = (
+            await self.store.insert_step(tenant, run.run_id, {"idx": 0, **retrieved.step})
+            if retrieved
+            else None
+        )
         await emit(RunEvent(event="run", run_id=run.run_id, thread_id=thread_id))
+        if first is not None:
+            await emit(RunEvent(event="step", run_id=run.run_id, step=views.step(first)))
         if background:
             try:
                 await self.queue.enqueue(run, ctx)
@@ -116,11 +132,15 @@ class Starter:
                     error=error(exc.code, "could not queue the run"),
                 )
                 raise
-            return views.run(run, [])
+            return views.run(run, [first] if first else [])
         return await self.driver.drive(run, agent_row, ctx, emit)
 
-    async def _system(self, agent: Agent, task: str, ctx: Context) -> str:
+    async def _system(
+        self, agent: Agent, task: str, ctx: Context, retrieved: Retrieved | None = None
+    ) -> str:
         text = system_prompt(agent)
+        if retrieved is not None:
+            text += "\n\n" + retrieved.text
         if not agent.memory.recall:
             return text
         vector = (await self.remote.embed([task], ctx))[0]
@@ -145,6 +165,7 @@ class Starter:
         key: str,
         hit: Mapping[str, Any],
         emit: Emit,
+        retrieved: Retrieved | None,
     ) -> RunResult:
         tenant = str(ctx.tenant)
         run = await self.store.insert_run(
@@ -164,21 +185,32 @@ class Starter:
                 "finished_at": datetime.now(UTC),
             },
         )
-        step = await self.store.insert_step(
-            tenant,
-            run.run_id,
-            {
-                "idx": 0,
-                "type": "cache_hit",
-                "status": "ok",
-                "name": "cache",
-                "arguments": {"key": key},
-                "result": {"output": hit["output"], "from_run": hit.get("run_id")},
-                "duration_ms": 0,
-            },
+        steps = []
+        if retrieved is not None:
+            steps.append(
+                await self.store.insert_step(tenant, run.run_id, {"idx": 0, **retrieved.step})
+            )
+        kept = hit.get("citations")
+        steps.append(
+            await self.store.insert_step(
+                tenant,
+                run.run_id,
+                {
+                    "idx": len(steps),
+                    "type": "cache_hit",
+                    "status": "ok",
+                    "name": "cache",
+                    "arguments": {"key": key},
+                    "result": {"output": hit["output"], "from_run": hit.get("run_id")},
+                    # The answered run's passages, checked again (the cache is not trusted).
+                    "citations": citations.stored(kept) if isinstance(kept, list) else None,
+                    "duration_ms": 0,
+                },
+            )
         )
         await emit(RunEvent(event="run", run_id=run.run_id))
-        result = views.run(run, [step])
-        await emit(RunEvent(event="step", run_id=run.run_id, step=result.steps[0]))
+        result = views.run(run, steps)
+        for step in result.steps:
+            await emit(RunEvent(event="step", run_id=run.run_id, step=step))
         await emit(RunEvent(event="done", run_id=run.run_id, result=result))
         return result

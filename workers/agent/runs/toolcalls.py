@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 
 from bus.errors import MeshError
-from workers.agent import tools
+from workers.agent import citations, tools
 from workers.agent.executor import Call, Executor
 from workers.agent.rows import StepRow
 from workers.agent.runs.state import Outcome, State, Stop, error, record
@@ -200,12 +200,16 @@ class ToolCalls:
                 "content": tools.wrap_error(spec.name, "tool_error", message),
                 "usage": usage,
             }
-        return {
+        fields: dict[str, Any] = {
             "status": "ok",
             "result": result,
             "content": tools.wrap_result(spec, spec.name, result, limit),
             "usage": usage,
         }
+        if spec.kind == "rag_search" and isinstance(result, dict):
+            # Built-in or declarative: every passage a search returned is a citation.
+            fields["citations"] = citations.stored(result.get("results") or [])
+        return fields
 
 
 #: Outcomes that answer a call for good: asking again with the same arguments gets the same.
