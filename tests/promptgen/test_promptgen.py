@@ -394,7 +394,11 @@ async def test_publish_creates_the_agent_as_the_publisher_and_it_runs(
     agent = await carol.raw("agent.get.request", {"agent_id": published.agent_id})
     assert agent["created_by"] == "carol"  # created as the publisher
     assert agent["tools"] == ["rag_search"] and agent["rag_collections"] == [cid]
+    # Set by normalization: the collection is searched before the first model call.
+    assert v.spec["retrieval"]["mode"] == "auto" and agent["retrieval"]["mode"] == "auto"
+    assert any("retrieval.mode set to 'auto'" in n for n in v.generation.notes)
 
+    mock.seen.clear()
     mock.script(
         MODEL,
         Reply(
@@ -408,15 +412,23 @@ async def test_publish_creates_the_agent_as_the_publisher_and_it_runs(
             ],
             finish_reason="tool_calls",
         ),
-        Reply(content="You get 25 vacation days per year [handbook]."),
+        Reply(content="You get 25 vacation days per year [1]."),
     )
     run = await carol.raw(
         "agent.execute.request",
         {"agent_id": published.agent_id, "task": "How many vacation days do I get?"},
     )
     assert run["status"] == "succeeded", run.get("error")
-    assert "[handbook]" in run["output"]
-    assert run["steps"][1]["result"]["results"][0]["text"] == HANDBOOK
+    assert "[1]" in run["output"]
+    assert run["steps"][0]["type"] == "retrieval"
+    assert f"[1] handbook: {HANDBOOK}" in mock.calls(MODEL)[0].body["messages"][0]["content"]
+    assert run["steps"][2]["result"]["results"][0]["text"] == HANDBOOK
+    (citation,) = run["citations"]  # the retrieval and the tool call found the same passage
+    assert (citation["source_id"], citation["collection_id"], citation["cited"]) == (
+        "handbook",
+        cid,
+        True,
+    )
 
     # Feedback on the run lands on the version that was published.
     fb = await carol(api.FEEDBACK, {"run_id": run["run_id"], "score": 4, "comment": "good"})

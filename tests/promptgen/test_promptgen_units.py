@@ -570,6 +570,54 @@ def test_collections_and_tools_the_request_names_are_granted_and_reported():
     assert spec["implementation"]["arguments"] == {"collection_ids": ["col-it"]}
 
 
+def test_an_agent_with_collections_gets_auto_retrieval_and_the_version_says_so():
+    spec, notes = checks.normalize("agent", agent_spec(rag_collections=["col-hr"]), CAT)
+    assert spec["retrieval"]["mode"] == "auto"
+    assert any(n.startswith("retrieval.mode set to 'auto'") for n in notes)
+    found = _by_name(checks.run("agent", spec, CAT, CONFIG))
+    assert found["rag_collections"].ok
+    assert "retrieval auto" in found["rag_collections"].message
+    # Normalizing again changes nothing and says nothing more about it.
+    again, notes = checks.normalize("agent", spec, CAT)
+    assert again["retrieval"] == spec["retrieval"]
+    assert not any("retrieval" in n for n in notes)
+    # The rule's output is what the Agent Service accepts.
+    assert specschema.parse("agent", json.dumps(spec), CAT, 99_999).errors == []
+
+
+def test_an_agent_without_collections_keeps_tool_retrieval():
+    spec, notes = checks.normalize("agent", agent_spec(rag_collections=[]), CAT)
+    assert spec.get("retrieval", {"mode": "tool"})["mode"] == "tool"
+    spec, notes = checks.normalize(
+        "agent", agent_spec(rag_collections=[], retrieval={"mode": "auto", "top_k": 3}), CAT
+    )
+    assert spec["retrieval"] == {"mode": "tool", "top_k": 3}
+    assert any("retrieval.mode set to 'tool'" in n for n in notes)
+
+
+def test_a_parsed_agent_gets_auto_retrieval_from_the_rule_not_the_model():
+    parsed = specschema.parse(
+        "agent", json.dumps(agent_spec(rag_collections=["col-hr"])), CAT, 9999
+    )
+    assert parsed.spec is not None and parsed.spec["retrieval"]["mode"] == "tool"
+    assert "retrieval" not in specschema.compact_agent_schema(CAT, CONFIG)["properties"]
+    spec, _ = checks.normalize("agent", parsed.spec, CAT)
+    assert spec["retrieval"] == {"mode": "auto", "top_k": parsed.spec["retrieval"]["top_k"]}
+
+
+def test_a_compact_refinement_dropping_every_collection_drops_auto_retrieval():
+    base = agent_spec(rag_collections=["col-hr"], retrieval={"mode": "auto", "top_k": 4})
+    fill = specschema.completer("agent", CAT, base)
+    answer = {"name": "x", "system_prompt": "You help.", "tools": [], "rag_collections": []}
+    parsed = specschema.parse("agent", json.dumps(answer), CAT, 9999, fill)
+    assert parsed.errors == [] and parsed.spec is not None
+    assert parsed.spec["retrieval"]["mode"] == "tool"
+    kept = specschema.parse(
+        "agent", json.dumps({**answer, "rag_collections": ["col-hr"]}), CAT, 9999, fill
+    )
+    assert kept.spec is not None and kept.spec["retrieval"]["mode"] == "auto"
+
+
 def test_the_local_provider_constrains_schema_answers_with_a_grammar_and_a_repeat_penalty():
     from workers.gateway.local import GRAMMAR_REPEAT_PENALTY, LocalGenerator
 
