@@ -80,6 +80,8 @@ class AgentService(Service):
         limits: schemas.agent.RunLimits | collections.abc.Mapping[builtins.str, typing.Any] = ...,
         memory: schemas.agent.MemorySettings
         | collections.abc.Mapping[builtins.str, typing.Any] = ...,
+        retrieval: schemas.agent.RetrievalSettings
+        | collections.abc.Mapping[builtins.str, typing.Any] = ...,
         status: typing.Literal["active", "inactive"] = ...,
     ) -> schemas.agent.Agent: ...
     async def create(
@@ -149,6 +151,9 @@ class AgentService(Service):
         | collections.abc.Mapping[builtins.str, typing.Any]
         | None = ...,
         memory: schemas.agent.MemorySettings
+        | collections.abc.Mapping[builtins.str, typing.Any]
+        | None = ...,
+        retrieval: schemas.agent.RetrievalSettings
         | collections.abc.Mapping[builtins.str, typing.Any]
         | None = ...,
         status: typing.Literal["active", "inactive", "archived"] | None = ...,
