@@ -297,7 +297,7 @@ class RunError(BaseModel):
     message: str
 
 
-class Citation(BaseModel):
+class RunCitation(BaseModel):
     """One distinct passage a run retrieved (auto retrieval or a ``rag_search`` call)."""
 
     index: int = Field(description="n, as the passage is numbered ([n]) for the model")
@@ -326,7 +326,7 @@ class RunResult(BaseModel):
     usage: dict[str, int] = Field(default_factory=dict)
     error: RunError | None = None
     pending_approvals: list[PendingApproval] = Field(default_factory=list)
-    citations: list[Citation] = Field(
+    citations: list[RunCitation] = Field(
         default_factory=list, description="every distinct passage the run retrieved"
     )
     cached: bool = False
@@ -419,7 +419,7 @@ class ChatResponse(BaseModel):
     reply: str | None
     status: RunStatus
     pending_approvals: list[PendingApproval] = Field(default_factory=list)
-    citations: list[Citation] = Field(
+    citations: list[RunCitation] = Field(
         default_factory=list, description="every distinct passage the run retrieved"
     )
     trimmed_messages: int = Field(

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from schemas.agent import MAX_QUOTE_CHARS, Citation
+from schemas.agent import MAX_QUOTE_CHARS, RunCitation
 
 #: Most citations one run reports (and one cached answer carries).
 MAX_CITATIONS = 100
@@ -83,13 +83,13 @@ def distinct(steps: Iterable[CitingStep]) -> list[tuple[int, dict[str, Any]]]:
     return out
 
 
-def of_run(steps: Sequence[CitingStep], output: str | None) -> list[Citation]:
+def of_run(steps: Sequence[CitingStep], output: str | None) -> list[RunCitation]:
     """The run's citations: every distinct passage its steps retrieved, numbered from 1."""
     text = output or ""
-    out: list[Citation] = []
+    out: list[RunCitation] = []
     for n, (step, entry) in enumerate(distinct(steps), 1):
         try:
-            citation = Citation.model_validate(
+            citation = RunCitation.model_validate(
                 {
                     **{k: entry.get(k) for k in _FIELDS},
                     "score": entry.get("score"),
