@@ -8,15 +8,18 @@
    schema-valid, attached to that collection with ``rag_search``, and pass its checks;
 3. alice submits it, bob (``promptgen:reviewer``, another user) approves it, carol
    (``promptgen:publisher``) publishes it: the Agent Service creates the agent as carol;
-4. carol runs the agent with a question; the answer should cite a policy document (if
-   the run does not answer, the RAG Service's own ``rag.query`` on the same collection is
-   shown for comparison);
+4. carol runs the agent with a question: the generated agent has ``retrieval.mode:
+   "auto"``, so the run searches the collection first and its ``citations`` must name a
+   policy document (if they do not, the RAG Service's own ``rag.query`` on the same
+   collection is shown for comparison);
 5. the audit trail of the spec is printed.
 
 Tokens come from ``mesh token`` (so run it with the same ``MESH_DATA_DIR`` as the
 ``mesh up`` it talks to). Every step prints what it sent and the key fields of the
-answer. Exit status: 0 when steps 1–3 succeeded (and, with ``--require-answer``, the run
-answered with a citation); 1 otherwise. One run takes ~1–3 min with the local model.
+answer, and every timing is printed with the load average beside it. Exit status: 0 when
+steps 1–3 succeeded and the run succeeded with citations naming a policy document (and,
+with ``--require-answer``, its output text refers to one: ``[n]``, a document or source
+id); 1 otherwise. One run takes ~1–3 min with the local model.
 
     MESH_DATA_DIR=/tmp/pgwalk BRIDGE_PORT=18480 .venv/bin/mesh up &
     MESH_DATA_DIR=/tmp/pgwalk .venv/bin/python bench/walkthrough_promptgen.py \\
@@ -70,6 +73,12 @@ POLICIES = [
 
 def say(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def load() -> str:
+    """The load average, printed beside every timing (the machine may be shared)."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f}"
 
 
 def token(tenant: str, user: str, roles: str) -> str:
@@ -129,6 +138,12 @@ def cited(output: str, steps: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def policy_citations(run: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run's citations that name one of the policy documents."""
+    ids = {p["source_id"] for p in POLICIES}
+    return [c for c in run.get("citations") or [] if c.get("source_id") in ids]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -137,7 +152,11 @@ def main() -> int:
     p.add_argument("--tenant", default=f"walk-{uuid.uuid4().hex[:6]}")
     p.add_argument("--model", default=None, help="the alias that writes the spec")
     p.add_argument("--timeout", type=float, default=300.0, help="per generation / run")
-    p.add_argument("--require-answer", action="store_true", help="fail without a citation")
+    p.add_argument(
+        "--require-answer",
+        action="store_true",
+        help="also fail when the output text does not refer to a cited document",
+    )
     args = p.parse_args()
 
     started = time.monotonic()
@@ -165,7 +184,10 @@ def main() -> int:
             body["model"] = args.model
         t = time.monotonic()
         v = alice.ok("POST", "/promptgen/agents", body, timeout=args.timeout)
-        say(f"  generated in {time.monotonic() - t:.1f} s: spec {v['spec_id']} v{v['version']}")
+        say(
+            f"  generated in {time.monotonic() - t:.1f} s ({load()}): "
+            f"spec {v['spec_id']} v{v['version']}"
+        )
         spec = v["spec"]
         gen = v["generation"]
         say(
@@ -178,6 +200,7 @@ def main() -> int:
         say(f"  system_prompt: {spec['system_prompt']!r}")
         say(f"  tools: {spec['tools']}  rag_collections: {spec['rag_collections']}")
         say(f"  approval_required: {spec['approval_required']}  limits: {spec['limits']}")
+        say(f"  retrieval: {spec.get('retrieval')}")
         for c in v["checks"]:
             say(f"  check {c['name']}: {'ok' if c['ok'] else 'FAILED'} — {c['message']}")
         attached = cid in spec["rag_collections"] and "rag_search" in spec["tools"]
@@ -206,7 +229,7 @@ def main() -> int:
         agent = carol.ok("GET", f"/agents/{agent_id}")
         say(
             f"  agent created_by {agent['created_by']}, tools {agent['tools']}, "
-            f"rag_collections {agent['rag_collections']}"
+            f"rag_collections {agent['rag_collections']}, retrieval {agent.get('retrieval')}"
         )
 
         # 4. the agent runs
@@ -214,17 +237,31 @@ def main() -> int:
         status, run = carol.call(
             "POST", f"/agents/{agent_id}/runs", {"task": QUESTION}, timeout=args.timeout
         )
-        say(f"  run in {time.monotonic() - t:.1f} s: HTTP {status}")
-        answered = False
+        say(f"  run in {time.monotonic() - t:.1f} s ({load()}): HTTP {status}")
+        answered = in_text = False
         if isinstance(run, dict) and "status" in run:
             say(f"  run {run.get('run_id')} status {run['status']} error {run.get('error')}")
             for st in run.get("steps") or []:
                 kind = st.get("kind") or st.get("type")
                 say(f"  step {st.get('index')} {kind}: {json.dumps(st)[:300]}")
             say(f"  output: {run.get('output')!r}")
+            for c in run.get("citations") or []:
+                say(
+                    f"  citation [{c['index']}] {c.get('source_id')} ({c.get('title')}) "
+                    f"document {c['document_id']} collection {c.get('collection_id')} "
+                    f"chunk {c['chunk_id']} score {c.get('score')} step {c['step']} "
+                    f"cited in the output: {c['cited']}"
+                )
+                say(f"      quote: {c['quote'][:160]!r}")
+            found = policy_citations(run)
+            answered = run["status"] == "succeeded" and bool(found)
+            in_text = any(c["cited"] for c in found)
             names = cited(run.get("output") or "", run.get("steps") or [])
-            answered = run["status"] == "succeeded" and bool(names)
-            say(f"  cites a policy document: {names or 'no'}")
+            say(
+                f"  citations naming a policy document: {[c['source_id'] for c in found] or 'none'}"
+            )
+            say(f"  the output refers to one ([n], id or title): {in_text or names or 'no'}")
+            in_text = in_text or bool(names)
         else:
             say(f"  run refused: {json.dumps(run)[:1000]}")
 
@@ -250,8 +287,14 @@ def main() -> int:
                 f"  audit: {a['action']} v{a['version']} {a['from_status']} -> "
                 f"{a['to_status']} by {a['actor']}"
             )
-    say(f"done in {time.monotonic() - started:.0f} s; answered with a citation: {answered}")
-    return 1 if args.require_answer and not answered else 0
+    say(
+        f"done in {time.monotonic() - started:.0f} s ({load()}); "
+        f"answered with citations: {answered}; the output refers to one: {in_text}"
+    )
+    if not answered:
+        say("FAILED: the run has no citation of a policy document")
+        return 1
+    return 1 if args.require_answer and not in_text else 0
 
 
 if __name__ == "__main__":
