@@ -183,3 +183,21 @@ async def test_the_executor_still_refuses_an_ungranted_collection(api: Api, fake
     assert run["steps"][1]["status"] == "refused"
     assert "secret" in run["steps"][1]["error"]["message"]
     assert fake.searches == []
+
+
+async def test_the_last_model_call_the_step_limit_allows_must_answer(api: Api, fake):
+    agent = await api.agent(tools=["calculator"], limits={"max_steps": 2})
+    fake.play(call("calculator", {"expression": "2+2"}, "a"), answer("It is 4."))
+    run = await api("execute", {"agent_id": agent["agent_id"], "task": "2+2?"})
+    assert run["status"] == "succeeded" and run["output"] == "It is 4."
+    assert [r.tool_choice for r in fake.requests] == [None, "none"]
+    last = run["steps"][2]["arguments"]
+    assert last["tool_choice"] == "none" and last["final"] is True
+
+
+async def test_an_agent_allowed_one_model_call_answers_without_tools(api: Api, fake):
+    agent = await api.agent(tools=["calculator"], limits={"max_steps": 1})
+    fake.play(answer("Four."))
+    run = await api("execute", {"agent_id": agent["agent_id"], "task": "2+2?"})
+    assert run["status"] == "succeeded"
+    assert [r.tool_choice for r in fake.requests] == ["none"]

@@ -139,8 +139,11 @@ class Loop:
     async def _model_call(self, state: State) -> None:
         agent = state.agent
         offered = state.toolbox.offered
-        # After a repeated call, the model answers from the results it has.
-        choice = "none" if offered and _repeated_since_model(state) else None
+        # After a repeated call, and on the last model call the limit allows, the model
+        # answers from the results it has (smolagents' final answer at max_steps): a run
+        # that has its passages should end with an answer, not with step_limit.
+        final = state.model_calls() + 1 >= agent.limits.max_steps
+        choice = "none" if offered and (final or _repeated_since_model(state)) else None
         request = GenerateRequest.model_validate(
             {
                 "model": self.model(agent),
@@ -162,6 +165,8 @@ class Loop:
         }
         if choice:
             call["tool_choice"] = choice
+            if final:
+                call["final"] = True
         try:
             if state.run.stream:
 
