@@ -264,7 +264,8 @@ class Approval(BaseModel):
 
 
 class Step(BaseModel):
-    """One stored step of a run: a model call, or one tool call with its result."""
+    """One stored step of a run: a model call, one tool call with its result, the auto
+    retrieval before the first model call (``retrieval``), or a cached answer."""
 
     index: int
     type: StepType
