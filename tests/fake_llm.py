@@ -185,6 +185,7 @@ class FakeLLM:
         self.embedded: list[str] = []
         self.counted: list[list[str]] = []
         self.count_tokens_down = False
+        self.search_down = False
         self.searches: list[tuple[str | None, SearchRequest]] = []
         self.documents: dict[tuple[str, str], list[Document]] = {}
         self.templates: dict[tuple[str, str], str] = {}
@@ -258,6 +259,8 @@ class FakeLLM:
 
     async def search(self, req: SearchRequest, ctx: Context) -> Raw:
         self.searches.append((ctx.tenant, req))
+        if self.search_down:
+            raise Unavailable("search is down")
         query = set(_WORD.findall(req.query.lower()))
         scored = []
         for cid in req.collection_ids:

@@ -78,7 +78,15 @@ class Starter:
             counter=lambda texts: self.remote.count_tokens(self.loop.model(agent), texts, ctx),
         )
         key = None
-        if use_cache and thread_id is None and agent.parameters.temperature == 0 and box.cacheable:
+        # An answer given while the documents could not be searched is not kept.
+        searched = retrieved is None or retrieved.step["status"] != "error"
+        if (
+            use_cache
+            and thread_id is None
+            and agent.parameters.temperature == 0
+            and box.cacheable
+            and searched
+        ):
             key = cache_key(
                 agent,
                 task,
