@@ -185,7 +185,8 @@ class FakeLLM:
         self.embedded: list[str] = []
         self.counted: list[list[str]] = []
         self.count_tokens_down = False
-        self.search_down = False
+        self.search_fails = False
+        """Searches answer ``upstream_error`` (not retryable, so no circuit opens)."""
         self.searches: list[tuple[str | None, SearchRequest]] = []
         self.documents: dict[tuple[str, str], list[Document]] = {}
         self.templates: dict[tuple[str, str], str] = {}
@@ -259,8 +260,8 @@ class FakeLLM:
 
     async def search(self, req: SearchRequest, ctx: Context) -> Raw:
         self.searches.append((ctx.tenant, req))
-        if self.search_down:
-            raise Unavailable("search is down")
+        if self.search_fails:
+            raise UpstreamError("the search failed")
         query = set(_WORD.findall(req.query.lower()))
         scored = []
         for cid in req.collection_ids:

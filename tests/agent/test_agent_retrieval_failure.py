@@ -17,7 +17,7 @@ async def test_a_failed_search_leaves_the_run_without_passages_and_out_of_the_ca
     agent = await api.agent(
         rag_collections=["hr"], retrieval={"mode": "auto"}, parameters={"temperature": 0}
     )
-    fake.search_down = True
+    fake.search_fails = True
     fake.play(answer("I could not search the documents."), repeat_last=True)
     run = await api("execute", {"agent_id": agent["agent_id"], "task": "Vacation days?"})
     assert run["status"] == "succeeded" and run["citations"] == []
@@ -25,7 +25,7 @@ async def test_a_failed_search_leaves_the_run_without_passages_and_out_of_the_ca
     assert (step["type"], step["status"], step["error"]["code"]) == (
         "retrieval",
         "error",
-        "unavailable",
+        "upstream_error",
     )
     assert UNSEARCHABLE in fake.requests[0].messages[0].content
     # The answer given without the documents was not kept: asked again, the model answers.
