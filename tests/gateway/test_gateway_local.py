@@ -238,6 +238,8 @@ async def test_a_tool_result_is_answered_from(gateway, client):
         GenerateResponse,
     )
     assert not out.message.tool_calls and out.message.content and out.message.content.strip()
+    # An answer in words, not a copy of the transcript's next function line.
+    assert not out.message.content.lstrip().startswith(("functions.", "Result of"))
     # The call and its result are in the prompt the model read.
     assert out.usage.prompt_tokens > before.total + 30
 

@@ -35,6 +35,7 @@ from litellm.llms.custom_llm import CustomLLMError
 
 from workers.gateway.local_tools import (
     CALL_PREFIX,
+    MESSAGE_PREFIX,
     _bad,
     _flatten,
     _render_tool_history,
@@ -238,6 +239,11 @@ class LocalGenerator:
             prompt += CALL_PREFIX
         elif forced:
             prompt += f"{CALL_PREFIX}{forced}:\n"
+        elif tools is None:
+            # No tools now (tool_choice "none": an agent's last step), tool turns in the
+            # history: the answer starts as a message, so the model writes words instead
+            # of copying the transcript's next ``functions.<name>:`` line.
+            prompt += MESSAGE_PREFIX
         return {"prompt": prompt, "gbnf": gbnf, "forced": forced}
 
     def _tool_chat(self, req: dict[str, Any], kw: dict[str, Any]) -> dict[str, Any]:
