@@ -113,31 +113,37 @@ def dense_literal_buckets(ks: Iterable[int]) -> str:
 
 def dense_counts(sent: Sequence[bytes | None]) -> np.ndarray:
     """Rows of counts from ``vector_send`` results (pgvector's binary form: int16
-    dimension, int16 unused, then big-endian float4s); a NULL is a row of zeros."""
+    dimension, int16 unused, then big-endian float4s); a NULL is a row of zeros.
+
+    A read-only view of the joined bytes (big-endian float32, no copy: an answer by user
+    per hour over 30 days is 36,000 rows, 23 MB of histograms)."""
     width = 4 + 4 * BUCKETS
     blank = b"\0" * width
     raw = b"".join(blank if s is None else s for s in sent)
     if len(raw) != width * len(sent):
         raise ValueError("a histogram of another dimension")
     rows = np.frombuffer(raw, dtype=">f4").reshape(len(sent), BUCKETS + 1)
-    return rows[:, 1:].astype(np.float32)  # native byte order
+    return rows[:, 1:]
 
 
 def dense_percentiles(counts: np.ndarray, qs: Sequence[float]) -> dict[float, list[float | None]]:
     """Each quantile of ``qs`` for every row of ``counts`` (``None`` for an empty row):
     the value of the first bucket whose running count reaches ``q`` of the row's total."""
-    # float32 running counts: exact up to 2**24 calls per group, then the rank is off by
-    # one call in ten million at most (nothing next to the bucket width).
+    # float32 running counts (converted to native order on the way): exact up to 2**24
+    # calls per group, then the rank is off by one call in ten million at most (nothing
+    # next to the bucket width).
     cum = np.cumsum(counts, axis=1, dtype=np.float32)
     total = cum[:, -1]
-    empty = total <= 0
+    empty = np.flatnonzero(total <= 0).tolist()
     out: dict[float, list[float | None]] = {}
     for q in qs:
         # The rank ``percentile_disc`` takes: ceil(q * n) in double precision, at least 1.
         rank = np.maximum(np.ceil(q * total.astype(np.float64)), 1).astype(np.float32)
         k = np.argmax(cum >= rank[:, None], axis=1)
-        vals = _VALUES[k]
-        out[q] = [None if e else float(v) for v, e in zip(vals, empty, strict=True)]
+        vals: list[float | None] = _VALUES[k].tolist()
+        for i in empty:
+            vals[i] = None
+        out[q] = vals
     return out
 
 
