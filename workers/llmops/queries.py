@@ -209,12 +209,12 @@ def _build_buckets(
             column = ttft
         else:
             column = lat[_PERCENTILES[m]]
-        for d, v in zip(values, column, strict=True):
-            d[m] = v
+        for vd, v in zip(values, column, strict=True):
+            vd[m] = v
     groups: list[dict[str, str | None]] = [{} for _ in range(n)]
     for dim in req.group_by:
-        for d, v in zip(groups, col[dim], strict=True):
-            d[dim] = v or None
+        for gd, g in zip(groups, col[dim], strict=True):
+            gd[dim] = g or None
     starts = col["b"] if "b" in col else _starts(col["epoch"])
     return _make_buckets(starts, groups, values)
 
