@@ -5,13 +5,13 @@ before it runs (number of time buckets, rows of the answer), so a bad question i
 ``invalid_request`` with a reason and never a slow query. Which table answers:
 
 * ``bucket = minute`` → raw rows, percentiles exact (``percentile_disc``);
-* ``hour`` or ``day`` → the smallest rollup grain that keeps every dimension grouped or
-  filtered on: ``rollup_hour_nouser`` (model, provider, operation, status),
-  ``rollup_hour_user`` (the user alone), else ``rollup_hour`` / ``rollup_day`` (every
-  dimension). Percentiles come from the merged log-scale histograms (relative error
-  ``histogram.RELATIVE_ERROR``): one ``sum(vector)`` per group for the dense grains, the
-  sparse entries added up for the others. A window holding few calls is answered from
-  the raw rows instead (exact, and as cheap).
+* ``hour`` or ``day`` → the smallest rollup grain of that unit that keeps every dimension
+  grouped or filtered on: ``rollup_{hour,day}_nouser`` (model, provider, operation,
+  status), ``rollup_{hour,day}_user`` (the user alone), else ``rollup_hour`` /
+  ``rollup_day`` (every dimension). Percentiles come from the merged log-scale
+  histograms (relative error ``histogram.RELATIVE_ERROR``): one ``sum(vector)`` per group
+  for the dense grains, the sparse entries added up for the others. A window holding
+  few calls is answered from the raw rows instead (exact, and as cheap).
 
 Rollup buckets are whole hours or days, so a metrics window is widened to whole buckets
 (``from`` rounded down, ``to`` up); ``cost`` is exact: whole hours from the rollups plus
@@ -43,7 +43,16 @@ from schemas.llmops import (
     QueryResponse,
 )
 from workers.llmops import histogram
-from workers.llmops.store import DAY, HOUR, HOUR_NOUSER, HOUR_USER, Grain, truncate
+from workers.llmops.store import (
+    DAY,
+    DAY_NOUSER,
+    DAY_USER,
+    HOUR,
+    HOUR_NOUSER,
+    HOUR_USER,
+    Grain,
+    truncate,
+)
 
 #: Most time buckets one metrics question may span (e.g. 24 h of minutes fits).
 MAX_BUCKETS = 1_500
@@ -402,12 +411,14 @@ class Reader:
 
     @staticmethod
     def _grain(unit: str, dims: set[str]) -> Grain:
-        """The smallest grain keeping ``dims``: hour grains answer day buckets too."""
+        """The smallest grain keeping ``dims``, at the question's unit (day buckets read
+        the day grains: one row per answer row where the group is the grain's key)."""
+        day = unit == "day"
         if dims <= _NOUSER:
-            return HOUR_NOUSER
+            return DAY_NOUSER if day else HOUR_NOUSER
         if dims == {"user"}:
-            return HOUR_USER
-        return DAY if unit == "day" else HOUR
+            return DAY_USER if day else HOUR_USER
+        return DAY if day else HOUR
 
     @staticmethod
     def _raw_metrics_sql(
