@@ -129,17 +129,20 @@ def dense_counts(sent: Sequence[bytes | None]) -> np.ndarray:
 def dense_percentiles(counts: np.ndarray, qs: Sequence[float]) -> dict[float, list[float | None]]:
     """Each quantile of ``qs`` for every row of ``counts`` (``None`` for an empty row):
     the value of the first bucket whose running count reaches ``q`` of the row's total."""
-    # float32 running counts (converted to native order on the way): exact up to 2**24
-    # calls per group, then the rank is off by one call in ten million at most (nothing
-    # next to the bucket width).
-    cum = np.cumsum(counts, axis=1, dtype=np.float32)
+    # float32 running counts, in native order, summed in place: exact up to 2**24 calls
+    # per group, then the rank is off by one call in ten million at most (nothing next
+    # to the bucket width).
+    cum = counts.astype(np.float32)
+    np.cumsum(cum, axis=1, out=cum)
     total = cum[:, -1]
     empty = np.flatnonzero(total <= 0).tolist()
     out: dict[float, list[float | None]] = {}
     for q in qs:
         # The rank ``percentile_disc`` takes: ceil(q * n) in double precision, at least 1.
         rank = np.maximum(np.ceil(q * total.astype(np.float64)), 1).astype(np.float32)
-        k = np.argmax(cum >= rank[:, None], axis=1)
+        # The first bucket reaching the rank = the number of buckets below it (the running
+        # counts never decrease); an empty row has none reaching it (reported as None).
+        k = np.minimum((cum < rank[:, None]).sum(axis=1), MAX_BUCKET)
         vals: list[float | None] = _VALUES[k].tolist()
         for i in empty:
             vals[i] = None

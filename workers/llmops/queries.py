@@ -24,8 +24,11 @@ import base64
 import binascii
 import gc
 import json
+import operator
+from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from itertools import repeat
 from typing import Any
 
 from bus.errors import InvalidRequest
@@ -157,8 +160,11 @@ def _column(rows: Sequence[Any], name: str) -> list[Any]:
     return [r[i] for r in rows]
 
 
-#: ``model_fields_set`` of a bucket built here: every field is given.
-_BUCKET_FIELDS = frozenset(MetricsBucket.model_fields)
+#: ``model_fields_set`` of every bucket built here: all fields are given. One set shared
+#: by all of them (a set per bucket is one more object per row for the garbage collector
+#: to track); pydantic only ever adds a field name to it (on assignment), and every name
+#: is in it already.
+_BUCKET_FIELDS = set(MetricsBucket.model_fields)
 
 
 def _buckets(
@@ -218,20 +224,25 @@ def _build_buckets(
             column = ttft
         else:
             column = lat[_PERCENTILES[m]]
-        for vd, v in zip(values, column, strict=True):
-            vd[m] = v
+        _store(values, m, column)
     groups: list[dict[str, str | None]] = [{} for _ in range(n)]
     for dim in req.group_by:
-        for gd, g in zip(groups, col[dim], strict=True):
-            gd[dim] = g or None
+        _store(groups, dim, [g or None for g in col[dim]])
     starts = col["b"] if "b" in col else _starts(col["epoch"])
     return _make_buckets(starts, groups, values)
+
+
+def _store(dicts: list[dict[str, Any]], key: str, column: Sequence[Any]) -> None:
+    """``dicts[i][key] = column[i]`` for every row, looped in C (``map``)."""
+    if len(dicts) != len(column):
+        raise ValueError("a column of another length")
+    deque(map(operator.setitem, dicts, repeat(key), column), maxlen=0)
 
 
 def _starts(epochs: Sequence[int]) -> list[datetime]:
     """Bucket starts from epoch seconds: one ``datetime`` per distinct start."""
     by_epoch = {e: datetime.fromtimestamp(e, UTC) for e in set(epochs)}
-    return [by_epoch[e] for e in epochs]
+    return list(map(by_epoch.__getitem__, epochs))
 
 
 def _make_buckets(
@@ -248,7 +259,7 @@ def _make_buckets(
     for start, group, vals in zip(starts, groups, values, strict=True):
         m = new(cls)
         set_attr(m, "__dict__", {"start": start, "group": group, "values": vals})
-        set_attr(m, "__pydantic_fields_set__", set(fields))
+        set_attr(m, "__pydantic_fields_set__", fields)
         set_attr(m, "__pydantic_extra__", None)
         set_attr(m, "__pydantic_private__", None)
         append(m)
