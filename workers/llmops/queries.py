@@ -154,6 +154,47 @@ def _percentiles(entries: list[int] | None, qs: list[float]) -> dict[float, floa
     return out
 
 
+def answer_items(buckets: int, req: MetricsRequest) -> int:
+    """Values and fields of a metrics answer as the bus codec counts them for its
+    ``max_container`` limit: the answer's four fields, then per bucket its list entry,
+    its three fields, and the entries of its ``group`` and ``values``."""
+    return 4 + buckets * (4 + len(set(req.group_by)) + len(set(req.metrics)))
+
+
+def answer_bytes(rows: Sequence[Any], req: MetricsRequest) -> int:
+    """An upper bound of a metrics answer's encoded size (msgpack or JSON): per bucket
+    the start and field names, each group value as long as the longest of its column,
+    each value as a 24-character number."""
+    if not rows:
+        return 100
+    names = list(rows[0].keys())
+    per_row = 80 + sum(len(m) + 30 for m in set(req.metrics))
+    for d in set(req.group_by):
+        i = names.index(d)
+        per_row += len(d) + 8 + max(len(r[i] or "null") for r in rows) * 2  # JSON escapes
+    return 200 + len(rows) * per_row
+
+
+def _check_carriable(
+    req: MetricsRequest, rows: Sequence[Any], max_items: int | None, max_bytes: int | None
+) -> None:
+    """Refuse an answer one bus message cannot carry (``invalid_request`` with a reason),
+    before building it: the caller's codec would reject it as malformed, or NATS would
+    refuse to send it."""
+    n = len(rows)
+    items = answer_items(n, req)
+    size = answer_bytes(rows, req) if max_bytes is not None else 0
+    if (max_items is not None and items > max_items) or (
+        max_bytes is not None and size > max_bytes
+    ):
+        raise InvalidRequest(
+            f"the answer has {n} buckets ({items} values and fields, up to {size} bytes),"
+            " more than one message carries; use a larger bucket, a shorter window, fewer"
+            " metrics or group_by fields, or filters",
+            {"buckets": n, "items": items, "max_items": max_items, "max_bytes": max_bytes},
+        )
+
+
 def _column(rows: Sequence[Any], name: str) -> list[Any]:
     """One column of fetched records, by position (name lookups cost per row)."""
     i = list(rows[0].keys()).index(name)
@@ -347,11 +388,19 @@ class Reader:
         return "day"
 
     async def metrics(
-        self, tenant: str, req: MetricsRequest, *, source: str | None = None
+        self,
+        tenant: str,
+        req: MetricsRequest,
+        *,
+        source: str | None = None,
+        max_items: int | None = None,
+        max_bytes: int | None = None,
     ) -> MetricsResponse:
         """``source`` forces ``"raw"`` rows or the ``"rollup"`` tables (the bench's
         baseline, tests); by default the rollups answer unless :meth:`_sparse` says the raw
-        rows are as cheap."""
+        rows are as cheap. ``max_items`` / ``max_bytes``: what one message may carry (the
+        service passes the bus codec's limits); a larger answer is refused before it is
+        built (:func:`_check_carriable`)."""
         unit = self.resolve_bucket(req)
         start, end = truncate(req.from_, unit), _ceil(req.to, unit)
         n = int((end - start) / _STEP[unit])
@@ -393,6 +442,7 @@ class Reader:
                 f"the answer has more than {MAX_METRIC_ROWS} rows; use a larger bucket, "
                 "a shorter window, fewer group_by fields or filters"
             )
+        _check_carriable(req, rows, max_items, max_bytes)
         return MetricsResponse.model_construct(
             bucket=unit,
             source="raw" if raw else "rollup",
