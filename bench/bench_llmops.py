@@ -6,7 +6,7 @@ under ``--data-dir``, deleted at the end), publishes ``--events`` operation even
 (default 1,000,000) spread over the last 30 days for 50 users and 8 models onto
 ``events.llmops.operation`` (as the gateway does, async publish acks), then starts the
 LLMOps worker as its own process (``mesh worker llmops``, the production shape) and
-measures how fast it drains the stream into Postgres (batched COPY + four rollup upserts
+measures how fast it drains the stream into Postgres (batched COPY + six rollup upserts
 in one transaction per batch). Then it asks, ``--repeats`` times each:
 
 * ``metrics`` for 30 days grouped by model and by user, hour and day buckets

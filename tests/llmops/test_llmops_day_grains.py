@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import random
+import struct
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -164,3 +165,59 @@ def test_a_bucket_built_fast_is_the_model_construct_one():
     # Models made this way behave as any other: copies, assignment, validation.
     copy = fast.model_copy(update={"group": {}})
     assert copy.group == {} and fast.group == group
+
+
+def test_percentiles_read_in_chunks_are_those_read_at_once(monkeypatch):
+    rnd = random.Random(9)
+    sent: list[bytes | None] = []
+    for i in range(1000):
+        counts = [0.0] * histogram.BUCKETS
+        for _ in range(rnd.randrange(0, 40) if i % 50 else 0):  # some rows empty
+            counts[histogram.bucket_of(rnd.lognormvariate(6, 1.2))] += 1
+        sent.append(struct.pack(f">hh{histogram.BUCKETS}f", histogram.BUCKETS, 0, *counts))
+    sent[7] = None  # a NULL histogram (a group without any time to first token)
+    qs = [0.5, 0.95, 0.99]
+    monkeypatch.setattr(histogram, "PERCENTILE_CHUNK", 64)  # 16 chunks, the last partial
+    chunked = histogram.sent_percentiles(sent, qs)
+    whole = histogram.dense_percentiles(histogram.dense_counts(sent), qs)
+    assert chunked == whole
+    assert whole[0.5][0] is None and whole[0.5][7] is None and whole[0.5][1] is not None
+
+
+@pytest.mark.parametrize("bucket", ["hour", "day"])
+@pytest.mark.parametrize("group_by", [["user"], ["model"], [], ["model", "status"]])
+async def test_sums_from_the_rollups_match_the_raw_rows(settings, bucket, group_by):
+    """Sums-only questions come back from the rollups as one record of arrays: the same
+    buckets, groups, order and values as the raw rows give."""
+    assert settings.database_url
+    db = await open_database(settings.database_url)
+    try:
+        tenant = f"sums-{new_id()[:8]}"
+        now = datetime.now(UTC)
+        await Store(db).ingest(_rows(tenant, 900, 8, now))
+        reader = Reader(db)
+        req = MetricsRequest.model_validate(
+            {
+                "from": (now - timedelta(days=4)).isoformat(),
+                "to": now.isoformat(),
+                "bucket": bucket,
+                "group_by": group_by,
+                "metrics": ["tokens_out", "requests", "errors", "cost"],
+            }
+        )
+        roll = await reader.metrics(tenant, req)
+        raw = await reader.metrics(tenant, req, source="raw")
+        assert (roll.source, raw.source) == ("rollup", "raw")
+        assert len(roll.buckets) == len(raw.buckets) > 3
+        for a, b in zip(roll.buckets, raw.buckets, strict=True):
+            assert (a.start, a.group) == (b.start, b.group)
+            assert list(a.values) == list(req.metrics)
+            for m in ("tokens_out", "requests", "errors"):
+                assert a.values[m] == b.values[m] and isinstance(a.values[m], float)
+            assert math.isclose(a.values["cost"], b.values["cost"], abs_tol=1e-9)
+        empty = req.model_copy(
+            update={"from_": now - timedelta(days=40), "to": now - timedelta(days=39)}
+        )
+        assert (await reader.metrics(tenant, empty)).buckets == []
+    finally:
+        await db.close()

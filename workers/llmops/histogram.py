@@ -150,6 +150,25 @@ def dense_percentiles(counts: np.ndarray, qs: Sequence[float]) -> dict[float, li
     return out
 
 
+#: Rows of histograms read at a time by :func:`sent_percentiles`.
+PERCENTILE_CHUNK = 2048
+
+
+def sent_percentiles(
+    sent: Sequence[bytes | None], qs: Sequence[float]
+) -> dict[float, list[float | None]]:
+    """:func:`dense_percentiles` of ``vector_send`` results, ``PERCENTILE_CHUNK`` rows at
+    a time: the same values, but the working arrays (~1.3 MB) are reused from chunk to
+    chunk instead of 23 MB ones being mapped and faulted in for 36,000 rows (a third
+    faster here)."""
+    out: dict[float, list[float | None]] = {q: [] for q in qs}
+    for lo in range(0, len(sent), PERCENTILE_CHUNK):
+        part = dense_percentiles(dense_counts(sent[lo : lo + PERCENTILE_CHUNK]), qs)
+        for q in qs:
+            out[q].extend(part[q])
+    return out
+
+
 # ---------------------------------------------------------------- SQL
 
 
