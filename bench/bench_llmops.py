@@ -18,8 +18,9 @@ in one transaction per batch). Then it asks, ``--repeats`` times each:
 
     .venv/bin/python bench/bench_llmops.py [--events 1000000] [--repeats 10]
 
-About 12 minutes for 1,000,000 events on an idle 2-core machine (publish ~3 min, ingest
-~6 min, questions ~3 min); ``--max-minutes`` (default 40) bounds the whole run.
+6–7 minutes for 1,000,000 events at load ~4 on a 2-core machine (publish 1–2 min,
+ingest 3.5–4 min, questions ~1.5 min); ``--max-minutes`` (default 40) bounds the whole
+run.
 """
 
 from __future__ import annotations
