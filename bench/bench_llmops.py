@@ -6,7 +6,7 @@ under ``--data-dir``, deleted at the end), publishes ``--events`` operation even
 (default 1,000,000) spread over the last 30 days for 50 users and 8 models onto
 ``events.llmops.operation`` (as the gateway does, async publish acks), then starts the
 LLMOps worker as its own process (``mesh worker llmops``, the production shape) and
-measures how fast it drains the stream into Postgres (batched COPY + four rollup upserts
+measures how fast it drains the stream into Postgres (batched COPY + six rollup upserts
 in one transaction per batch). Then it asks, ``--repeats`` times each:
 
 * ``metrics`` for 30 days grouped by model and by user, hour and day buckets
@@ -18,8 +18,9 @@ in one transaction per batch). Then it asks, ``--repeats`` times each:
 
     .venv/bin/python bench/bench_llmops.py [--events 1000000] [--repeats 10]
 
-About 12 minutes for 1,000,000 events on an idle 2-core machine (publish ~3 min, ingest
-~6 min, questions ~3 min); ``--max-minutes`` (default 40) bounds the whole run.
+6–7 minutes for 1,000,000 events at load ~4 on a 2-core machine (publish 1–2 min,
+ingest 3.5–4 min, questions ~1.5 min); ``--max-minutes`` (default 40) bounds the whole
+run.
 """
 
 from __future__ import annotations

@@ -113,31 +113,59 @@ def dense_literal_buckets(ks: Iterable[int]) -> str:
 
 def dense_counts(sent: Sequence[bytes | None]) -> np.ndarray:
     """Rows of counts from ``vector_send`` results (pgvector's binary form: int16
-    dimension, int16 unused, then big-endian float4s); a NULL is a row of zeros."""
+    dimension, int16 unused, then big-endian float4s); a NULL is a row of zeros.
+
+    A read-only view of the joined bytes (big-endian float32, no copy: an answer by user
+    per hour over 30 days is 36,000 rows, 23 MB of histograms)."""
     width = 4 + 4 * BUCKETS
     blank = b"\0" * width
     raw = b"".join(blank if s is None else s for s in sent)
     if len(raw) != width * len(sent):
         raise ValueError("a histogram of another dimension")
     rows = np.frombuffer(raw, dtype=">f4").reshape(len(sent), BUCKETS + 1)
-    return rows[:, 1:].astype(np.float32)  # native byte order
+    return rows[:, 1:]
 
 
 def dense_percentiles(counts: np.ndarray, qs: Sequence[float]) -> dict[float, list[float | None]]:
     """Each quantile of ``qs`` for every row of ``counts`` (``None`` for an empty row):
     the value of the first bucket whose running count reaches ``q`` of the row's total."""
-    # float32 running counts: exact up to 2**24 calls per group, then the rank is off by
-    # one call in ten million at most (nothing next to the bucket width).
-    cum = np.cumsum(counts, axis=1, dtype=np.float32)
+    # float32 running counts, in native order, summed in place: exact up to 2**24 calls
+    # per group, then the rank is off by one call in ten million at most (nothing next
+    # to the bucket width).
+    cum = counts.astype(np.float32)
+    np.cumsum(cum, axis=1, out=cum)
     total = cum[:, -1]
-    empty = total <= 0
+    empty = np.flatnonzero(total <= 0).tolist()
     out: dict[float, list[float | None]] = {}
     for q in qs:
         # The rank ``percentile_disc`` takes: ceil(q * n) in double precision, at least 1.
         rank = np.maximum(np.ceil(q * total.astype(np.float64)), 1).astype(np.float32)
-        k = np.argmax(cum >= rank[:, None], axis=1)
-        vals = _VALUES[k]
-        out[q] = [None if e else float(v) for v, e in zip(vals, empty, strict=True)]
+        # The first bucket reaching the rank = the number of buckets below it (the running
+        # counts never decrease); an empty row has none reaching it (reported as None).
+        k = np.minimum((cum < rank[:, None]).sum(axis=1), MAX_BUCKET)
+        vals: list[float | None] = _VALUES[k].tolist()
+        for i in empty:
+            vals[i] = None
+        out[q] = vals
+    return out
+
+
+#: Rows of histograms read at a time by :func:`sent_percentiles`.
+PERCENTILE_CHUNK = 2048
+
+
+def sent_percentiles(
+    sent: Sequence[bytes | None], qs: Sequence[float]
+) -> dict[float, list[float | None]]:
+    """:func:`dense_percentiles` of ``vector_send`` results, ``PERCENTILE_CHUNK`` rows at
+    a time: the same values, but the working arrays (~1.3 MB) are reused from chunk to
+    chunk instead of 23 MB ones being mapped and faulted in for 36,000 rows (a third
+    faster here)."""
+    out: dict[float, list[float | None]] = {q: [] for q in qs}
+    for lo in range(0, len(sent), PERCENTILE_CHUNK):
+        part = dense_percentiles(dense_counts(sent[lo : lo + PERCENTILE_CHUNK]), qs)
+        for q in qs:
+            out[q].extend(part[q])
     return out
 
 

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from bus import jetstream
 from bus.batches import BatchConsumer, Delivery
-from bus.codec import Codec
+from bus.codec import Codec, Limits
 from bus.errors import InvalidRequest, RetryableError, translate
 from bus.lifespan import background, database
 from bus.sql import tenant_of
@@ -56,6 +56,8 @@ HOUSEKEEPING_S = 600.0
 #: upserted in sorted key order, so concurrent batches wait on each other's row locks but
 #: never deadlock; ``llmops.seen`` keeps a redelivered event stored once either way.
 CONSUMERS = 2
+#: Room left in a reply for the envelope's headers next to a metrics answer.
+REPLY_ENVELOPE_BYTES = 64 * 1024
 
 
 class LLMOps:
@@ -116,7 +118,15 @@ class LLMOps:
         return await self.reader.query(tenant_of(ctx), req)
 
     async def metrics(self, req: MetricsRequest, ctx: Context) -> MetricsResponse:
-        return await self.reader.metrics(tenant_of(ctx), req)
+        # What one reply may carry: the codec limits callers decode with (the default
+        # ones), and NATS's max payload (the same 8 MB), less room for the envelope.
+        limits = Limits()
+        return await self.reader.metrics(
+            tenant_of(ctx),
+            req,
+            max_items=limits.max_container,
+            max_bytes=limits.max_bytes - REPLY_ENVELOPE_BYTES,
+        )
 
     async def cost(self, req: CostRequest, ctx: Context) -> CostResponse:
         return await self.reader.cost(tenant_of(ctx), req)

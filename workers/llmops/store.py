@@ -2,7 +2,7 @@
 
 One transaction per batch: claim the (tenant, request id) pairs in ``llmops.seen`` (the
 ones already there are duplicates and are skipped), COPY the new rows into the day
-partitions, and add them to the four rollup tables (one upsert each). Either all of it
+partitions, and add them to the six rollup tables (one upsert each). Either all of it
 commits or none, so a batch redelivered after a crash is counted once.
 """
 
@@ -53,7 +53,11 @@ HOUR_NOUSER = Grain("rollup_hour_nouser", "hour", _NOUSER_DIMS, dense=True)
 HOUR_USER = Grain("rollup_hour_user", "hour", ("user_id",), dense=True)
 #: Every dimension per day: budgets' spent amounts, day questions by user and more.
 DAY = Grain("rollup_day", "day", _ALL_DIMS, dense=False)
-GRAINS = (HOUR, HOUR_NOUSER, HOUR_USER, DAY)
+#: The dense grains per day: day-bucket questions on model/provider/operation/status, or
+#: by user alone, read one row per answer row instead of merging 24 hourly ones.
+DAY_NOUSER = Grain("rollup_day_nouser", "day", _NOUSER_DIMS, dense=True)
+DAY_USER = Grain("rollup_day_user", "day", ("user_id",), dense=True)
+GRAINS = (HOUR, HOUR_NOUSER, HOUR_USER, DAY, DAY_NOUSER, DAY_USER)
 
 
 def truncate(ts: datetime, unit: str) -> datetime:
