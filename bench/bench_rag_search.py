@@ -8,16 +8,20 @@ cores), later runs only measure. NATS and Redis start in a temporary directory; 
 gateway (real local embedder when this build has it), cache and RAG workers run in-process.
 
 Printed: the machine's load; the build time (or "reused"); for the large tenant, p50/p99
-of hybrid ``rag.search`` (top_k 10) end to end, of the embed call, of the vector leg (and
-its plan), of the keyword leg warm (statistics cached under the collection's version, as
-a service runs) and cold (caches cleared before each query), and the BASELINE keyword leg
+of hybrid ``rag.search`` (top_k 10) end to end over the ``--warmup`` questions served
+first after Postgres starts (its buffers empty) and then over ``--queries`` new questions
+(steady state: every question new, statistics cached as a running service has them),
+with the time of each stage inside those searches (workers/rag/timings.py); then each
+leg alone on the same question: the embed call, the vector leg (and its plan), the
+keyword leg warm (the question's statistics cached) and cold (nothing cached, as after
+a write); the BASELINE keyword leg
 of the same run (bench/rag_baseline.py: the unbounded leg it replaces) on the first
 ``--baseline-queries`` questions; the same under ``--concurrency`` callers; the small
 tenant; and the EXPLAIN ANALYZE plans of one keyword and one vector leg.
 
     .venv/bin/python bench/bench_rag_search.py [--chunks 1000000] [--queries 200]
 
-Run time with a built dataset: about 2-4 minutes (mostly the baseline's queries).
+Run time with a built dataset: about 4-6 minutes (the warm-up and the baseline's queries).
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ from mesh.runner import bus_env  # noqa: E402
 from schemas import rag  # noqa: E402
 from schemas.rag import DEFAULT_EMBEDDING_MODEL  # noqa: E402
 from workers.rag import search  # noqa: E402
+from workers.rag.service import session as rag_session  # noqa: E402
 
 
 def ctx(tenant: str, timeout: float = 120.0):  # type: ignore[no-untyped-def]
@@ -90,6 +95,17 @@ def questions(n: int, seed: int = 5) -> list[str]:
     return out
 
 
+def print_stages(records: list[dict[str, float]]) -> None:
+    """Where the end-to-end searches' time went (workers/rag/timings.py)."""
+    print("    inside rag.search (the same searches, per stage; legs run concurrently):")
+    for name in sorted({k for r in records for k in r}, key=lambda k: (k != "handler", k)):
+        values = [r.get(name, 0.0) for r in records]
+        if name.endswith(".n"):
+            print(f"      {name:<20} mean {statistics.mean(values):6.2f} per search")
+        else:
+            print("  " + line(name, values)[2:].replace("(n=", "(of "))
+
+
 async def timed(fn: Callable[[], Awaitable[Any]]) -> tuple[float, Any]:
     t0 = time.perf_counter()
     out = await fn()
@@ -112,8 +128,8 @@ async def measure(args: argparse.Namespace, url: str, keyword_only: bool) -> Non
         )
         + "; chunk vectors are SYNTHETIC (clustered, 384-d), not embeddings of their text"
     )
-    qs = questions(args.queries + 10)
-    warm, qs = qs[:10], qs[10:]
+    qs = questions(args.queries + args.warmup)
+    warm, qs = qs[: args.warmup], qs[args.warmup :]
     with tempfile.TemporaryDirectory() as tmp, embedded(Path(tmp), postgres=False) as infra:
         assert infra.nats and infra.redis
         settings = Settings(  # type: ignore[call-arg]
@@ -133,15 +149,20 @@ async def measure(args: argparse.Namespace, url: str, keyword_only: bool) -> Non
                 e.handler for e in workers["rag"].endpoints if e.op.name == "ingest"
             )
             models = embed_handler.__self__.models
+            retriever = next(
+                e.handler for e in workers["rag"].endpoints if e.op.name == "search"
+            ).__self__
+            stages: list[dict[str, float]] = []
+            retriever.observer = stages.append
             client = Client(env.nc)
-            db = await create_database(url)
+            db = await create_database(url, init=rag_session)  # as the RAG worker's pool
             try:
                 for tenant, coll, n in (
                     (rag_dataset.TENANT, rag_dataset.COLLECTION, args.queries),
                     (rag_dataset.SMALL_TENANT, rag_dataset.SMALL_COLLECTION, 50),
                 ):
                     await one_tenant(
-                        args, client, models, db, tenant, coll, warm, qs[:n], keyword_only
+                        args, client, models, db, tenant, coll, warm, qs[:n], keyword_only, stages
                     )
             finally:
                 await db.close()
@@ -157,6 +178,7 @@ async def one_tenant(  # noqa: PLR0913
     warm: list[str],
     qs: list[str],
     keyword_only: bool,
+    stages: list[dict[str, float]],
 ) -> None:
     async with db.connection() as conn:
         version = await conn.fetchval(
@@ -168,6 +190,7 @@ async def one_tenant(  # noqa: PLR0913
             "SELECT sum(chunk_count) FROM rag.documents WHERE tenant_id = $1", tenant
         )
     scope = search.Scope(tenant, [coll], rag_dataset.DIMS, None, (int(version),))
+    uncached = search.Scope(tenant, [coll], rag_dataset.DIMS, None)
 
     async def rag_search(q: str) -> Any:
         return await client.call(
@@ -177,13 +200,17 @@ async def one_tenant(  # noqa: PLR0913
     if keyword_only:
         print("  (no HNSW index yet: only the keyword legs are measured)")
     else:
-        for q in warm:
-            await rag_search(q)
+        # A server that has been serving: other questions first (the first ones after a
+        # start find Postgres's buffers empty; they are printed as such).
+        first = [(await timed(lambda q=q: rag_search(q)))[0] for q in warm]
     total, embed, vec, kw_warm, kw_cold, base = [], [], [], [], [], []
     plans: set[str] = set()
     overlap = []
+    stages.clear()
     for i, q in enumerate(qs):
         if not keyword_only:
+            # As a running service searches: every question new, the statistics cached
+            # by the questions before it (per lexeme, under the collection's version).
             total.append((await timed(lambda q=q: rag_search(q)))[0])
             t, [vector] = await timed(
                 lambda q=q: models.embed(ctx(tenant), DEFAULT_EMBEDDING_MODEL, [q])
@@ -194,8 +221,8 @@ async def one_tenant(  # noqa: PLR0913
             plans.add(plan)
         t, new = await timed(lambda q=q: search.keyword_leg(db, scope, q, 50))
         kw_warm.append(t)
-        search.clear_caches()
-        kw_cold.append((await timed(lambda q=q: search.keyword_leg(db, scope, q, 50)))[0])
+        # Cold: nothing cached under this scope (the first search after a write).
+        kw_cold.append((await timed(lambda q=q: search.keyword_leg(db, uncached, q, 50)))[0])
         if i < args.baseline_queries:
             t, old = await timed(lambda q=q: keyword_leg_unbounded(db, scope, q, 50))
             base.append(t)
@@ -204,11 +231,14 @@ async def one_tenant(  # noqa: PLR0913
                 overlap.append(len(top_old & {c for c, _ in new[:10]}) / len(top_old))
     print(f"\n{tenant} tenant: {chunks} chunks; hybrid rag.search, top_k=10, 50 per leg")
     if not keyword_only:
+        if first:
+            print(line("hybrid, after a start", first, "  (buffers cold: the warm-up questions)"))
         print(line("hybrid end to end", total))
         print(line("embed call", embed))
         print(line("vector leg", vec, f"  plan {'/'.join(sorted(plans))}"))
+        print_stages(stages[: len(total)])
     print(line("keyword leg (warm)", kw_warm))
-    print(line("keyword leg (cold)", kw_cold, "  (statistics caches cleared each query)"))
+    print(line("keyword leg (cold)", kw_cold, "  (no statistics cached: as after a write)"))
     if base:
         print(line("BASELINE keyword leg", base, "  (unbounded: the leg before this change)"))
         print(
@@ -287,6 +317,9 @@ if __name__ == "__main__":
     parser.add_argument("--data-dir", default="/work/bench-data/rag-1m")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--baseline-queries", type=int, default=20)
+    parser.add_argument(
+        "--warmup", type=int, default=200, help="other questions served before measuring"
+    )
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument(
         "--until",

@@ -70,3 +70,34 @@ async def test_cached_keyword_statistics_never_outlive_a_write(client):
     assert await keyword(client, "kwcache", cid, "gearbox") == []
     await ingest(client, "kwcache", cid, [("b", "The gearbox oil was changed.")])
     assert await keyword(client, "kwcache", cid, "gearbox") == ["b"]
+
+
+@pytest.mark.usefixtures("rag_mesh")
+async def test_cached_frequencies_belong_to_one_tenant_and_one_collection_version(
+    client, monkeypatch
+):
+    monkeypatch.setattr(search_module, "_DF", search_module._Lru(1000))  # this test's entries
+
+    def cached(tenant: str) -> dict[tuple[int, ...], float]:
+        """gearbox's cached frequency in ``tenant``'s collections, by collection version."""
+        return {
+            key[2]: value
+            for (key, lexeme), value in search_module._DF.items.items()
+            if key[0] == tenant and lexeme == "gearbox"
+        }
+
+    a = await create_collection(client, "dfa")
+    b = await create_collection(client, "dfb")
+    await ingest(client, "dfa", a, [("a1", "The gearbox was oiled.")])
+    await ingest(client, "dfb", b, [("b1", "A gearbox."), ("b2", "The gearbox manual.")])
+    assert await keyword(client, "dfa", a, "gearbox") == ["a1"]
+    [(version, df)] = cached("dfa").items()
+    assert df == 1.0 and cached("dfb") == {}  # nothing computed for, or shared with, B
+    assert sorted(await keyword(client, "dfb", b, "gearbox")) == ["b1", "b2"]
+    assert list(cached("dfb").values()) == [2.0] and cached("dfa") == {version: 1.0}
+    # A write bumps A's version: the next search counts again, under the new version.
+    await ingest(client, "dfa", a, [("a2", "A second gearbox.")])
+    assert sorted(await keyword(client, "dfa", a, "gearbox")) == ["a1", "a2"]
+    now = cached("dfa")
+    assert len(now) == 2 and now[version] == 1.0
+    assert [df for v, df in now.items() if v != version] == [2.0]

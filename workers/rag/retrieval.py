@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from typing import Any
+
+import structlog
 
 from bus.errors import InvalidRequest
 from bus.postgres import Database
@@ -12,9 +16,12 @@ from bus.worker import Endpoint
 from schemas import rag
 from schemas.context import Context
 from schemas.rag import SearchRequest, SearchResponse, SearchResult
+from workers.rag import timings
 from workers.rag.llm import Models
 from workers.rag.search import Scope, hydrate, keyword_leg, rrf, vector_leg
 from workers.rag.store import CollectionRow, RagStore, location_of
+
+_log = structlog.get_logger(__name__)
 
 
 def _first_error(group: BaseExceptionGroup[Any]) -> BaseException:
@@ -29,6 +36,8 @@ class Retriever:
         self.db = db
         self.store = store
         self.models = models
+        #: Called with each search's stage times (seconds; workers/rag/timings.py).
+        self.observer: Callable[[dict[str, float]], None] | None = None
 
     def endpoints(self) -> list[Endpoint]:
         return [Endpoint(rag.SEARCH, self.search)]
@@ -59,19 +68,25 @@ class Retriever:
 
         async def vector() -> None:
             nonlocal vec
-            [embedding] = await self.models.embed(ctx, collections[0].embedding_model, [req.query])
-            vec, _ = await vector_leg(self.db, scope, embedding, leg)
+            with timings.stage("embed"):
+                [embedding] = await self.models.embed(
+                    ctx, collections[0].embedding_model, [req.query]
+                )
+            with timings.stage("vector"):
+                vec, _ = await vector_leg(self.db, scope, embedding, leg)
 
         async def keyword() -> None:
             nonlocal kw
-            kw = await keyword_leg(self.db, scope, req.query, leg)
+            with timings.stage("keyword"):
+                kw = await keyword_leg(self.db, scope, req.query, leg)
 
         try:
-            async with asyncio.TaskGroup() as tg:
-                if use_vector:
-                    tg.create_task(vector())
-                if use_keyword:
-                    tg.create_task(keyword())
+            with timings.stage("legs"):
+                async with asyncio.TaskGroup() as tg:
+                    if use_vector:
+                        tg.create_task(vector())
+                    if use_keyword:
+                        tg.create_task(keyword())
         except BaseExceptionGroup as group:
             raise _first_error(group) from None
         if req.mode == "hybrid":
@@ -79,7 +94,8 @@ class Retriever:
         else:
             ranked = vec if req.mode == "vector" else kw
         top = ranked[: req.top_k]
-        rows = await hydrate(self.db, tenant, [cid for cid, _ in top])
+        with timings.stage("hydrate"):
+            rows = await hydrate(self.db, tenant, [cid for cid, _ in top])
         results = []
         titles: dict[str, str | None] = {}
         for cid, score in top:
@@ -103,6 +119,16 @@ class Retriever:
         return results, titles
 
     async def search(self, req: SearchRequest, ctx: Context) -> SearchResponse:
-        collections = await self.store.collections(tenant_of(ctx), req.collection_ids)
+        record = timings.collect()
+        t0 = time.perf_counter()
+        with timings.stage("collections"):
+            collections = await self.store.collections(tenant_of(ctx), req.collection_ids)
         results, _ = await self.retrieve(ctx, req, collections)
+        record["handler"] = time.perf_counter() - t0
+        _log.debug(
+            "rag_search_timings",
+            **{k: v if k.endswith(".n") else round(v * 1000, 2) for k, v in record.items()},
+        )
+        if self.observer is not None:
+            self.observer(record)
         return SearchResponse(results=results)

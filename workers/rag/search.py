@@ -29,7 +29,8 @@ import functools
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import AsyncIterator, Hashable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -37,7 +38,9 @@ import asyncpg
 
 from bus.postgres import Database
 from bus.sql import vector_literal
+from workers.rag import timings
 from workers.rag.store import TS_CONFIG
+from workers.rag.timings import stage
 
 #: Below this many candidate chunks the vector leg scans exactly (milliseconds at 384-d).
 EXACT_SCAN_LIMIT = 20_000
@@ -107,6 +110,15 @@ _DF = _Lru(50_000)
 _COMMON: dict[str, Any] = {"at": -1e9, "freq": {}}
 
 
+@asynccontextmanager
+async def _connection(db: Database, name: str) -> AsyncIterator[asyncpg.Connection]:
+    """A pool connection, its wait timed as the stage ``<name>.acquire``."""
+    t0 = time.perf_counter()
+    async with db.connection() as conn:
+        timings.add(f"{name}.acquire", time.perf_counter() - t0)
+        yield conn
+
+
 def _quote_lexeme(lexeme: str) -> str:
     """A lexeme as a tsquery operand, taken literally (no parsing, no stemming)."""
     return "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
@@ -170,7 +182,7 @@ async def vector_leg(
 ) -> tuple[list[tuple[str, float]], str]:
     """Chunk ids by cosine similarity, best first, and the plan used (exact | hnsw)."""
     vector = vector_literal(embedding)
-    async with db.connection() as conn:
+    async with _connection(db, "vector") as conn:
         key = (
             ("count", scope.cache_key, repr(scope.filters), EXACT_SCAN_LIMIT)
             if scope.cache_key
@@ -178,14 +190,16 @@ async def vector_leg(
         )
         candidates = _STATS.get(key) if key else None
         if candidates is None:
-            candidates = await candidate_count(conn, scope, EXACT_SCAN_LIMIT)
+            with stage("vector.count"):
+                candidates = await candidate_count(conn, scope, EXACT_SCAN_LIMIT)
             if key:
                 _STATS.put(key, candidates)
-        if candidates < EXACT_SCAN_LIMIT:
-            return await _exact(conn, scope, vector, limit), "exact"
-        rows = await _hnsw(conn, scope, vector, limit)
-        if len(rows) < limit:  # post-filtering ate the index's rows: fall back to exact
-            return await _exact(conn, scope, vector, limit), "exact"
+        with stage("vector.scan"):
+            if candidates < EXACT_SCAN_LIMIT:
+                return await _exact(conn, scope, vector, limit), "exact"
+            rows = await _hnsw(conn, scope, vector, limit)
+            if len(rows) < limit:  # post-filtering ate the index's rows: fall back to exact
+                return await _exact(conn, scope, vector, limit), "exact"
         return rows, "hnsw"
 
 
@@ -250,6 +264,7 @@ async def document_frequencies(
             missing.append(lx)
         else:
             out[lx] = float(cached)
+    timings.add("keyword.df_missing.n", len(missing))
     if missing:
         rows = await conn.fetch(
             "SELECT t.i, (SELECT count(*) FROM (SELECT 1 FROM rag.chunks c"
@@ -263,7 +278,8 @@ async def document_frequencies(
         )
         counted = {missing[int(r["i"]) - 1]: float(r["df"]) for r in rows}
         if any(v >= DF_CAP for v in counted.values()):
-            common = await _common_lexemes(conn)
+            with stage("keyword.common"):
+                common = await _common_lexemes(conn)
             for lx, v in counted.items():
                 if v >= DF_CAP:
                     counted[lx] = max(float(DF_CAP), min(n, n * float(common.get(lx, 0.0))))
@@ -329,13 +345,16 @@ async def keyword_params(
 ) -> tuple[str, tuple[Any, ...]] | None:
     """The keyword leg's statement and parameters for a question (None: nothing can
     match). At most :data:`MAX_TERMS` lexemes score, the rarest first."""
-    lexemes = await query_lexemes(conn, query)
+    with stage("keyword.lexemes"):
+        lexemes = await query_lexemes(conn, query)
     if not lexemes:
         return None
-    n, avgdl = await collection_stats(conn, scope)
+    with stage("keyword.stats"):
+        n, avgdl = await collection_stats(conn, scope)
     if n <= 0:
         return None
-    df = await document_frequencies(conn, scope, lexemes, n)
+    with stage("keyword.df"):
+        df = await document_frequencies(conn, scope, lexemes, n)
     selective, common = plan_candidates(lexemes, df, n)
     if not selective:
         return None
@@ -373,12 +392,13 @@ async def keyword_leg(
     Cost is bounded by ``CANDIDATE_BUDGET`` scored rows and ``DF_CAP`` row visits per
     uncached lexeme, whatever the collection's size (see the module docstring).
     """
-    async with db.connection() as conn:
+    async with _connection(db, "keyword") as conn:
         planned = await keyword_params(conn, scope, query, limit)
         if planned is None:
             return []
         sql, params = planned
-        rows = await conn.fetch(sql, *params)
+        with stage("keyword.scan"):
+            rows = await conn.fetch(sql, *params)
     return [(r["chunk_id"], float(r["score"] or 0.0)) for r in rows]
 
 
@@ -414,7 +434,7 @@ async def hydrate(db: Database, tenant: str, ids: list[str]) -> dict[str, asyncp
     """Text, metadata and document of each chunk id."""
     if not ids:
         return {}
-    async with db.connection() as conn:
+    async with _connection(db, "hydrate") as conn:
         rows = await conn.fetch(
             "SELECT c.chunk_id, c.collection_id, c.document_id, d.source_id, d.title, c.text,"
             " c.section, c.metadata, c.location FROM rag.chunks c JOIN rag.documents d"

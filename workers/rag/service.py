@@ -15,6 +15,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import asyncpg
 from nats.js import JetStreamContext
 
 from bus import offload
@@ -36,6 +37,23 @@ from workers.rag.retrieval import Retriever
 from workers.rag.store import RagStore
 
 VERSION = "0.1.0"
+
+#: Heap pages a bitmap heap scan asks the kernel for ahead of reading them. Both keyword
+#: statements (bounded frequency counts, candidate scoring) are bitmap heap scans over
+#: rows scattered through the table; Postgres 16's default of 1 reads them one at a time,
+#: so a page outside shared buffers costs a full storage round trip each (measured at
+#: 1M chunks: docs/services/rag.md, "Search at scale"). PostgreSQL 18 defaults to 16;
+#: SSD and cloud volumes serve dozens of reads at once.
+IO_CONCURRENCY = 64
+
+
+async def session(conn: asyncpg.Connection) -> None:
+    """Every RAG connection: pgvector's binary codec, read-ahead for bitmap scans."""
+    await vectors.register(conn)
+    try:
+        await conn.execute(f"SET effective_io_concurrency = {IO_CONCURRENCY}")
+    except asyncpg.PostgresError:  # a platform without posix_fadvise accepts only 0
+        pass
 
 
 class Rag:
@@ -88,8 +106,7 @@ def build_worker(r: Rag, codec: Codec | None = None, max_concurrency: int = 64) 
 
 @asynccontextmanager
 async def lifespan(env: WorkerEnv) -> AsyncIterator[Worker]:
-    # pgvector's binary codec on every connection (workers/rag/vectors.py).
-    pool = database(env.settings, "rag", "workers.rag", max_size=20, init=vectors.register)
+    pool = database(env.settings, "rag", "workers.rag", max_size=20, init=session)
     async with pool as db:
         codec = Codec(env.settings.codec_type)
         stopping = asyncio.Event()
