@@ -16,6 +16,10 @@ from workers.rag.search import (
     query_lexemes,
 )
 
+#: The unbounded leg counts and scores every matching row: at 1M chunks with cold buffers
+#: one question can pass the pool's 10 s command timeout.
+BASELINE_TIMEOUT_S = 120.0
+
 
 async def keyword_leg_unbounded(
     db: Database, scope: Scope, query: str, limit: int
@@ -44,6 +48,7 @@ async def keyword_leg_unbounded(
             scope.tenant,
             scope.collection_ids,
             terms,
+            timeout=BASELINE_TIMEOUT_S,
         )
         df = {int(r["i"]) - 1: int(r["df"]) for r in dfs}
         present = [i for i in range(len(terms)) if df.get(i, 0) > 0]
@@ -72,5 +77,6 @@ async def keyword_leg_unbounded(
             BM25_B,
             avgdl,
             limit,
+            timeout=BASELINE_TIMEOUT_S,
         )
     return [(r["chunk_id"], float(r["score"] or 0.0)) for r in rows]
