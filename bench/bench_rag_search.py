@@ -21,7 +21,7 @@ tenant; and the EXPLAIN ANALYZE plans of one keyword and one vector leg.
 
     .venv/bin/python bench/bench_rag_search.py [--chunks 1000000] [--queries 200]
 
-Run time with a built dataset: about 4-6 minutes (the warm-up and the baseline's queries).
+Run time with a built dataset: about 2-5 minutes (the warm-up and the baseline's queries).
 """
 
 from __future__ import annotations

@@ -53,9 +53,8 @@ class BenchPostgres(PostgresServer):
     """The embedded Postgres with memory sized for a million chunks: what a search reads
     (heap 3.9 GB, HNSW 2.0 GB, GIN 0.2 GB at 1M chunks) fits in shared buffers, as on a
     production server. With 3 GB, half of a new question's page reads missed them and cost
-    a system call each (p50 of hybrid search 122 ms against 78 ms with 7 GB in the same
-    conditions: docs/services/rag.md, "Search at scale"). Shared memory is touched, so
-    taken from the machine, only as pages are read."""
+    a system call or a storage read each (docs/services/rag.md, "Search at scale").
+    Shared memory is touched, so taken from the machine, only as pages are read."""
 
     def command(self) -> list[str]:
         cmd = super().command()

@@ -46,10 +46,11 @@ async def _recording() -> dict[str, float]:
 
 
 @pytest.mark.usefixtures("rag_mesh")
-async def test_rag_connections_read_ahead_in_bitmap_scans(settings):
+async def test_rag_connections_plan_each_statement_and_read_ahead_in_bitmap_scans(settings):
     conn = await asyncpg.connect(settings.database_url)
     try:
         await session(conn)
+        assert await conn.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
         assert await conn.fetchval("SHOW effective_io_concurrency") == str(IO_CONCURRENCY)
     finally:
         await conn.close()

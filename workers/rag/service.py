@@ -48,8 +48,19 @@ IO_CONCURRENCY = 64
 
 
 async def session(conn: asyncpg.Connection) -> None:
-    """Every RAG connection: pgvector's binary codec, read-ahead for bitmap scans."""
+    """Every RAG connection: pgvector's binary codec; custom plans for every statement;
+    read-ahead for bitmap scans.
+
+    Custom plans: asyncpg prepares each statement once per connection, and after five
+    executions Postgres may switch to a generic plan (``plan_cache_mode = auto``) that
+    cannot see the question's lexemes or the tenant's size. For the keyword leg at 1M
+    chunks that plan ANDs the lexeme's bitmap with the tenant's whole ``chunks_scope``
+    bitmap (1M rows, ~100 ms) instead of filtering the few thousand matching rows (a
+    search went from ~25 to ~180 ms at p50 once a connection's plan flipped). Planning
+    these statements costs well under a millisecond.
+    """
     await vectors.register(conn)
+    await conn.execute("SET plan_cache_mode = force_custom_plan")
     try:
         await conn.execute(f"SET effective_io_concurrency = {IO_CONCURRENCY}")
     except asyncpg.PostgresError:  # a platform without posix_fadvise accepts only 0
