@@ -26,6 +26,7 @@ from bus.settings import Settings
 from bus.worker import WorkerEnv
 from mesh.infra import READY_TIMEOUT_S, Infrastructure, embedded
 from mesh.runner import serving
+from tests.openai_mock import MockOpenAI
 from workers.gateway.settings import prefer_offline
 
 # Test modules import the gateway's modules (and so litellm) directly, not through the
@@ -110,3 +111,13 @@ def client(env: WorkerEnv) -> Client:
 async def cache_worker(env: WorkerEnv) -> AsyncIterator[None]:
     async with serving(["cache"], env):
         yield
+
+
+@pytest.fixture(scope="module")
+def mock() -> Iterator[MockOpenAI]:
+    """A scripted OpenAI-compatible provider on 127.0.0.1 for one test module (see
+    tests/openai_mock.py); litellm reaches it over HTTP as it reaches a real provider."""
+    server = MockOpenAI()
+    server.start()
+    yield server
+    server.stop()

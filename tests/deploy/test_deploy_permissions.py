@@ -63,14 +63,6 @@ def nats_auth(passwords: dict[str, str], tmp_path_factory) -> Iterator[AuthNats]
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def mock() -> Iterator[MockOpenAI]:
-    server = MockOpenAI()
-    server.start()
-    yield server
-    server.stop()
-
-
 def _models(url: str) -> dict[str, Any]:
     params = {"api_base": url, "api_key": "sk-deploy-test"}
     return {

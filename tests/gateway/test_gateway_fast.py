@@ -4,14 +4,14 @@ against the scripted OpenAI-compatible server on 127.0.0.1."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from bus.errors import MeshError
 from schemas.gateway import GenerateRequest
-from tests.openai_mock import MockOpenAI, Reply
+from tests.openai_mock import Reply
 from workers.gateway import llm
 from workers.gateway.config import Deployment, GatewayConfig, parse_config
 from workers.gateway.errors import (
@@ -25,14 +25,6 @@ from workers.gateway.fast import FastPath, Target, target_of
 from workers.gateway.settings import GatewaySettings
 
 KEY = "sk-fast-test-0123456789"
-
-
-@pytest.fixture(scope="module")
-def mock() -> Iterator[MockOpenAI]:
-    server = MockOpenAI()
-    server.start()
-    yield server
-    server.stop()
 
 
 def _config(url: str, model: str = "openai/gpt-4o-mini", **params: Any) -> GatewayConfig:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import openai
 import pytest
@@ -15,18 +15,10 @@ import yaml
 from gateway_bridge.app import create_app
 from tests.bridge_support import auth, bridge_settings, hs_token, http, serving
 from tests.gateway_support import serve_gateway
-from tests.openai_mock import MockOpenAI, Reply
+from tests.openai_mock import Reply
 from workers.gateway.config import load_config
 
 TENANT = "openai-edge"
-
-
-@pytest.fixture(scope="module")
-def mock() -> Iterator[MockOpenAI]:
-    server = MockOpenAI()
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

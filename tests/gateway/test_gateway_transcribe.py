@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -15,7 +15,7 @@ from schemas import gateway
 from schemas.gateway import ModelsResponse, TranscribeResponse
 from tests.gateway_support import serve_gateway
 from tests.media import wav_bytes
-from tests.openai_mock import MockOpenAI, Reply
+from tests.openai_mock import Reply
 from workers.gateway.config import parse_config
 from workers.gateway.service import Gateway
 
@@ -41,14 +41,6 @@ def _config(url: str, *, with_whisper: bool = True) -> dict:
             entry("whisper-broken", "m-broken-asr", "audio_transcription"),
         ]
     return {"model_list": models, "router_settings": {"num_retries": 0}}
-
-
-@pytest.fixture(scope="module")
-def mock() -> Iterator[MockOpenAI]:
-    server = MockOpenAI()
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ alias the job fails with a reason that says how to configure one."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -16,7 +16,7 @@ from schemas.ingestion import SubmitResponse
 from schemas.rag import QueryResponse
 from tests.gateway_support import serve_gateway
 from tests.media import wav_bytes
-from tests.openai_mock import MockOpenAI, Reply
+from tests.openai_mock import Reply
 from tests.rag_support import ctx, unique, wait_jobs
 from workers.gateway.config import parse_config
 
@@ -28,14 +28,6 @@ SEGMENTS = [
     (65.0, 72.5, f"The blue crane lifts container ships onto the quay. {FILLER}"),
     (130.0, 140.0, f"Thank you for travelling with us. {FILLER}"),
 ]
-
-
-@pytest.fixture(scope="module")
-def mock() -> Iterator[MockOpenAI]:
-    server = MockOpenAI()
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module", autouse=True)

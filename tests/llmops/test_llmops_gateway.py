@@ -8,7 +8,7 @@ import asyncio
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import yaml
@@ -20,7 +20,7 @@ from mesh.runner import serving
 from schemas import gateway, llmops
 from tests.gateway_support import serve_gateway
 from tests.llmops_support import ctx, stored, window
-from tests.openai_mock import MockOpenAI, Reply
+from tests.openai_mock import Reply
 from workers.gateway.config import load_config
 from workers.gateway.service import Gateway
 
@@ -37,14 +37,6 @@ ENFORCEMENT_BOUND_S = 20.0
 async def llmops_worker(env) -> AsyncIterator[None]:
     async with serving(["llmops"], env):
         yield
-
-
-@pytest.fixture(scope="module")
-def mock() -> Iterator[MockOpenAI]:
-    server = MockOpenAI()
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
