@@ -22,7 +22,10 @@ from bus.context import new_context
 from bus.errors import InvalidRequest
 from bus.worker import WorkerEnv
 from mesh.runner import serving
+from schemas import agent as agent_ops
+from schemas import rag
 from schemas.context import Context
+from schemas.operations import Operation
 from tests.agent_env import Web
 from tests.gateway_support import serve_gateway
 from tests.openai_mock import MockOpenAI, Reply
@@ -91,32 +94,25 @@ class As:
     def ctx(self) -> Context:
         return new_context(self.tenant, user=self.user, roles=self.roles, timeout=90.0)
 
-    async def __call__(self, op: str, payload: dict[str, Any]) -> Any:
-        return await self.client.request(f"agent.{op}.request", payload, self.ctx())
+    async def __call__(self, op: Operation[Any, Any], payload: dict[str, Any]) -> Any:
+        return await self.client.call_raw(op, payload, self.ctx())
 
-    async def stream(self, op: str, payload: dict[str, Any]) -> list[Any]:
-        return [
-            chunk
-            async for chunk in self.client.request_stream(
-                f"agent.{op}.request", payload, self.ctx()
-            )
-        ]
+    async def stream(self, op: Operation[Any, Any], payload: dict[str, Any]) -> list[Any]:
+        return [chunk async for chunk in self.client.stream_raw(op, payload, self.ctx())]
 
     async def agent(self, **fields: Any) -> dict[str, Any]:
         body = {"name": f"a-{uuid.uuid4().hex[:6]}", "system_prompt": "You answer HR questions."}
-        return await self("create", {**body, **fields})
+        return await self(agent_ops.CREATE, {**body, **fields})
 
     async def collection(
         self, name: str, *docs: tuple[str, str, str]
     ) -> tuple[str, dict[str, str]]:
         """A collection holding ``docs`` (source id, title, text); its id and the document
         id of each source id."""
-        created = await self.client.request(
-            "rag.create_collection.request", {"name": name}, self.ctx()
-        )
+        created = await self.client.call_raw(rag.CREATE_COLLECTION, {"name": name}, self.ctx())
         cid = str(created["collection_id"])
-        out = await self.client.request(
-            "rag.ingest.request",
+        out = await self.client.call_raw(
+            rag.INGEST,
             {
                 "collection_id": cid,
                 "documents": [{"source_id": s, "title": t, "text": x} for s, t, x in docs],
@@ -171,7 +167,7 @@ async def test_auto_retrieval_puts_numbered_passages_in_the_first_model_call_and
     assert agent["retrieval"] == {"mode": "auto", "top_k": 2}
     mock.script(MODEL, _answer("Full-time employees get 25 paid vacation days a year [1]."))
 
-    run = await alice("execute", {"agent_id": agent["agent_id"], "task": TASK})
+    run = await alice(agent_ops.EXECUTE, {"agent_id": agent["agent_id"], "task": TASK})
 
     assert run["status"] == "succeeded", run["error"]
     (first,) = mock.calls(MODEL)
@@ -215,7 +211,7 @@ async def test_auto_retrieval_puts_numbered_passages_in_the_first_model_call_and
         False,
     )
     # Stored with the run: reading it back gives the same citations.
-    again = await alice("get_run", {"run_id": run["run_id"]})
+    again = await alice(agent_ops.GET_RUN, {"run_id": run["run_id"]})
     assert again["citations"] == run["citations"]
 
 
@@ -224,7 +220,7 @@ async def test_quotes_are_bounded_and_passages_truncated(alice: As, mock: MockOp
     cid, _ = await alice.collection("Long", ("long-doc", "Long policy", long_text))
     agent = await alice.agent(rag_collections=[cid], retrieval={"mode": "auto", "top_k": 1})
     mock.script(MODEL, _answer("See [1]."))
-    run = await alice("execute", {"agent_id": agent["agent_id"], "task": "vacation days"})
+    run = await alice(agent_ops.EXECUTE, {"agent_id": agent["agent_id"], "task": "vacation days"})
     (citation,) = run["citations"]
     assert len(citation["quote"]) <= 300
     line = next(
@@ -241,7 +237,7 @@ async def test_a_streamed_run_shows_the_retrieval_step_first_and_done_carries_th
     cid, docs = await alice.collection("HR", VACATION)
     agent = await alice.agent(rag_collections=[cid], retrieval={"mode": "auto"})
     mock.script(MODEL, _answer("25 days [1]."))
-    events = await alice.stream("stream", {"agent_id": agent["agent_id"], "task": TASK})
+    events = await alice.stream(agent_ops.STREAM, {"agent_id": agent["agent_id"], "task": TASK})
     assert events[0]["event"] == "run"
     assert events[1]["event"] == "step" and events[1]["step"]["type"] == "retrieval"
     done = events[-1]
@@ -259,7 +255,7 @@ async def test_rag_search_tool_calls_yield_citations(alice: As, mock: MockOpenAI
         _answer("Parents get 16 weeks of paid leave (hr-parental)."),
     )
     run = await alice(
-        "execute", {"agent_id": agent["agent_id"], "task": "How long is parental leave?"}
+        agent_ops.EXECUTE, {"agent_id": agent["agent_id"], "task": "How long is parental leave?"}
     )
     assert run["status"] == "succeeded", run["error"]
     assert [s["type"] for s in run["steps"]] == ["model_call", "tool_call", "model_call"]
@@ -291,7 +287,7 @@ async def test_a_repeated_passage_is_cited_once(alice: As, mock: MockOpenAI):
         _call("rag_search", {"query": "vacation days carried over"}),
         _answer("Up to 5 days carry over [1]."),
     )
-    run = await alice("execute", {"agent_id": agent["agent_id"], "task": TASK})
+    run = await alice(agent_ops.EXECUTE, {"agent_id": agent["agent_id"], "task": TASK})
     assert [s["type"] for s in run["steps"]][:3] == ["retrieval", "model_call", "tool_call"]
     (citation,) = run["citations"]  # found by both the retrieval and the tool call
     assert (citation["document_id"], citation["step"], citation["index"]) == (
@@ -317,7 +313,9 @@ async def test_tenant_b_never_cites_tenant_a_documents(client: Client, mock: Moc
         _call("rag_search", {"query": "yearly bonus", "collection_ids": [a_cid]}),
         _answer("I found nothing about a bonus."),
     )
-    run = await b("execute", {"agent_id": agent["agent_id"], "task": "What is the yearly bonus?"})
+    run = await b(
+        agent_ops.EXECUTE, {"agent_id": agent["agent_id"], "task": "What is the yearly bonus?"}
+    )
 
     assert run["status"] == "succeeded", run["error"]
     retrieval = run["steps"][0]
@@ -340,7 +338,7 @@ async def test_a_user_without_access_to_a_collection_gets_no_passages_from_it(
     hr_cid, hr_docs = await admin.collection("HR", VACATION)
     pay_cid, pay_docs = await admin.collection("Payroll", PAYROLL)
     await admin(
-        "create_tool",
+        agent_ops.CREATE_TOOL,
         {
             "name": "payroll_search",
             "description": "Search the payroll rules.",
@@ -368,7 +366,7 @@ async def test_a_user_without_access_to_a_collection_gets_no_passages_from_it(
     mock.script(
         MODEL, _call("payroll_search", {"query": "bonus"}), _answer("I cannot see payroll.")
     )
-    run = await bob("execute", {"agent_id": agent["agent_id"], "task": task})
+    run = await bob(agent_ops.EXECUTE, {"agent_id": agent["agent_id"], "task": task})
     assert run["status"] == "succeeded", run["error"]
     retrieval = run["steps"][0]
     assert retrieval["arguments"]["collection_ids"] == [hr_cid]
@@ -380,7 +378,7 @@ async def test_a_user_without_access_to_a_collection_gets_no_passages_from_it(
     mock.seen.clear()
     carol = As(client, tenant, "carol", "hr:payroll")
     mock.script(MODEL, _answer("In June, with the vacation allowance."))
-    run = await carol("execute", {"agent_id": agent["agent_id"], "task": task})
+    run = await carol(agent_ops.EXECUTE, {"agent_id": agent["agent_id"], "task": task})
     assert run["steps"][0]["arguments"]["collection_ids"] == [hr_cid, pay_cid]
     assert pay_docs["payroll-bonus"] in [c["document_id"] for c in run["citations"]]
     assert "40 percent" in _sent(mock)
@@ -394,8 +392,8 @@ async def test_a_cached_answer_keeps_its_citations(alice: As, mock: MockOpenAI):
         parameters={"temperature": 0},
     )
     mock.script(MODEL, _answer("25 days [1]."))
-    first = await alice("execute", {"agent_id": agent["agent_id"], "task": TASK})
-    second = await alice("execute", {"agent_id": agent["agent_id"], "task": TASK})
+    first = await alice(agent_ops.EXECUTE, {"agent_id": agent["agent_id"], "task": TASK})
+    second = await alice(agent_ops.EXECUTE, {"agent_id": agent["agent_id"], "task": TASK})
     assert second["cached"] is True and len(mock.calls(MODEL)) == 1
     assert [s["type"] for s in second["steps"]] == ["retrieval", "cache_hit"]
     assert second["citations"] == [{**c, "step": 0} for c in first["citations"]]
@@ -424,9 +422,11 @@ async def test_bad_retrieval_settings_are_invalid_requests(
 async def test_an_update_cannot_leave_auto_retrieval_without_collections(alice: As):
     agent = await alice.agent(rag_collections=["c1"], retrieval={"mode": "auto"})
     with pytest.raises(InvalidRequest, match="has none"):
-        await alice("update", {"agent_id": agent["agent_id"], "version": 1, "rag_collections": []})
+        await alice(
+            agent_ops.UPDATE, {"agent_id": agent["agent_id"], "version": 1, "rag_collections": []}
+        )
     changed = await alice(
-        "update",
+        agent_ops.UPDATE,
         {
             "agent_id": agent["agent_id"],
             "version": 1,
