@@ -16,6 +16,29 @@ from workers.gateway.config import GatewayConfig
 from workers.gateway.service import Gateway, build_worker, gateway_running
 
 
+def scripted_models(url: str, chat: dict[str, str]) -> dict[str, Any]:
+    """A gateway model config: each chat alias of ``chat`` served as ``openai/<model>`` by
+    the scripted provider at ``url`` (tests/openai_mock.py; it accepts any key), the local
+    MiniLM as ``local-embed``, no retries."""
+    return {
+        "model_list": [
+            *(
+                {
+                    "model_name": alias,
+                    "litellm_params": {
+                        "model": f"openai/{model}",
+                        "api_base": url,
+                        "api_key": "sk-t",
+                    },
+                }
+                for alias, model in chat.items()
+            ),
+            {"model_name": "local-embed", "litellm_params": {"model": "local/minilm-l6-v2"}},
+        ],
+        "router_settings": {"num_retries": 0},
+    }
+
+
 @contextlib.asynccontextmanager
 async def serve_gateway(
     config: GatewayConfig, env: WorkerEnv, **kwargs: Any

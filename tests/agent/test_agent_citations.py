@@ -27,7 +27,7 @@ from schemas import rag
 from schemas.context import Context
 from schemas.operations import Operation
 from tests.agent_env import Web
-from tests.gateway_support import serve_gateway
+from tests.gateway_support import scripted_models, serve_gateway
 from tests.openai_mock import MockOpenAI, Reply
 from workers.agent.service import serving_parts as agent_parts
 from workers.agent.settings import AgentConfig
@@ -54,25 +54,12 @@ PAYROLL = (
 )
 
 
-def _models(url: str) -> dict[str, Any]:
-    return {
-        "model_list": [
-            {
-                "model_name": "local-chat",
-                "litellm_params": {"model": f"openai/{MODEL}", "api_base": url, "api_key": "sk-t"},
-            },
-            {"model_name": "local-embed", "litellm_params": {"model": "local/minilm-l6-v2"}},
-        ],
-        "router_settings": {"num_retries": 0},
-    }
-
-
 @pytest.fixture(scope="module")
 async def mesh(
     env: WorkerEnv, mock: MockOpenAI, cache_worker: None, tmp_path_factory: Any
 ) -> AsyncIterator[None]:
     path = tmp_path_factory.mktemp("citations") / "models.yaml"
-    path.write_text(yaml.safe_dump(_models(mock.url)))
+    path.write_text(yaml.safe_dump(scripted_models(mock.url, {"local-chat": MODEL})))
     async with (
         serve_gateway(load_config(str(path)), env),
         serving(["rag"], env),

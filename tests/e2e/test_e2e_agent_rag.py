@@ -27,7 +27,7 @@ from mesh.runner import serving
 from schemas.context import Context
 from schemas.rag import IngestResponse, SearchResponse
 from tests.agent_env import Web
-from tests.gateway_support import serve_gateway
+from tests.gateway_support import scripted_models, serve_gateway
 from tests.openai_mock import MockOpenAI, Reply
 from workers.agent.service import serving_parts
 from workers.agent.settings import AgentConfig
@@ -42,24 +42,6 @@ INJECTION = (
 METADATA_URL = "http://169.254.169.254/latest/meta-data"
 
 
-def _models(url: str) -> dict[str, Any]:
-    return {
-        "model_list": [
-            {
-                "model_name": "local-chat",
-                # A key minted for this test: the mock accepts any.
-                "litellm_params": {
-                    "model": f"openai/{MODEL}",
-                    "api_base": url,
-                    "api_key": "sk-e2e",
-                },
-            },
-            {"model_name": "local-embed", "litellm_params": {"model": "local/minilm-l6-v2"}},
-        ],
-        "router_settings": {"num_retries": 0},
-    }
-
-
 @pytest.fixture(scope="module")
 def web() -> Web:
     return Web()
@@ -70,7 +52,7 @@ async def mesh(
     env: WorkerEnv, mock: MockOpenAI, web: Web, cache_worker: None, tmp_path_factory
 ) -> AsyncIterator[None]:
     path = tmp_path_factory.mktemp("e2e-agent") / "models.yaml"
-    path.write_text(yaml.safe_dump(_models(mock.url)))
+    path.write_text(yaml.safe_dump(scripted_models(mock.url, {"local-chat": MODEL})))
     async with (
         serve_gateway(load_config(str(path)), env),
         serving(["rag"], env),

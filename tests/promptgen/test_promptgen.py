@@ -25,7 +25,7 @@ from mesh.runner import serving
 from schemas import promptgen as api
 from schemas.context import Context
 from tests.agent_env import Web
-from tests.gateway_support import serve_gateway
+from tests.gateway_support import scripted_models, serve_gateway
 from tests.openai_mock import MockOpenAI, Reply
 from tests.promptgen_support import agent_spec, tool_spec
 from workers.agent.service import serving_parts as agent_parts
@@ -42,29 +42,14 @@ PUBLISHER = "promptgen:publisher"
 HANDBOOK = "Employees get 25 vacation days per year. Requests go through the HR portal."
 
 
-def _models(url: str) -> dict[str, Any]:
-    def chat(alias: str, model: str) -> dict[str, Any]:
-        return {
-            "model_name": alias,
-            "litellm_params": {"model": f"openai/{model}", "api_base": url, "api_key": "sk-t"},
-        }
-
-    return {
-        "model_list": [
-            chat("local-chat", MODEL),
-            chat("pg-tools", TOOLS_MODEL),
-            {"model_name": "local-embed", "litellm_params": {"model": "local/minilm-l6-v2"}},
-        ],
-        "router_settings": {"num_retries": 0},
-    }
-
-
 @pytest.fixture(scope="module")
 async def mesh(
     env: WorkerEnv, mock: MockOpenAI, cache_worker: None, tmp_path_factory
 ) -> AsyncIterator[None]:
     path = tmp_path_factory.mktemp("promptgen") / "models.yaml"
-    path.write_text(yaml.safe_dump(_models(mock.url)))
+    path.write_text(
+        yaml.safe_dump(scripted_models(mock.url, {"local-chat": MODEL, "pg-tools": TOOLS_MODEL}))
+    )
     async with (
         serve_gateway(load_config(str(path)), env),
         serving(["rag", "prompt"], env),
