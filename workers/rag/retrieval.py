@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -125,10 +126,11 @@ class Retriever:
             collections = await self.store.collections(tenant_of(ctx), req.collection_ids)
         results, _ = await self.retrieve(ctx, req, collections)
         record["handler"] = time.perf_counter() - t0
-        _log.debug(
-            "rag_search_timings",
-            **{k: v if k.endswith(".n") else round(v * 1000, 2) for k, v in record.items()},
-        )
+        if _log.is_enabled_for(logging.DEBUG):  # the dict is built only when it is logged
+            _log.debug(
+                "rag_search_timings",
+                **{k: v if k.endswith(".n") else round(v * 1000, 2) for k, v in record.items()},
+            )
         if self.observer is not None:
             self.observer(record)
         return SearchResponse(results=results)
