@@ -99,6 +99,29 @@ class Codec:
         except (TypeError, ValueError, OverflowError, UnicodeError) as exc:
             raise InvalidRequest(f"payload cannot be encoded: {type(exc).__name__}") from None
 
+    def encode_reply(self, headers: dict[str, Any], data: Any) -> bytes:
+        """:meth:`encode` a worker's answer, refusing one that a caller decoding with the
+        same limits would reject as malformed (``PayloadTooLarge``): more bytes than
+        ``max_bytes``, or more values than ``max_container`` / deeper than ``max_depth``.
+        The walk over the values runs only for bodies longer than ``max_container`` bytes
+        (every value takes at least one byte), so small answers cost nothing more."""
+        body = self.encode(headers, data)
+        limits = self.limits
+        if len(body) > limits.max_bytes:
+            raise PayloadTooLarge(
+                f"the answer is {len(body)} bytes, more than one message carries"
+                f" ({limits.max_bytes}); ask for less (filters, a smaller page or window)"
+            )
+        if len(body) > limits.max_container:
+            try:
+                _check_shape(data, limits.max_depth, limits.max_container)
+            except InvalidRequest as exc:
+                raise PayloadTooLarge(
+                    f"the answer is more than one message carries ({exc.message});"
+                    " ask for less (filters, a smaller page or window)"
+                ) from None
+        return body
+
     def decode(self, body: bytes) -> tuple[dict[str, Any], Any]:
         """Return ``(headers, data)`` of an envelope or raise ``InvalidRequest``."""
         if len(body) > self.limits.max_bytes:

@@ -346,7 +346,7 @@ class _Serving:
         reply_h = _reply_headers(ctx)
         if not ep.streaming:
             result = await ep.handler(request, ctx)
-            await _reply(req, self.codec.encode(reply_h, result.model_dump()))
+            await _reply(req, self.codec.encode_reply(reply_h, result.model_dump()))
             return
         await self.stream(ep, req, ctx, request, reply_h)
 
@@ -381,7 +381,7 @@ class _Serving:
         chunk_h = {**reply_h, "stream": "chunk"}
         try:
             async for chunk in ep.handler(request, ctx):
-                await _reply(req, self.codec.encode(chunk_h, chunk.model_dump()))
+                await _reply(req, self.codec.encode_reply(chunk_h, chunk.model_dump()))
             await _reply(req, self.codec.encode({**reply_h, "stream": "end"}, None))
         except asyncio.CancelledError:
             if not cancelled:

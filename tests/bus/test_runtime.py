@@ -18,6 +18,7 @@ from bus.errors import (
     Internal,
     InvalidRequest,
     NotFound,
+    PayloadTooLarge,
     Timeout,
     Unauthenticated,
     Unavailable,
@@ -428,3 +429,29 @@ async def test_a_handler_that_swallows_its_deadline_leaves_no_cancel_behind(env,
         for _ in range(5):
             seen = await client.request("pool.hold.request", Hold(), ctx())
             assert seen["cancelling"] == 0
+
+
+class _Many(BaseModel):
+    n: int
+
+
+class _Values(BaseModel):
+    values: list[int]
+
+
+async def test_an_answer_too_large_for_one_message_is_payload_too_large(env, client):
+    """An answer the caller's codec (same limits) would reject as malformed is refused by
+    the worker with a reason; a large answer within the limits arrives whole."""
+    limits = Codec().limits
+
+    async def many(req: _Many, ctx: Context) -> _Values:
+        return _Values(values=list(range(req.n)))
+
+    op = Operation("big", "many", _Many, _Values)
+    async with Worker("big", [Endpoint(op, many)]).serve(env.nc):
+        with pytest.raises(PayloadTooLarge, match="more than one message carries"):
+            await client.call(op, _Many(n=limits.max_container + 1), ctx())
+        out = await client.call(op, _Many(n=limits.max_container - 10), ctx())
+        assert len(out.values) == limits.max_container - 10
+        # The worker still answers after refusing.
+        assert (await client.call(op, _Many(n=3), ctx())).values == [0, 1, 2]

@@ -181,8 +181,9 @@ def _check_carriable(
     max_bytes: int | None,
 ) -> None:
     """Refuse an answer one bus message cannot carry (``invalid_request`` with a reason),
-    before building it: the caller's codec would reject it as malformed, or NATS would
-    refuse to send it."""
+    before building it. The worker runtime refuses any such answer after building it
+    (``Codec.encode_reply``: ``payload_too_large``); this saves the building and names
+    what to ask for instead."""
     items = answer_items(n, req)
     size = answer_bytes(n, col, req) if max_bytes is not None else 0
     if (max_items is not None and items > max_items) or (
