@@ -40,13 +40,14 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.ingest_wait import submit_and_wait  # noqa: E402
+from bench.mesh_workers import answering, serve_workers  # noqa: E402
 from bus.client import Client  # noqa: E402
 from bus.context import new_context  # noqa: E402
 from bus.postgres import create_database  # noqa: E402
 from bus.settings import Settings  # noqa: E402
 from bus.telemetry import setup_logging  # noqa: E402
 from mesh.infra import embedded  # noqa: E402
-from mesh.registry import WORKERS, lifespan_of  # noqa: E402
+from mesh.registry import WORKERS  # noqa: E402
 from mesh.runner import bus_env  # noqa: E402
 from schemas import rag  # noqa: E402
 from workers.rag.search import Scope, keyword_leg, vector_leg  # noqa: E402
@@ -265,19 +266,10 @@ async def main(args: argparse.Namespace) -> None:
             nats_url=infra.nats.url, database_url=infra.postgres.url, redis_url=infra.redis.url
         )
         async with bus_env(settings, "bench-rag") as env, AsyncExitStack() as stack:
-            names = ["gateway"] if real else []
-            if not real:
-                from tests.fake_gateway import FakeGateway
-
-                await stack.enter_async_context(FakeGateway().worker().serve(env.nc))
-            workers = {}
-            for name in [*names, "cache", "ingestion", "rag"]:
-                worker = await stack.enter_async_context(lifespan_of(name)(env))
-                await stack.enter_async_context(worker.serve(env.nc))
-                workers[name] = worker
-            # The indexer (its stats and models): the handler behind rag.ingest.
-            ingest = next(e.handler for e in workers["rag"].endpoints if e.op.name == "ingest")
-            indexer = ingest.__self__
+            workers = await serve_workers(
+                env, stack, ["cache", "ingestion", "rag"], real_gateway=real
+            )
+            indexer = answering(workers["rag"], "ingest")  # its stats and models
             client = Client(env.nc)
             started = time.perf_counter()
             await ingest_phase(client, indexer, args.docs)

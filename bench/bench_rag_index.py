@@ -65,6 +65,7 @@ from tokenizers import Tokenizer  # noqa: E402
 
 from bench import rag_index_data as base  # noqa: E402
 from bench.ingest_wait import submit_and_wait  # noqa: E402
+from bench.mesh_workers import answering, serve_workers  # noqa: E402
 from bus.client import Client  # noqa: E402
 from bus.context import new_context, new_id  # noqa: E402
 from bus.postgres import Database, create_database, migrate, migrations_of  # noqa: E402
@@ -72,7 +73,6 @@ from bus.settings import Settings  # noqa: E402
 from bus.sql import vector_literal  # noqa: E402
 from bus.telemetry import setup_logging  # noqa: E402
 from mesh.infra import embedded  # noqa: E402
-from mesh.registry import lifespan_of  # noqa: E402
 from mesh.runner import bus_env  # noqa: E402
 from schemas import rag  # noqa: E402
 from workers.gateway.local import LocalEmbedder, model_file  # noqa: E402
@@ -385,13 +385,10 @@ async def e2e_phase(
             nats_url=infra.nats.url, database_url=url, redis_url=infra.redis.url
         )
         async with bus_env(settings, "bench-rag-index") as env, AsyncExitStack() as stack:
-            workers = {}
-            for name in ("gateway", "cache", "ingestion", "rag"):
-                worker = await stack.enter_async_context(lifespan_of(name)(env))
-                await stack.enter_async_context(worker.serve(env.nc))
-                workers[name] = worker
-            ingest = next(e.handler for e in workers["rag"].endpoints if e.op.name == "ingest")
-            indexer = ingest.__self__
+            workers = await serve_workers(
+                env, stack, ["cache", "ingestion", "rag"], real_gateway=True
+            )
+            indexer = answering(workers["rag"], "ingest")
             client = Client(env.nc)
             # The collection's probe embedding loads the model before the clock starts.
             cid = (await client.call(rag.CREATE_COLLECTION, {"name": "e2e"}, ctx())).collection_id

@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import rag_dataset  # noqa: E402
+from mesh_workers import answering, serve_workers  # noqa: E402
 from rag_baseline import keyword_leg_unbounded  # noqa: E402
 
 from bus.client import Client  # noqa: E402
@@ -54,7 +55,7 @@ from bus.settings import Settings  # noqa: E402
 from bus.sql import vector_literal  # noqa: E402
 from bus.telemetry import setup_logging  # noqa: E402
 from mesh.infra import embedded  # noqa: E402
-from mesh.registry import WORKERS, lifespan_of  # noqa: E402
+from mesh.registry import WORKERS  # noqa: E402
 from mesh.runner import bus_env  # noqa: E402
 from schemas import rag  # noqa: E402
 from schemas.rag import DEFAULT_EMBEDDING_MODEL  # noqa: E402
@@ -136,22 +137,9 @@ async def measure(args: argparse.Namespace, url: str, keyword_only: bool) -> Non
             nats_url=infra.nats.url, database_url=url, redis_url=infra.redis.url
         )
         async with bus_env(settings, "bench-rag-search") as env, AsyncExitStack() as stack:
-            if not real:
-                from tests.fake_gateway import FakeGateway
-
-                await stack.enter_async_context(FakeGateway().worker().serve(env.nc))
-            workers = {}
-            for name in [*(["gateway"] if real else []), "cache", "rag"]:
-                worker = await stack.enter_async_context(lifespan_of(name)(env))
-                await stack.enter_async_context(worker.serve(env.nc))
-                workers[name] = worker
-            embed_handler = next(
-                e.handler for e in workers["rag"].endpoints if e.op.name == "ingest"
-            )
-            models = embed_handler.__self__.models
-            retriever = next(
-                e.handler for e in workers["rag"].endpoints if e.op.name == "search"
-            ).__self__
+            workers = await serve_workers(env, stack, ["cache", "rag"], real_gateway=real)
+            models = answering(workers["rag"], "ingest").models
+            retriever = answering(workers["rag"], "search")
             stages: list[dict[str, float]] = []
             retriever.observer = stages.append
             client = Client(env.nc)

@@ -38,13 +38,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.mesh_workers import answering, serve_workers  # noqa: E402
 from bus.client import Client  # noqa: E402
 from bus.context import new_context  # noqa: E402
 from bus.postgres import Database, create_database  # noqa: E402
 from bus.settings import Settings  # noqa: E402
 from bus.telemetry import setup_logging  # noqa: E402
 from mesh.infra import embedded  # noqa: E402
-from mesh.registry import WORKERS, lifespan_of  # noqa: E402
+from mesh.registry import WORKERS  # noqa: E402
 from mesh.runner import bus_env  # noqa: E402
 from schemas import rag  # noqa: E402
 from schemas.rag import SearchRequest  # noqa: E402
@@ -251,17 +252,8 @@ async def main(args: argparse.Namespace) -> None:
             nats_url=infra.nats.url, database_url=infra.postgres.url, redis_url=infra.redis.url
         )
         async with bus_env(settings, "eval-rag") as env, AsyncExitStack() as stack:
-            if not real:
-                from tests.fake_gateway import FakeGateway
-
-                await stack.enter_async_context(FakeGateway().worker().serve(env.nc))
-            workers = {}
-            for name in [*(["gateway"] if real else []), "cache", "rag"]:
-                worker = await stack.enter_async_context(lifespan_of(name)(env))
-                await stack.enter_async_context(worker.serve(env.nc))
-                workers[name] = worker
-            ingest_op = next(e.handler for e in workers["rag"].endpoints if e.op.name == "ingest")
-            models = ingest_op.__self__.models
+            workers = await serve_workers(env, stack, ["cache", "rag"], real_gateway=real)
+            models = answering(workers["rag"], "ingest").models
             client = Client(env.nc)
             db = await create_database(infra.postgres.url)
             try:
