@@ -11,6 +11,7 @@ from bus.client import Client
 from bus.context import new_context, new_id
 from schemas import llmops
 from schemas.context import Context
+from workers.llmops.events import Row
 
 
 def ctx(tenant: str, user: str | None = "u1", timeout: float = 20.0) -> Context:
@@ -34,6 +35,32 @@ def op(**fields: Any) -> dict[str, Any]:
     }
     base.update(fields)
     return base
+
+
+def stored_row(tenant: str, ts: datetime, **fields: Any) -> Row:
+    """One stored operation row for ``Store.ingest`` (defaults: a 1/1-token ok call of
+    model ``m`` by user ``u`` taking 100 ms, free)."""
+    base: dict[str, Any] = {
+        "tenant_id": tenant,
+        "ts": ts,
+        "request_id": new_id(),
+        "correlation_id": None,
+        "model": "m",
+        "provider": "p",
+        "operation": "generate",
+        "user_id": "u",
+        "status": "ok",
+        "error_code": None,
+        "tokens_in": 1,
+        "tokens_out": 1,
+        "cached_read": None,
+        "cached_write": None,
+        "cost": 0.0,
+        "latency_ms": 100.0,
+        "ttft_ms": None,
+    }
+    base.update(fields)
+    return Row(**base)
 
 
 def window(minutes: float = 30) -> dict[str, str]:

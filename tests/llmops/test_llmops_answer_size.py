@@ -16,8 +16,7 @@ from bus.errors import InvalidRequest
 from mesh.runner import serving
 from schemas import llmops
 from schemas.llmops import MetricsRequest
-from tests.llmops_support import ctx
-from workers.llmops.events import Row
+from tests.llmops_support import ctx, stored_row
 from workers.llmops.queries import answer_items
 from workers.llmops.store import Store, open_database
 
@@ -39,25 +38,7 @@ async def test_an_answer_too_large_for_a_message_is_refused_with_a_reason(
     assert settings.database_url
     tenant = f"big-{new_id()[:8]}"
     start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=1400)
-    base = Row(
-        tenant_id=tenant,
-        ts=start,
-        request_id="",
-        correlation_id=None,
-        model="m",
-        provider="p",
-        operation="generate",
-        user_id="",
-        status="ok",
-        error_code=None,
-        tokens_in=1,
-        tokens_out=1,
-        cached_read=None,
-        cached_write=None,
-        cost=0.001,
-        latency_ms=100.0,
-        ttft_ms=None,
-    )
+    base = stored_row(tenant, start, request_id="", user_id="", cost=0.001)
     rows = [
         dataclasses.replace(
             base,

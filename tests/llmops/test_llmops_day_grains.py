@@ -14,6 +14,7 @@ import pytest
 
 from bus.context import new_id
 from schemas.llmops import MetricsBucket, MetricsRequest
+from tests.llmops_support import stored_row
 from workers.llmops import histogram
 from workers.llmops.events import Row
 from workers.llmops.queries import Reader, _make_buckets
@@ -32,21 +33,15 @@ def _rows(tenant: str, n: int, seed: int, now: datetime) -> list[Row]:
     """``n`` calls over the last three days (four users, three models, some errors)."""
     rnd = random.Random(seed)
     return [
-        Row(
-            tenant_id=tenant,
-            ts=now - timedelta(minutes=rnd.uniform(0, 3 * 24 * 60)),
-            request_id=new_id(),
-            correlation_id=None,
+        stored_row(
+            tenant,
+            now - timedelta(minutes=rnd.uniform(0, 3 * 24 * 60)),
             model=f"m{i % 3}",
-            provider="p",
             operation="generate" if i % 4 else "stream",
             user_id=f"u{i % 4}",
             status="error" if i % 13 == 0 else "ok",
-            error_code=None,
             tokens_in=10 + i % 50,
             tokens_out=5 + i % 20,
-            cached_read=None,
-            cached_write=None,
             cost=0.0001 * (i % 17),
             latency_ms=rnd.lognormvariate(6.0 if i % 5 else 8.0, 0.5),
             ttft_ms=rnd.uniform(20, 700) if i % 2 else None,

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from bus.context import new_id
+from tests.llmops_support import stored_row
 from workers.llmops import histogram
 from workers.llmops.budgets import kv_key, period_bounds
 from workers.llmops.events import Row
@@ -106,25 +107,7 @@ def test_percentiles_from_split_entries_match_the_exact_ones_within_the_error():
 
 
 def _row(tenant: str, latency: float, ts: datetime) -> Row:
-    return Row(
-        tenant_id=tenant,
-        ts=ts,
-        request_id=new_id(),
-        correlation_id=None,
-        model="m",
-        provider="p",
-        operation="generate",
-        user_id="u",
-        status="ok",
-        error_code=None,
-        tokens_in=1,
-        tokens_out=1,
-        cached_read=None,
-        cached_write=None,
-        cost=0.0,
-        latency_ms=latency,
-        ttft_ms=None,
-    )
+    return stored_row(tenant, ts, latency_ms=latency)
 
 
 async def test_a_rollup_row_written_by_many_batches_stays_compact_and_exact(settings):
