@@ -252,10 +252,10 @@ async def questions(infra: Any, now: datetime, repeats: int) -> None:
                     if "latency_p95" in metrics and bsize != -1:
                         exact = await reader.metrics(TENANT, req, source="raw")
                         worst = max(
-                            abs(a.values["latency_p95"] - b.values["latency_p95"])
-                            / b.values["latency_p95"]
+                            abs(a["values"]["latency_p95"] - b["values"]["latency_p95"])
+                            / b["values"]["latency_p95"]
                             for a, b in zip(answer.buckets, exact.buckets, strict=True)
-                            if a.values["latency_p95"] and b.values["latency_p95"]
+                            if a["values"]["latency_p95"] and b["values"]["latency_p95"]
                         )
                         off = f"max {worst * 100:.1f} %"
                     what = "p95" if metrics is with_p95 else "sums"

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from typing_extensions import TypedDict
 
 from schemas.operations import Operation
 from schemas.routes import Route
@@ -162,9 +163,14 @@ class MetricsRequest(_Window):
         return self
 
 
-class MetricsBucket(BaseModel):
+# A typed dict, not a model: an answer holds up to 50,000 buckets (by user per hour over
+# 30 days: 36,000), and a dict is built in a quarter of the time of a model instance;
+# pydantic validates and serializes both the same way (docs/services/llmops.md).
+class MetricsBucket(TypedDict):
+    """One time bucket of one group: the metrics asked for, by name."""
+
     start: datetime
-    group: dict[str, str | None] = Field(default_factory=dict)
+    group: dict[str, str | None]
     values: dict[str, float | None]
 
 

@@ -78,18 +78,20 @@ async def test_logged_operations_appear_in_query_metrics_and_cost(client):
         )
         totals: dict[str, dict[str, float]] = {}
         for b in m.buckets:
-            t = totals.setdefault(b.group["model"] or "", {"requests": 0, "errors": 0, "cost": 0})
+            model = b["group"]["model"] or ""
+            t = totals.setdefault(model, {"requests": 0, "errors": 0, "cost": 0})
             for k in ("requests", "errors", "cost"):
-                t[k] += b.values[k] or 0
+                t[k] += b["values"][k] or 0
         assert totals["m-a"]["requests"] == 2 and totals["m-b"]["errors"] == 1, bucket
         assert math.isclose(totals["m-a"]["cost"], 1.5), bucket
         if len(m.buckets) == 2:  # both calls in one bucket: p95 is the larger latency
-            p95 = next(b for b in m.buckets if b.group["model"] == "m-a").values["latency_p95"]
+            a = next(b for b in m.buckets if b["group"]["model"] == "m-a")
+            p95 = a["values"]["latency_p95"]
             err = m.percentile_relative_error
             assert p95 is not None and abs(p95 - 200) <= 200 * err + 1e-9, (bucket, p95)
             # Three calls are too few for the histograms to pay: raw rows, exact.
             assert (m.source, err) == ("raw", 0)
-            ttft = next(b for b in m.buckets if b.group["model"] == "m-b").values["ttft_p95"]
+            ttft = next(b for b in m.buckets if b["group"]["model"] == "m-b")["values"]["ttft_p95"]
             assert ttft is not None and abs(ttft - 50) <= 50 * err + 1e-9
 
 

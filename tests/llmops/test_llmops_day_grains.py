@@ -1,7 +1,8 @@
 """The dense day grains (``rollup_day_nouser``, ``rollup_day_user``) and the fast answer
 building of ``metrics``: the day grains hold exactly the hour grains' calls summed per
-day, answer day questions as the raw rows do within the stated error, keep tenants apart,
-and a bucket built without ``model_construct`` is the same model."""
+day, answer day questions as the raw rows do within the stated error, keep tenants apart;
+the per-user grains' kept percentiles are those of their histograms; an answer built
+without validation is the validated one."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from bus.context import new_id
-from schemas.llmops import MetricsBucket, MetricsRequest
+from schemas.llmops import MetricsRequest, MetricsResponse
 from tests.llmops_support import stored_row
 from workers.llmops import histogram
 from workers.llmops.events import Row
@@ -88,6 +89,21 @@ async def test_day_grains_hold_the_hour_grains_calls_per_day(settings):
                     for col in ("requests", "errors", "tokens_in", "tokens_out", "lat", "ttft"):
                         assert a[col] == b[col], (day_grain.table, key, col)
                     assert math.isclose(a["cost"], b["cost"], abs_tol=1e-9)
+            # The per-user grains keep their rows' percentiles, upsert after upsert: the
+            # values histogram.dense_percentiles reads off the row's own histograms.
+            for g in (HOUR_USER, DAY_USER):
+                got = await conn.fetch(
+                    "SELECT vector_send(latency_hist) AS lat, vector_send(ttft_hist) AS ttft,"
+                    f" latency_q, ttft_p95 FROM llmops.{g.table} WHERE tenant_id = $1",
+                    tenant,
+                )
+                # u0 and u2 never stream (no time to first token: NULL), u1 and u3 do.
+                assert {r["ttft_p95"] is None for r in got} == {True, False}
+                lat = histogram.sent_percentiles([r["lat"] for r in got], histogram.KEPT_QUANTILES)
+                ttft = histogram.sent_percentiles([r["ttft"] for r in got], [0.95])[0.95]
+                for i, r in enumerate(got):
+                    assert r["latency_q"] == [lat[q][i] for q in histogram.KEPT_QUANTILES]
+                    assert r["ttft_p95"] == ttft[i], g.table
     finally:
         await db.close()
 
@@ -124,42 +140,45 @@ async def test_day_questions_from_the_day_grains_match_the_raw_rows(settings, gr
         raw = await reader.metrics(tenant, req, source="raw")
         assert (roll.source, raw.source) == ("rollup", "raw")
         assert Reader._grain("day", {group}) in (DAY_NOUSER, DAY_USER)
-        assert [(b.start, b.group) for b in roll.buckets] == [
-            (b.start, b.group) for b in raw.buckets
+        assert [(b["start"], b["group"]) for b in roll.buckets] == [
+            (b["start"], b["group"]) for b in raw.buckets
         ]
-        assert sum(b.values["requests"] for b in roll.buckets) == 1500
+        assert sum(b["values"]["requests"] for b in roll.buckets) == 1500
         err = histogram.RELATIVE_ERROR
         for a, b in zip(roll.buckets, raw.buckets, strict=True):
-            assert list(a.values) == list(b.values) == list(req.metrics)
+            assert list(a["values"]) == list(b["values"]) == list(req.metrics)
             for m in ("requests", "errors", "tokens_in"):
-                assert a.values[m] == b.values[m], m
-            assert math.isclose(a.values["cost"], b.values["cost"], abs_tol=1e-9)
+                assert a["values"][m] == b["values"][m], m
+            assert math.isclose(a["values"]["cost"], b["values"]["cost"], abs_tol=1e-9)
             for m in ("latency_p50", "latency_p95", "ttft_p95"):
-                if b.values[m] is None:  # no streamed call in the group (no ttft)
-                    assert a.values[m] is None, m
+                if b["values"][m] is None:  # no streamed call in the group (no ttft)
+                    assert a["values"][m] is None, m
                     continue
-                assert abs(a.values[m] - b.values[m]) <= b.values[m] * err + 1e-3, (m, a, b)
+                want = b["values"][m]
+                assert abs(a["values"][m] - want) <= want * err + 1e-3, (m, a, b)
         # The other tenant sees its own calls only, through the same day grains.
         theirs = await reader.metrics(other, req, source="rollup")
-        assert sum(b.values["requests"] for b in theirs.buckets) == 700
+        assert sum(b["values"]["requests"] for b in theirs.buckets) == 700
         assert (await reader.metrics(f"none-{new_id()[:8]}", req)).buckets == []
     finally:
         await db.close()
 
 
-def test_a_bucket_built_fast_is_the_model_construct_one():
+def test_an_answer_built_without_validation_is_the_validated_one():
     start = datetime(2026, 1, 2, 3, tzinfo=UTC)
     group, values = {"user": "u1"}, {"requests": 3.0, "latency_p95": None}
-    fast = _make_buckets([start], [dict(group)], [dict(values)])[0]
-    slow = MetricsBucket.model_construct(start=start, group=dict(group), values=dict(values))
-    assert type(fast) is MetricsBucket
-    assert fast == slow and fast.model_dump() == slow.model_dump()
-    assert fast.model_dump_json() == slow.model_dump_json()
-    assert fast.model_fields_set == slow.model_fields_set
-    assert MetricsBucket.model_validate(fast.model_dump()) == fast
-    # Models made this way behave as any other: copies, assignment, validation.
-    copy = fast.model_copy(update={"group": {}})
-    assert copy.group == {} and fast.group == group
+    fast = MetricsResponse.model_construct(
+        bucket="hour",
+        source="rollup",
+        percentile_relative_error=0.0488,
+        buckets=_make_buckets([start], [dict(group)], [dict(values)]),
+    )
+    valid = MetricsResponse.model_validate(fast.model_dump())
+    assert valid == fast and valid.buckets == [{"start": start, "group": group, "values": values}]
+    assert fast.model_dump_json() == valid.model_dump_json()
+    assert MetricsResponse.model_validate_json(fast.model_dump_json()) == fast
+    with pytest.raises(ValueError):
+        _make_buckets([start, start], [group], [values])
 
 
 def test_percentiles_read_in_chunks_are_those_read_at_once(monkeypatch):
@@ -205,11 +224,11 @@ async def test_sums_from_the_rollups_match_the_raw_rows(settings, bucket, group_
         assert (roll.source, raw.source) == ("rollup", "raw")
         assert len(roll.buckets) == len(raw.buckets) > 3
         for a, b in zip(roll.buckets, raw.buckets, strict=True):
-            assert (a.start, a.group) == (b.start, b.group)
-            assert list(a.values) == list(req.metrics)
+            assert (a["start"], a["group"]) == (b["start"], b["group"])
+            assert list(a["values"]) == list(req.metrics)
             for m in ("tokens_out", "requests", "errors"):
-                assert a.values[m] == b.values[m] and isinstance(a.values[m], float)
-            assert math.isclose(a.values["cost"], b.values["cost"], abs_tol=1e-9)
+                assert a["values"][m] == b["values"][m] and isinstance(a["values"][m], float)
+            assert math.isclose(a["values"]["cost"], b["values"]["cost"], abs_tol=1e-9)
         empty = req.model_copy(
             update={"from_": now - timedelta(days=40), "to": now - timedelta(days=39)}
         )

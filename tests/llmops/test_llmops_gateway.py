@@ -93,7 +93,7 @@ async def test_gateway_calls_appear_with_tokens_and_cost_per_token_kind(client, 
         {**window(), "bucket": "hour", "group_by": ["user"], "metrics": ["requests", "cost"]},
         ctx(tenant),
     )
-    assert [(b.group, b.values["requests"]) for b in m.buckets] == [({"user": "alice"}, 1.0)]
+    assert [(b["group"], b["values"]["requests"]) for b in m.buckets] == [({"user": "alice"}, 1.0)]
 
 
 async def test_hard_budget_stops_that_users_next_calls_while_others_go_on(client, gw, mock):

@@ -47,6 +47,9 @@ RELATIVE_ERROR = math.sqrt(GROWTH) - 1
 #: Lower bound of the last bucket (about 58 minutes).
 TOP_MS = MIN_MS * GROWTH ** (BUCKETS - 2)
 
+#: Latency quantiles the per-user rollup rows keep computed (``latency_q``: p50, p95, p99).
+KEPT_QUANTILES = (0.5, 0.95, 0.99)
+
 _LOG_G = math.log(GROWTH)
 _VALUES = np.array([0.0] + [MIN_MS * GROWTH ** (k - 0.5) for k in range(1, BUCKETS)])
 

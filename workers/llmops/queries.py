@@ -98,6 +98,14 @@ COLUMN = {
 }
 _PERCENTILES = {"latency_p50": 0.5, "latency_p95": 0.95, "latency_p99": 0.99}
 _SUMS = ("requests", "errors", "tokens_in", "tokens_out", "cost")
+#: Percentile metrics → the columns the per-user grains keep them in (``Grain.quantiles``).
+_KEPT = {
+    **{
+        m: f"latency_q[{histogram.KEPT_QUANTILES.index(q) + 1}] AS {m}"
+        for m, q in _PERCENTILES.items()
+    },
+    "ttft_p95": "ttft_p95",
+}
 #: API dimensions ``rollup_hour_nouser`` keeps.
 _NOUSER = frozenset({"model", "provider", "operation", "status"})
 _MASK = histogram.COUNT_MASK
@@ -212,18 +220,11 @@ def _columns(rows: Sequence[Any]) -> tuple[int, dict[str, Sequence[Any]]]:
     return len(rows), {k: list(map(operator.itemgetter(i), rows)) for i, k in enumerate(names)}
 
 
-#: ``model_fields_set`` of every bucket built here: all fields are given. One set shared
-#: by all of them (a set per bucket is one more object per row for the garbage collector
-#: to track); pydantic only ever adds a field name to it (on assignment), and every name
-#: is in it already.
-_BUCKET_FIELDS = set(MetricsBucket.model_fields)
-
-
 def _buckets(
     req: MetricsRequest, n: int, col: dict[str, Sequence[Any]], *, raw: bool, dense: bool
 ) -> list[MetricsBucket]:
     """:func:`_build_buckets` with the cyclic garbage collector paused: 36,000 buckets
-    are ~150,000 new objects, and the collections they would trigger traverse them (and
+    are ~110,000 new dicts, and the collections they would trigger traverse them (and
     the fetched records) again and again (measured: ~40 % of the time of building them).
     Nothing here awaits, so no other task runs meanwhile; the objects are not cyclic."""
     enabled = gc.isenabled()
@@ -243,8 +244,9 @@ def _build_buckets(
     Answers reach tens of thousands of rows (by user per hour over 30 days: 36,000), so
     the work per row is kept to building its three dicts and the model: values are read
     by position from whole columns, percentiles are computed for every row at once
-    (numpy, dense histograms), and the buckets are made without validation (every value
-    comes from the database with its type) by :func:`_make_buckets`."""
+    (numpy, dense histograms) or read as kept by the per-user grains, and the buckets are
+    plain dicts (``MetricsBucket`` is a typed dict), made without validation: every value
+    comes from the database with its type."""
     if not n:
         return []
     lat_qs = [_PERCENTILES[m] for m in req.metrics if m in _PERCENTILES]
@@ -252,10 +254,10 @@ def _build_buckets(
     # Percentiles of every row at once: {quantile: [value per row]}.
     lat: dict[float, list[float | None]] = {}
     ttft: list[float | None] = []
-    if not raw and dense:
-        if lat_qs:
+    if not raw and dense:  # merged histograms; none when the rows' own percentiles came
+        if lat_qs and "lat" in col:
             lat = histogram.sent_percentiles(col["lat"], lat_qs)
-        if want_ttft:
+        if want_ttft and "ttft" in col:
             ttft = histogram.sent_percentiles(col["ttft"], [0.95])[0.95]
     elif not raw:
         per_row = [_percentiles(e, lat_qs) for e in col["lat_entries"]] if lat_qs else []
@@ -264,8 +266,9 @@ def _build_buckets(
             ttft = [_percentiles(e, [0.95])[0.95] for e in col["ttft_entries"]]
     values: list[dict[str, float | None]] = [{} for _ in range(n)]
     for m in req.metrics:  # column by column: a store per value, no zip per row
-        if m in _SUMS and not raw and dense:
-            column: Sequence[float | None] = col[m]  # float8 sums of NOT NULL columns
+        if not raw and dense and m in col:
+            # float8 sums of NOT NULL columns, or percentiles the rows keep (float8 or NULL)
+            column: Sequence[float | None] = col[m]
         elif raw or m in _SUMS:
             column = [None if v is None else float(v) for v in col[m]]
         elif m == "ttft_p95":
@@ -298,20 +301,10 @@ def _make_buckets(
     groups: Sequence[dict[str, str | None]],
     values: Sequence[dict[str, float | None]],
 ) -> list[MetricsBucket]:
-    """``MetricsBucket`` instances as ``model_construct`` makes them (the same
-    ``__dict__``, fields set, no extra or private attributes) at a fraction of its cost:
-    ``model_construct`` walks the fields, aliases and defaults in Python for each call."""
-    cls, new, set_attr, fields = MetricsBucket, object.__new__, object.__setattr__, _BUCKET_FIELDS
-    out: list[MetricsBucket] = []
-    append = out.append
-    for start, group, vals in zip(starts, groups, values, strict=True):
-        m = new(cls)
-        set_attr(m, "__dict__", {"start": start, "group": group, "values": vals})
-        set_attr(m, "__pydantic_fields_set__", fields)
-        set_attr(m, "__pydantic_extra__", None)
-        set_attr(m, "__pydantic_private__", None)
-        append(m)
-    return out
+    return [
+        {"start": s, "group": g, "values": v}
+        for s, g, v in zip(starts, groups, values, strict=True)
+    ]
 
 
 # ---------------------------------------------------------------- cursor
@@ -550,10 +543,16 @@ class Reader:
             # thousands of rows are decoded value by value.
             wanted = [m for m in _SUMS if m in req.metrics or (m == "requests" and percentiles)]
             cols = [f"{agg}({m}::float8) AS {m}" for m in wanted]
-            if grain.dense and any(m in _PERCENTILES for m in req.metrics):
-                cols.append(f"vector_send({agg}(latency_hist)) AS lat")
-            if grain.dense and "ttft_p95" in req.metrics:
-                cols.append(f"vector_send({agg}(ttft_hist)) AS ttft")
+            if exact and grain.quantiles:
+                # The rows' own percentiles, kept by the upsert: no histogram is read.
+                kept = [m for m in req.metrics if m in _KEPT]
+                cols += [_KEPT[m] for m in kept]
+                wanted += kept
+            elif grain.dense:
+                if any(m in _PERCENTILES for m in req.metrics):
+                    cols.append(f"vector_send({agg}(latency_hist)) AS lat")
+                if "ttft_p95" in req.metrics:
+                    cols.append(f"vector_send({agg}(ttft_hist)) AS ttft")
             # Grouped and ordered by the key columns themselves, in the primary key's
             # order, so a scan in key order needs no sort; the start goes out as epoch
             # seconds (an integer decodes far cheaper than a timestamptz).

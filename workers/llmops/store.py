@@ -43,6 +43,10 @@ class Grain:
     dims: tuple[str, ...]
     #: Dense ``vector`` histograms (summed in SQL) or sparse ``bigint[]`` entries.
     dense: bool
+    #: The row's own percentiles are kept beside its histograms (``latency_q``: the
+    #: ``histogram.KEPT_QUANTILES`` of latency; ``ttft_p95``), updated by every upsert:
+    #: a question grouped by exactly the grain's dimensions reads them, not histograms.
+    quantiles: bool = False
 
 
 #: The reference grain: every dimension, per hour (sparse: a handful of calls per row).
@@ -50,13 +54,13 @@ HOUR = Grain("rollup_hour", "hour", _ALL_DIMS, dense=False)
 #: Per hour without the user: model/provider/operation/status questions read this.
 HOUR_NOUSER = Grain("rollup_hour_nouser", "hour", _NOUSER_DIMS, dense=True)
 #: Per hour and user only: questions by user read this.
-HOUR_USER = Grain("rollup_hour_user", "hour", ("user_id",), dense=True)
+HOUR_USER = Grain("rollup_hour_user", "hour", ("user_id",), dense=True, quantiles=True)
 #: Every dimension per day: budgets' spent amounts, day questions by user and more.
 DAY = Grain("rollup_day", "day", _ALL_DIMS, dense=False)
 #: The dense grains per day: day-bucket questions on model/provider/operation/status, or
 #: by user alone, read one row per answer row instead of merging 24 hourly ones.
 DAY_NOUSER = Grain("rollup_day_nouser", "day", _NOUSER_DIMS, dense=True)
-DAY_USER = Grain("rollup_day_user", "day", ("user_id",), dense=True)
+DAY_USER = Grain("rollup_day_user", "day", ("user_id",), dense=True, quantiles=True)
 GRAINS = (HOUR, HOUR_NOUSER, HOUR_USER, DAY, DAY_NOUSER, DAY_USER)
 
 
@@ -116,11 +120,24 @@ def _rollup_sql(g: Grain) -> str:
             f" THEN llmops.hist_merge(r.{c}, EXCLUDED.{c}) ELSE r.{c} || EXCLUDED.{c} END"
             for c in hists
         ]
-    updates = ", ".join([f"{c} = r.{c} + EXCLUDED.{c}" for c in (*sums, "cost")] + merges)
+    updates = [f"{c} = r.{c} + EXCLUDED.{c}" for c in (*sums, "cost")] + merges
+    names = list(cols)
+    if g.quantiles:
+        # Read off the merged histogram the row will hold (llmops.hist_quantiles, 0004).
+        lat_q = "'{" + ",".join(map(str, histogram.KEPT_QUANTILES)) + "}'"
+        names += ["latency_q", "ttft_p95"]
+        select += (
+            f", llmops.hist_quantiles(u.latency_hist::vector, {lat_q}),"
+            " (llmops.hist_quantiles(u.ttft_hist::vector, '{0.95}'))[1]"
+        )
+        updates += [
+            f"latency_q = llmops.hist_quantiles(r.latency_hist + EXCLUDED.latency_hist, {lat_q})",
+            "ttft_p95 = (llmops.hist_quantiles(r.ttft_hist + EXCLUDED.ttft_hist, '{0.95}'))[1]",
+        ]
     return (
-        f"INSERT INTO llmops.{g.table} AS r ({', '.join(cols)}) "
+        f"INSERT INTO llmops.{g.table} AS r ({', '.join(names)}) "
         f"SELECT {select} FROM unnest({args}) AS u({', '.join(cols)}) "
-        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {', '.join(updates)}"
     )
 
 
