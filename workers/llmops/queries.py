@@ -242,7 +242,7 @@ def _build_buckets(
     """The answer's buckets from the fetched rows, column by column.
 
     Answers reach tens of thousands of rows (by user per hour over 30 days: 36,000), so
-    the work per row is kept to building its three dicts and the model: values are read
+    the work per row is kept to building its three dicts: values are read
     by position from whole columns, percentiles are computed for every row at once
     (numpy, dense histograms) or read as kept by the per-user grains, and the buckets are
     plain dicts (``MetricsBucket`` is a typed dict), made without validation: every value
@@ -254,7 +254,7 @@ def _build_buckets(
     # Percentiles of every row at once: {quantile: [value per row]}.
     lat: dict[float, list[float | None]] = {}
     ttft: list[float | None] = []
-    if not raw and dense:  # merged histograms; none when the rows' own percentiles came
+    if not raw and dense:  # from merged histograms, unless the rows' kept ones came
         if lat_qs and "lat" in col:
             lat = histogram.sent_percentiles(col["lat"], lat_qs)
         if want_ttft and "ttft" in col:
