@@ -3,12 +3,16 @@ cached under the collections' versions (workers/rag/search.py)."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 import workers.rag.search as search_module
+from bus.postgres import create_database
 from schemas.rag import IngestResponse, SearchResponse
 from tests.rag_support import create_collection, ctx
-from workers.rag.search import plan_candidates
+from workers.rag import timings
+from workers.rag.search import Scope, document_frequencies, over_the_cap, plan_candidates
 
 
 async def ingest(client, tenant, collection_id, docs) -> IngestResponse:
@@ -44,6 +48,51 @@ def test_rare_lexemes_select_candidates_within_the_budget_and_common_ones_only_s
     assert selective == [1] and common == [0]
     # Lexemes nobody holds neither select nor score.
     assert plan_candidates(["zzz"], [0.0], 1000.0) == ([], [])
+
+
+def test_a_lexeme_is_over_the_cap_only_when_the_statistics_leave_no_doubt():
+    cap = search_module.DF_CAP
+    # One collection holding (nearly) the whole table: a word in 1.1 % of 1,001,000
+    # chunks is in at least 11,011 - 1,000 of the collection's 1,000,000.
+    assert over_the_cap(0.011, 1_001_000, 1_000_000)
+    # ... but the same word may lie wholly outside a 1,000-chunk collection.
+    assert not over_the_cap(0.011, 1_001_000, 1_000)
+    # Twice the cap, or it is counted (the shares are sampled); no statistics: counted.
+    assert over_the_cap(2 * cap / 1_000_000, 1_000_000, 1_000_000)
+    assert not over_the_cap(2 * cap / 1_000_000 * 0.99, 1_000_000, 1_000_000)
+    assert not over_the_cap(None, 1_000_000, 1_000_000)
+    assert not over_the_cap(0.5, 1_000_000, 0)
+
+
+@pytest.mark.usefixtures("rag_mesh")
+async def test_frequencies_the_statistics_put_over_the_cap_are_not_counted(
+    client, settings, monkeypatch
+):
+    """With statistics saying that "pump" is in 90 % of a table that is this collection,
+    its frequency is their estimate and no count runs; "gasket" (not in them) and
+    "valve" (in too few chunks to be sure) are counted exactly."""
+    monkeypatch.setattr(search_module, "DF_CAP", 3)
+    monkeypatch.setattr(search_module, "_DF", search_module._Lru(1000))
+    cid = await create_collection(client, "kwstats")
+    docs = [(f"d{i}", f"The pump number {i} was checked.") for i in range(10)]
+    docs += [("v1", "A pump valve."), ("v2", "A valve gasket.")]
+    await ingest(client, "kwstats", cid, docs)
+    monkeypatch.setattr(
+        search_module,
+        "_COMMON",
+        {"at": time.monotonic(), "freq": {"pump": 0.9, "valv": 0.1}, "rows": 12.0},
+    )
+    db = await create_database(settings.database_url, min_size=1, max_size=1)
+    try:
+        scope = Scope("kwstats", [cid], 384, None, (1,))
+        record = timings.collect()
+        async with db.connection() as conn:
+            df = await document_frequencies(conn, scope, ["pump", "gasket", "valv"], 12.0)
+        # pump: 0.9 * 12 - 0 outside >= 2 * cap: estimated, min(n, n * share) = 10.8.
+        assert df == [pytest.approx(10.8), 1.0, 2.0]
+        assert record["keyword.df_missing.n"] == 3 and record["keyword.df_counted.n"] == 2
+    finally:
+        await db.close()
 
 
 @pytest.mark.usefixtures("rag_mesh")
