@@ -9,8 +9,9 @@ gateway (real local embedder when this build has it), cache and RAG workers run 
 
 Printed: the machine's load; the build time (or "reused"); for the large tenant, p50/p99
 of hybrid ``rag.search`` (top_k 10) end to end over the ``--warmup`` questions served
-first after Postgres starts (its buffers empty) and then over ``--queries`` new questions
-(steady state: every question new, statistics cached as a running service has them),
+first after Postgres starts (its buffers empty) and then — the table and its indexes
+loaded into the buffers (:func:`prewarm`) — over ``--queries`` new questions (steady
+state: every question new, statistics cached as a running service has them),
 with the time of each stage inside those searches (workers/rag/timings.py); then each
 leg alone on the same question: the embed call, the vector leg (and its plan), the
 keyword leg warm (the question's statistics cached) and cold (nothing cached, as after
