@@ -133,6 +133,40 @@ def ctx(
     return new_context(tenant, user=user, roles=roles, timeout=timeout)
 
 
+class AsUser:
+    """Calls as one user of one tenant holding ``roles`` (a test module's subclass adds
+    its calls, and may set a longer ``timeout``)."""
+
+    timeout = 20.0
+
+    def __init__(self, client: Client, tenant: str, user: str, *roles: str) -> None:
+        self.client, self.tenant, self.user, self.roles = client, tenant, user, roles
+
+    def ctx(self) -> Context:
+        return ctx(self.tenant, self.user, self.roles, self.timeout)
+
+
+def search_tool(
+    name: str, description: str, collection_ids: list[str], **fields: Any
+) -> dict[str, Any]:
+    """A declarative tool: ``rag_search`` over fixed collections, the model giving the query."""
+    return {
+        "name": name,
+        "description": description,
+        "parameters": {
+            "type": "object",
+            "properties": {"query": {"type": "string"}},
+            "required": ["query"],
+        },
+        "implementation": {
+            "kind": "builtin",
+            "builtin": "rag_search",
+            "arguments": {"collection_ids": collection_ids},
+        },
+        **fields,
+    }
+
+
 class Api:
     """``agent.<op>.request`` calls as one tenant/user, with a fresh client."""
 

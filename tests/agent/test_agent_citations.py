@@ -18,15 +18,13 @@ import pytest
 import yaml
 
 from bus.client import Client
-from bus.context import new_context
 from bus.errors import InvalidRequest
 from bus.worker import WorkerEnv
 from mesh.runner import serving
 from schemas import agent as agent_ops
 from schemas import rag
-from schemas.context import Context
 from schemas.operations import Operation
-from tests.agent_env import Web
+from tests.agent_env import AsUser, Web, search_tool
 from tests.gateway_support import scripted_models, serve_gateway
 from tests.openai_mock import MockOpenAI, Reply
 from workers.agent.service import serving_parts as agent_parts
@@ -72,14 +70,10 @@ async def mesh(
 pytestmark = pytest.mark.usefixtures("mesh")
 
 
-class As:
+class As(AsUser):
     """``agent.*`` and ``rag.*`` calls as one user of one tenant."""
 
-    def __init__(self, client: Client, tenant: str, user: str, *roles: str) -> None:
-        self.client, self.tenant, self.user, self.roles = client, tenant, user, roles
-
-    def ctx(self) -> Context:
-        return new_context(self.tenant, user=self.user, roles=self.roles, timeout=90.0)
+    timeout = 90.0
 
     async def __call__(self, op: Operation[Any, Any], payload: dict[str, Any]) -> Any:
         return await self.client.call_raw(op, payload, self.ctx())
@@ -326,21 +320,12 @@ async def test_a_user_without_access_to_a_collection_gets_no_passages_from_it(
     pay_cid, pay_docs = await admin.collection("Payroll", PAYROLL)
     await admin(
         agent_ops.CREATE_TOOL,
-        {
-            "name": "payroll_search",
-            "description": "Search the payroll rules.",
-            "parameters": {
-                "type": "object",
-                "properties": {"query": {"type": "string"}},
-                "required": ["query"],
-            },
-            "implementation": {
-                "kind": "builtin",
-                "builtin": "rag_search",
-                "arguments": {"collection_ids": [pay_cid]},
-            },
-            "required_roles": ["hr:payroll"],
-        },
+        search_tool(
+            "payroll_search",
+            "Search the payroll rules.",
+            [pay_cid],
+            required_roles=["hr:payroll"],
+        ),
     )
     agent = await admin.agent(
         rag_collections=[hr_cid, pay_cid],

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.agent_env import Api
+from tests.agent_env import Api, search_tool
 from tests.fake_llm import Document, answer, call
 from workers.agent import tools
 
@@ -161,21 +161,7 @@ async def test_the_executor_still_refuses_an_ungranted_collection(api: Api, fake
     # A declarative tool's fixed arguments are not the model's: the executor's check stays.
     fake.collection(api.tenant, "secret", Document("d2", "secret text"))
     await api.as_(roles=("tools:write",))(
-        "create_tool",
-        {
-            "name": "secret_search",
-            "description": "Search the secret collection.",
-            "parameters": {
-                "type": "object",
-                "properties": {"query": {"type": "string"}},
-                "required": ["query"],
-            },
-            "implementation": {
-                "kind": "builtin",
-                "builtin": "rag_search",
-                "arguments": {"collection_ids": ["secret"]},
-            },
-        },
+        "create_tool", search_tool("secret_search", "Search the secret collection.", ["secret"])
     )
     agent = await api.agent(tools=["secret_search"], rag_collections=["public"])
     fake.play(call("secret_search", {"query": "text"}), answer("no"))

@@ -23,8 +23,7 @@ from bus.errors import Conflict, Forbidden, InvalidRequest, NotFound, UpstreamEr
 from bus.worker import WorkerEnv
 from mesh.runner import serving
 from schemas import promptgen as api
-from schemas.context import Context
-from tests.agent_env import Web
+from tests.agent_env import AsUser, Web
 from tests.gateway_support import scripted_models, serve_gateway
 from tests.openai_mock import MockOpenAI, Reply
 from tests.promptgen_support import agent_spec, tool_spec
@@ -64,14 +63,10 @@ async def mesh(
 pytestmark = pytest.mark.usefixtures("mesh")
 
 
-class As:
+class As(AsUser):
     """Calls as one user of one tenant."""
 
-    def __init__(self, client: Client, tenant: str, user: str, *roles: str) -> None:
-        self.client, self.tenant, self.user, self.roles = client, tenant, user, roles
-
-    def ctx(self) -> Context:
-        return new_context(self.tenant, user=self.user, roles=self.roles, timeout=120.0)
+    timeout = 120.0
 
     async def __call__(self, op: Any, payload: dict[str, Any]) -> Any:
         return await self.client.call(op, payload, self.ctx())
