@@ -71,11 +71,6 @@ class Retrieved:
     step: dict[str, Any]
     """The fields of the ``retrieval`` step (without its index)."""
 
-    @property
-    def cache_context(self) -> str:
-        """What the answer depends on besides the task: the passages shown."""
-        return self.text
-
 
 def _label(r: SearchResult) -> str:
     return " ".join((r.title or r.source_id or r.document_id).split())[:200]

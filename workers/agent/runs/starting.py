@@ -91,7 +91,7 @@ class Starter:
                 agent,
                 task,
                 [s.name for s in offered],
-                retrieved.cache_context if retrieved else None,
+                retrieved.text if retrieved else None,  # the answer depends on the passages
             )
             hit = await self.remote.cache_get(key, ctx)
             if isinstance(hit, dict) and isinstance(hit.get("output"), str):
