@@ -120,17 +120,20 @@ class Retriever:
         return results, titles
 
     async def search(self, req: SearchRequest, ctx: Context) -> SearchResponse:
-        record = timings.collect()
+        # Stages are timed only when someone reads them (debug log, an observer).
+        debug = _log.is_enabled_for(logging.DEBUG)
+        record = timings.collect() if debug or self.observer is not None else None
         t0 = time.perf_counter()
         with timings.stage("collections"):
             collections = await self.store.collections(tenant_of(ctx), req.collection_ids)
         results, _ = await self.retrieve(ctx, req, collections)
-        record["handler"] = time.perf_counter() - t0
-        if _log.is_enabled_for(logging.DEBUG):  # the dict is built only when it is logged
-            _log.debug(
-                "rag_search_timings",
-                **{k: v if k.endswith(".n") else round(v * 1000, 2) for k, v in record.items()},
-            )
-        if self.observer is not None:
-            self.observer(record)
+        if record is not None:
+            record["handler"] = time.perf_counter() - t0
+            if debug:
+                _log.debug(
+                    "rag_search_timings",
+                    **{k: v if k.endswith(".n") else round(v * 1000, 2) for k, v in record.items()},
+                )
+            if self.observer is not None:
+                self.observer(record)
         return SearchResponse(results=results)
